@@ -1,0 +1,249 @@
+"""Default config: every key of FastReID's config reference, with the same default and meaning.
+
+Keys marked "(reid)" are additions of this project; everything else is FastReID's contract.
+"""
+from reid.config.node import CfgNode as CN
+
+_C = CN()
+
+# -----------------------------------------------------------------------------
+# MODEL
+# -----------------------------------------------------------------------------
+_C.MODEL = CN()
+_C.MODEL.DEVICE = "cuda"
+_C.MODEL.META_ARCHITECTURE = "Baseline"
+_C.MODEL.FREEZE_LAYERS = [""]
+# MoCo memory size
+_C.MODEL.QUEUE_SIZE = 8192
+
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+_C.MODEL.BACKBONE.DEPTH = "50x"
+_C.MODEL.BACKBONE.LAST_STRIDE = 1
+# Backbone feature dimension
+_C.MODEL.BACKBONE.FEAT_DIM = 2048
+# Normalization method for the convolution layers.
+_C.MODEL.BACKBONE.NORM = "BN"
+_C.MODEL.BACKBONE.WITH_IBN = False
+_C.MODEL.BACKBONE.WITH_SE = False
+_C.MODEL.BACKBONE.WITH_NL = False
+# Use ImageNet weights: read from PRETRAIN_PATH or torch's cache, downloaded only where the
+# machine can; otherwise training starts from scratch with a warning.
+_C.MODEL.BACKBONE.PRETRAIN = True
+_C.MODEL.BACKBONE.PRETRAIN_PATH = ""
+
+_C.MODEL.HEADS = CN()
+_C.MODEL.HEADS.NAME = "EmbeddingHead"
+_C.MODEL.HEADS.NORM = "BN"
+# Number of identities; 0 = taken from the training set
+_C.MODEL.HEADS.NUM_CLASSES = 0
+# Embedding dimension in head; 0 = no embedding layer
+_C.MODEL.HEADS.EMBEDDING_DIM = 0
+_C.MODEL.HEADS.WITH_BNNECK = True
+# Triplet feature using feature before(after) bnneck
+_C.MODEL.HEADS.NECK_FEAT = "before"
+_C.MODEL.HEADS.POOL_LAYER = "avgpool"
+_C.MODEL.HEADS.CLS_LAYER = "linear"
+# Margin and Scale for margin-based classification layer
+_C.MODEL.HEADS.MARGIN = 0.15
+_C.MODEL.HEADS.SCALE = 128
+
+_C.MODEL.LOSSES = CN()
+_C.MODEL.LOSSES.NAME = ("CrossEntropyLoss",)
+
+# if epsilon == 0: no label smoothing; if epsilon == -1: adaptive label smoothing
+_C.MODEL.LOSSES.CE = CN()
+_C.MODEL.LOSSES.CE.EPSILON = 0.0
+_C.MODEL.LOSSES.CE.ALPHA = 0.2
+_C.MODEL.LOSSES.CE.SCALE = 1.0
+
+_C.MODEL.LOSSES.FL = CN()
+_C.MODEL.LOSSES.FL.ALPHA = 0.25
+_C.MODEL.LOSSES.FL.GAMMA = 2
+_C.MODEL.LOSSES.FL.SCALE = 1.0
+
+_C.MODEL.LOSSES.TRI = CN()
+_C.MODEL.LOSSES.TRI.MARGIN = 0.3
+_C.MODEL.LOSSES.TRI.NORM_FEAT = False
+_C.MODEL.LOSSES.TRI.HARD_MINING = True
+_C.MODEL.LOSSES.TRI.SCALE = 1.0
+
+_C.MODEL.LOSSES.CIRCLE = CN()
+_C.MODEL.LOSSES.CIRCLE.MARGIN = 0.25
+_C.MODEL.LOSSES.CIRCLE.GAMMA = 128
+_C.MODEL.LOSSES.CIRCLE.SCALE = 1.0
+
+_C.MODEL.LOSSES.COSFACE = CN()
+_C.MODEL.LOSSES.COSFACE.MARGIN = 0.25
+_C.MODEL.LOSSES.COSFACE.GAMMA = 128
+_C.MODEL.LOSSES.COSFACE.SCALE = 1.0
+
+# Path to a checkpoint file to be loaded to the model.
+_C.MODEL.WEIGHTS = ""
+
+# Image normalisation, applied inside the model (inputs are 0..255)
+_C.MODEL.PIXEL_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+_C.MODEL.PIXEL_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+
+# -----------------------------------------------------------------------------
+# KNOWLEDGE DISTILLATION
+# -----------------------------------------------------------------------------
+_C.KD = CN()
+_C.KD.MODEL_CONFIG = ""
+_C.KD.MODEL_WEIGHTS = ""
+# (reid) logit distillation loss: "kl" or "js" (Jensen-Shannon), its temperature and weight
+_C.KD.LOSS = "kl"
+_C.KD.TEMPERATURE = 4.0
+_C.KD.SCALE = 1.0
+
+# -----------------------------------------------------------------------------
+# INPUT
+# -----------------------------------------------------------------------------
+_C.INPUT = CN()
+_C.INPUT.SIZE_TRAIN = [256, 128]
+_C.INPUT.SIZE_TEST = [256, 128]
+
+_C.INPUT.DO_FLIP = True
+_C.INPUT.FLIP_PROB = 0.5
+
+_C.INPUT.DO_PAD = True
+_C.INPUT.PADDING_MODE = "constant"
+_C.INPUT.PADDING = 10
+
+_C.INPUT.CJ = CN()
+_C.INPUT.CJ.ENABLED = False
+_C.INPUT.CJ.PROB = 0.5
+_C.INPUT.CJ.BRIGHTNESS = 0.15
+_C.INPUT.CJ.CONTRAST = 0.15
+_C.INPUT.CJ.SATURATION = 0.1
+_C.INPUT.CJ.HUE = 0.1
+
+_C.INPUT.DO_AFFINE = False
+
+_C.INPUT.DO_AUTOAUG = False
+_C.INPUT.AUTOAUG_PROB = 0.0
+
+_C.INPUT.DO_AUGMIX = False
+_C.INPUT.AUGMIX_PROB = 0.0
+
+_C.INPUT.REA = CN()
+_C.INPUT.REA.ENABLED = False
+_C.INPUT.REA.PROB = 0.5
+_C.INPUT.REA.VALUE = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+
+_C.INPUT.RPT = CN()
+_C.INPUT.RPT.ENABLED = False
+_C.INPUT.RPT.PROB = 0.5
+
+# -----------------------------------------------------------------------------
+# Dataset
+# -----------------------------------------------------------------------------
+_C.DATASETS = CN()
+_C.DATASETS.NAMES = ("Market1501",)
+_C.DATASETS.TESTS = ("Market1501",)
+_C.DATASETS.COMBINEALL = False
+# (reid) the datasets root; relative paths are relative to the working directory
+_C.DATASETS.ROOT = "data"
+# (reid) the procedural synthetic person set (dataset name "SyntheticMarket1501")
+_C.DATASETS.SYNTHETIC = CN()
+_C.DATASETS.SYNTHETIC.SEED = 0
+_C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 100
+_C.DATASETS.SYNTHETIC.NUM_TEST_IDS = 100
+_C.DATASETS.SYNTHETIC.NUM_CAMERAS = 6
+_C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 12
+_C.DATASETS.SYNTHETIC.NUM_DISTRACTORS = 50
+_C.DATASETS.SYNTHETIC.NUM_JUNK = 30
+_C.DATASETS.SYNTHETIC.SIZE = [128, 64]
+
+# -----------------------------------------------------------------------------
+# DataLoader
+# -----------------------------------------------------------------------------
+_C.DATALOADER = CN()
+_C.DATALOADER.PK_SAMPLER = True
+_C.DATALOADER.NAIVE_WAY = True
+# Number of instance for each person (K of P x K)
+_C.DATALOADER.NUM_INSTANCE = 4
+_C.DATALOADER.NUM_WORKERS = 8
+
+# ---------------------------------------------------------------------------- #
+# Solver
+# ---------------------------------------------------------------------------- #
+_C.SOLVER = CN()
+_C.SOLVER.FP16_ENABLED = False
+_C.SOLVER.OPT = "Adam"
+_C.SOLVER.MAX_EPOCH = 120
+_C.SOLVER.BASE_LR = 3e-4
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+_C.SOLVER.HEADS_LR_FACTOR = 1.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = True
+_C.SOLVER.WEIGHT_DECAY = 0.0005
+_C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+
+_C.SOLVER.SCHED = "MultiStepLR"
+_C.SOLVER.DELAY_EPOCHS = 0
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = [30, 55]
+_C.SOLVER.ETA_MIN_LR = 1e-7
+
+_C.SOLVER.WARMUP_FACTOR = 0.1
+_C.SOLVER.WARMUP_ITERS = 1000
+_C.SOLVER.WARMUP_METHOD = "linear"
+
+_C.SOLVER.FREEZE_ITERS = 0
+_C.SOLVER.FREEZE_FC_ITERS = 0
+
+# Save a checkpoint every CHECKPOINT_PERIOD epochs (and always at the end)
+_C.SOLVER.CHECKPOINT_PERIOD = 20
+# Number of images per batch across all processes
+_C.SOLVER.IMS_PER_BATCH = 64
+# (reid) log loss, LR and throughput every LOG_PERIOD iterations
+_C.SOLVER.LOG_PERIOD = 20
+
+_C.TEST = CN()
+_C.TEST.EVAL_PERIOD = 20
+# Number of images per batch in one process.
+_C.TEST.IMS_PER_BATCH = 64
+_C.TEST.METRIC = "cosine"
+_C.TEST.ROC_ENABLED = False
+_C.TEST.FLIP_ENABLED = False
+
+_C.TEST.AQE = CN()
+_C.TEST.AQE.ENABLED = False
+_C.TEST.AQE.ALPHA = 3.0
+_C.TEST.AQE.QE_TIME = 1
+_C.TEST.AQE.QE_K = 5
+
+_C.TEST.RERANK = CN()
+_C.TEST.RERANK.ENABLED = False
+_C.TEST.RERANK.K1 = 20
+_C.TEST.RERANK.K2 = 6
+_C.TEST.RERANK.LAMBDA = 0.3
+
+_C.TEST.PRECISE_BN = CN()
+_C.TEST.PRECISE_BN.ENABLED = False
+_C.TEST.PRECISE_BN.DATASET = "Market1501"
+_C.TEST.PRECISE_BN.NUM_ITER = 300
+
+# ---------------------------------------------------------------------------- #
+# Misc options
+# ---------------------------------------------------------------------------- #
+_C.OUTPUT_DIR = "logs/"
+_C.CUDNN_BENCHMARK = False
+# (reid) seed for every random number generator; same seed, same run
+_C.SEED = 0
+
+# FastReID 1.4 spellings accepted in YAML files and overrides (old key -> key here).
+KEY_ALIASES = {
+    "SOLVER.AMP.ENABLED": "SOLVER.FP16_ENABLED",
+    "INPUT.FLIP.ENABLED": "INPUT.DO_FLIP",
+    "INPUT.FLIP.PROB": "INPUT.FLIP_PROB",
+    "INPUT.PADDING.ENABLED": "INPUT.DO_PAD",
+    "INPUT.PADDING.MODE": "INPUT.PADDING_MODE",
+    "INPUT.PADDING.SIZE": "INPUT.PADDING",
+    "INPUT.AFFINE.ENABLED": "INPUT.DO_AFFINE",
+    "INPUT.AUTOAUG.ENABLED": "INPUT.DO_AUTOAUG",
+    "INPUT.AUTOAUG.PROB": "INPUT.AUTOAUG_PROB",
+    "INPUT.AUGMIX.ENABLED": "INPUT.DO_AUGMIX",
+    "INPUT.AUGMIX.PROB": "INPUT.AUGMIX_PROB",
+}

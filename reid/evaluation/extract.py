@@ -1,0 +1,72 @@
+"""Turn a test loader into features: one ``N x D`` tensor plus pids and camera ids."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from reid.utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+def extract_features(model: nn.Module, data_loader, device: torch.device | str,
+                     flip: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Features (float32, on CPU), pids and camids of every item of ``data_loader``, in order.
+
+    Flip test: a feature is the mean of the features of the image and its horizontal mirror.
+    With several processes, each extracts its shard (the InferenceSampler gives contiguous
+    shards) and every rank receives all features concatenated in rank order.
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    feats, pids, camids = [], [], []
+    try:
+        with torch.inference_mode():
+            batches = tqdm(data_loader, desc="extract features", unit="batch",
+                           disable=not comm.is_main_process(), leave=False)
+            for batch in batches:
+                feats.append(_embed(model, batch["images"].to(device), flip).float().cpu())
+                pids.append(_as_numpy(batch["targets"]))
+                camids.append(_as_numpy(batch["camids"]))
+    finally:
+        model.train(was_training)
+    local = (_cat_feats(feats), _cat_ints(pids), _cat_ints(camids))
+    return _gather_in_rank_order(local)
+
+
+def _embed(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
+    features = model(images)
+    if flip:
+        # dim 3 is the width of B x C x H x W: a horizontal mirror.
+        features = (features + model(torch.flip(images, dims=[3]))) / 2.0
+    return features
+
+
+def _gather_in_rank_order(local: tuple[torch.Tensor, np.ndarray, np.ndarray]
+                          ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    if comm.get_world_size() == 1:
+        return local
+    shards = comm.all_gather(local)
+    feats = torch.cat([s[0] for s in shards if s[0].numel()] or [local[0]])
+    pids = np.concatenate([s[1] for s in shards])
+    camids = np.concatenate([s[2] for s in shards])
+    return feats, pids, camids
+
+
+def _as_numpy(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.cpu().numpy()
+    return np.asarray(values, dtype=np.int64).ravel()
+
+
+def _cat_feats(feats: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(feats) if feats else torch.empty(0, 0)
+
+
+def _cat_ints(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)

@@ -1,0 +1,225 @@
+"""One function per pipeline stage: ``(cfg, inputs) -> outputs + metrics``.
+
+Prefect tasks (``tasks/``), DVC stages (through ``reid/cli.py``) and notebooks all call these
+functions, so the three never diverge. Nothing here knows about Prefect or MLflow: training
+metrics leave through a plain ``sink(metrics, step)`` callable.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from reid.config import CfgNode, save_config
+from reid.data.build import build_test_loader, build_train_loader
+from reid.data.datasets import DATASET_REGISTRY
+from reid.data.synthetic import generate_synthetic_market
+from reid.engine.checkpoint import Checkpointer
+from reid.engine.hooks import LayerFreezer, MetricsLogger, PeriodicCheckpointer, ProgressBar
+from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
+from reid.engine.precise_bn import update_bn_stats
+from reid.engine.trainer import Trainer
+from reid.errors import ReidError
+from reid.evaluation.evaluator import evaluate_model
+from reid.evaluation.extract import extract_features
+from reid.modeling import build_model
+from reid.solver import build_lr_scheduler, build_optimizer
+from reid.utils import comm
+from reid.utils.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+MetricsSink = Callable[[dict, int], None]
+SYNTHETIC = "SyntheticMarket1501"
+FINAL_CHECKPOINT = "model_final.pth"
+PRECISE_BN_CHECKPOINT = "model_precise_bn.pth"
+RESULTS_FILE = "results.json"
+
+
+def output_dir(cfg: CfgNode) -> Path:
+    path = Path(cfg.OUTPUT_DIR)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- prepare
+def ensure_synthetic(cfg: CfgNode) -> Path:
+    """Generate the synthetic set under DATASETS.ROOT unless it is already there."""
+    syn = cfg.DATASETS.SYNTHETIC
+    target = Path(cfg.DATASETS.ROOT) / SYNTHETIC
+    if target.is_dir():
+        return target
+    logger.info("generating the synthetic dataset under %s", target)
+    generate_synthetic_market(
+        cfg.DATASETS.ROOT, seed=syn.SEED, num_train_ids=syn.NUM_TRAIN_IDS,
+        num_test_ids=syn.NUM_TEST_IDS, num_cameras=syn.NUM_CAMERAS,
+        images_per_id=syn.IMAGES_PER_ID, num_distractors=syn.NUM_DISTRACTORS,
+        num_junk=syn.NUM_JUNK, size=tuple(syn.SIZE))
+    return target
+
+
+def describe_split(items: list) -> dict:
+    return {"images": len(items), "ids": len({pid for _, pid, _ in items}),
+            "cameras": len({cam for _, _, cam in items})}
+
+
+def prepare(cfg: CfgNode) -> dict:
+    """Make sure every dataset of the config is readable; generate the synthetic one if absent.
+
+    Writes ``OUTPUT_DIR/datasets.json`` (the per-split counts) and returns it.
+    """
+    names = list(dict.fromkeys(list(cfg.DATASETS.NAMES) + list(cfg.DATASETS.TESTS)))
+    if SYNTHETIC in names:
+        ensure_synthetic(cfg)
+    summary = {}
+    for name in names:
+        dataset = DATASET_REGISTRY.get(name)(cfg.DATASETS.ROOT)
+        summary[name] = {split: describe_split(getattr(dataset, split))
+                         for split in ("train", "query", "gallery")}
+    atomic_write_json(output_dir(cfg) / "datasets.json", summary)
+    return {"datasets": summary}
+
+
+# --------------------------------------------------------------------------- train
+def with_num_classes(cfg: CfgNode, num_classes: int) -> CfgNode:
+    """The config with MODEL.HEADS.NUM_CLASSES taken from the training set when it is 0."""
+    if cfg.MODEL.HEADS.NUM_CLASSES not in (0, num_classes):
+        raise ReidError(f"MODEL.HEADS.NUM_CLASSES is {cfg.MODEL.HEADS.NUM_CLASSES} but the training "
+                        f"set has {num_classes} identities; set it to 0 to take it from the data")
+    cfg = cfg.clone()
+    cfg.MODEL.HEADS.NUM_CLASSES = num_classes
+    return cfg.freeze()
+
+
+def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False) -> dict:
+    """Train the model of ``cfg`` (Baseline, Distiller, ...) and write checkpoints to OUTPUT_DIR.
+
+    Under ``torchrun`` it trains with DDP (NCCL on GPUs, gloo on CPU); only rank 0 writes.
+    """
+    init_distributed()
+    seed_everything(cfg.SEED, comm.get_rank())
+    device = resolve_device(cfg.MODEL.DEVICE)
+    out = output_dir(cfg)
+    loader, num_classes = build_train_loader(cfg)
+    cfg = with_num_classes(cfg, num_classes)
+    if comm.is_main_process():
+        save_config(cfg, out / "config.yaml")
+    model = build_model(cfg).to(device)
+    iters_per_epoch = len(loader)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch)
+    checkpointer = Checkpointer(model, out, optimizer=optimizer, scheduler=scheduler)
+    start_epoch = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    hooks = [
+        LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
+        PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_EPOCH),
+        ProgressBar(),
+    ]
+    if sink is not None:
+        hooks.append(MetricsLogger(sink, cfg.SOLVER.LOG_PERIOD))
+    trainer = Trainer(wrap_ddp(model, device), loader, optimizer, scheduler,
+                      max_epoch=cfg.SOLVER.MAX_EPOCH, device=device,
+                      amp=cfg.SOLVER.FP16_ENABLED, hooks=hooks)
+    trainer.train(start_epoch=start_epoch)
+    comm.synchronize()
+    return {"checkpoint": str(out / FINAL_CHECKPOINT), "num_classes": num_classes,
+            "config": str(out / "config.yaml")}
+
+
+def distill(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False) -> dict:
+    """Train a student with knowledge distillation from the teacher named by KD.*."""
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        raise ReidError("distillation needs MODEL.META_ARCHITECTURE Distiller "
+                        f"(got {cfg.MODEL.META_ARCHITECTURE}); see params/kd-synthetic.yml")
+    for key in ("MODEL_CONFIG", "MODEL_WEIGHTS"):
+        if not cfg.KD[key]:
+            raise ReidError(f"distillation needs KD.{key} (the teacher's config and weights)")
+    return train(cfg, sink=sink, resume=resume)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def num_classes_in(weights: str | Path) -> int:
+    """The classifier size stored in a checkpoint (0 when it has no classifier)."""
+    state = Checkpointer.read(weights)["model"]
+    weight = state.get("heads.weight")
+    return int(weight.shape[0]) if weight is not None else 0
+
+
+def load_model(cfg: CfgNode, weights: str | Path, device: torch.device) -> torch.nn.Module:
+    """Build the (plain, non-distilling) model of ``cfg`` and load ``weights`` into it."""
+    cfg = cfg.clone()
+    if cfg.MODEL.META_ARCHITECTURE == "Distiller":
+        cfg.MODEL.META_ARCHITECTURE = "Baseline"  # the teacher is only needed for training
+    cfg.MODEL.BACKBONE.PRETRAIN = False  # the checkpoint replaces ImageNet weights
+    cfg.MODEL.HEADS.NUM_CLASSES = num_classes_in(weights) or max(cfg.MODEL.HEADS.NUM_CLASSES, 1)
+    model = build_model(cfg.freeze())
+    Checkpointer(model).load(weights)
+    return model.to(device)
+
+
+# --------------------------------------------------------------------------- precise-BN
+def precise_bn(cfg: CfgNode, weights: str | Path) -> dict:
+    """Recompute BatchNorm statistics over TEST.PRECISE_BN.NUM_ITER training batches.
+
+    Uses test-time transforms (no flips, crops or erasing). Always writes
+    OUTPUT_DIR/model_precise_bn.pth so the pipeline's next stage has one input; when
+    TEST.PRECISE_BN.ENABLED is false that file is a copy of ``weights``.
+    """
+    target = output_dir(cfg) / PRECISE_BN_CHECKPOINT
+    if not cfg.TEST.PRECISE_BN.ENABLED:
+        logger.info("precise-BN disabled (TEST.PRECISE_BN.ENABLED false): copying %s", weights)
+        shutil.copyfile(weights, target)
+        return {"checkpoint": str(target)}
+    device = resolve_device(cfg.MODEL.DEVICE)
+    model = load_model(cfg, weights, device)
+    loader, _ = build_train_loader(cfg, dataset_names=(cfg.TEST.PRECISE_BN.DATASET,),
+                                   train_transforms=False)
+    update_bn_stats(model, _images_only(loader, device), cfg.TEST.PRECISE_BN.NUM_ITER)
+    Checkpointer(model, target.parent).save(target.stem)
+    return {"checkpoint": str(target)}
+
+
+def _images_only(loader, device):
+    """Yield image tensors on ``device`` from a loader of batch dicts (re-iterable)."""
+    class Images:
+        def __len__(self) -> int:
+            return len(loader)
+
+        def __iter__(self):
+            for batch in loader:
+                yield batch["images"].to(device, non_blocking=True)
+    return Images()
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate(cfg: CfgNode, weights: str | Path) -> dict:
+    """Rank-1/5/10, mAP and mINP (percent) on every DATASETS.TESTS set; writes results.json."""
+    device = resolve_device(cfg.MODEL.DEVICE)
+    model = load_model(cfg, weights, device)
+    results = {}
+    for name in cfg.DATASETS.TESTS:
+        loader, num_query = build_test_loader(cfg, name)
+        results[name] = evaluate_model(model, loader, num_query, device,
+                                       metric=cfg.TEST.METRIC, flip=cfg.TEST.FLIP_ENABLED)
+        logger.info("%s: %s", name, ", ".join(f"{k} {v:.2f}" for k, v in results[name].items()))
+    if comm.is_main_process():
+        atomic_write_json(output_dir(cfg) / RESULTS_FILE, results)
+    return {"results": results, "weights": str(weights)}
+
+
+def extract(cfg: CfgNode, weights: str | Path, dataset: str, output: str | Path) -> dict:
+    """Write the features of a test set (query then gallery) to an .npz file."""
+    device = resolve_device(cfg.MODEL.DEVICE)
+    model = load_model(cfg, weights, device)
+    loader, num_query = build_test_loader(cfg, dataset)
+    feats, pids, camids = extract_features(model, loader, device, flip=cfg.TEST.FLIP_ENABLED)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp.npz")
+    np.savez(tmp, features=feats.numpy(), pids=pids, camids=camids, num_query=num_query)
+    tmp.replace(output)
+    return {"features": str(output), "count": int(len(pids)), "dim": int(feats.shape[1])}

@@ -1,0 +1,28 @@
+"""Process-wide defaults: embedded stores, no telemetry. Imported before prefect or mlflow."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow ignores DO_NOT_TRACK
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_UI_ENABLED": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    """The embedded SQLite store, as an absolute URI so every stage process shares it."""
+    return f"sqlite:///{(root or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def configure_environment() -> None:
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri())
+
+
+configure_environment()

@@ -1,0 +1,43 @@
+"""Prefect tasks: thin adapters over ``tasks/tracked.py`` (one stage each).
+
+Retries cover transient failures only (I/O hiccups, a busy tracking store); a user-caused
+ReidError or a diverged training fails at once, since a retry would fail the same way.
+"""
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+
+from reid.errors import ReidError
+from tasks import tracked
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Prefect retry condition: retry unless the failure is the user's to fix."""
+    try:
+        state.result()
+    except ReidError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def _stage_task(fn, name: str, retries: int):
+    return task(fn, name=name, retries=retries, retry_delay_seconds=5,
+                retry_condition_fn=transient_only, cache_policy=NO_CACHE)
+
+
+prepare_task = _stage_task(tracked.prepare, "prepare", retries=2)
+
+
+def _train_resuming_on_retry(cfg, tracker, parent_id=None, resume=False, stage="train"):
+    """A retried training resumes from its last checkpoint instead of starting over."""
+    return tracked.train(cfg, tracker, parent_id, resume=resume or task_run.run_count > 1,
+                         stage=stage)
+
+
+train_task = _stage_task(_train_resuming_on_retry, "train", retries=1)
+precise_bn_task = _stage_task(tracked.precise_bn, "precise-bn", retries=2)
+evaluate_task = _stage_task(tracked.evaluate, "evaluate", retries=2)

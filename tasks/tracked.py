@@ -1,0 +1,60 @@
+"""Stage calls wrapped in a nested MLflow run: what each stage logs, in one place.
+
+Prefect tasks (``tasks/pipeline_tasks.py``) and the CLI's DVC stage commands both call these,
+so a stage logs the same things whichever orchestrator ran it. No Prefect here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from reid import stages
+from reid.config import CfgNode
+from tasks.tracking import Tracker
+
+
+def _stage_run(tracker: Tracker, parent_id: str | None, stage: str, cfg: CfgNode):
+    return tracker.run(stage, parent_id, tags={"reid.stage": stage})
+
+
+def prepare(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None) -> dict:
+    with _stage_run(tracker, parent_id, "prepare", cfg) as run_id:
+        tracker.log_config(run_id, cfg)
+        result = stages.prepare(cfg)
+        tracker.log_dataset(run_id, cfg)
+        counts = {f"{name}.{split}.{what}": n for name, splits in result["datasets"].items()
+                  for split, numbers in splits.items() for what, n in numbers.items()}
+        tracker.log_metrics(run_id, counts)
+        tracker.log_artifact(run_id, Path(cfg.OUTPUT_DIR) / "datasets.json")
+    return result
+
+
+def train(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None, resume: bool = False,
+          stage: str = "train") -> dict:
+    run_fn = stages.distill if stage == "distill" else stages.train
+    with _stage_run(tracker, parent_id, stage, cfg) as run_id:
+        tracker.log_config(run_id, cfg)
+        tracker.log_dataset(run_id, cfg)
+        result = run_fn(cfg, sink=tracker.sink(run_id), resume=resume)
+        tracker.log_artifact(run_id, result["config"])
+        for checkpoint in sorted(Path(cfg.OUTPUT_DIR).glob("model_*.pth")):
+            if checkpoint.name != stages.PRECISE_BN_CHECKPOINT:
+                tracker.log_artifact(run_id, checkpoint, "checkpoints")
+    return result
+
+
+def precise_bn(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None = None) -> dict:
+    with _stage_run(tracker, parent_id, "precise_bn", cfg) as run_id:
+        tracker.log_config(run_id, cfg)
+        result = stages.precise_bn(cfg, weights)
+        tracker.log_artifact(run_id, result["checkpoint"], "checkpoints")
+    return result
+
+
+def evaluate(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None = None) -> dict:
+    with _stage_run(tracker, parent_id, "evaluate", cfg) as run_id:
+        tracker.log_config(run_id, cfg)
+        tracker.log_dataset(run_id, cfg)
+        result = stages.evaluate(cfg, weights)
+        tracker.log_results(run_id, result["results"])
+        tracker.log_artifact(run_id, Path(cfg.OUTPUT_DIR) / stages.RESULTS_FILE)
+    return result
