@@ -66,7 +66,8 @@ def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> CfgNode:
     if len(overrides) % 2:
         raise ReidError(f"overrides must be KEY VALUE pairs; {overrides[-1]!r} has no value")
     for key, text in zip(overrides[0::2], overrides[1::2]):
-        set_value(cfg, key, _parse_literal(text), source="command line")
+        # Raw text: _coerce parses it only when the key does not hold a string.
+        set_value(cfg, key, text, source="command line")
     return cfg
 
 
@@ -131,6 +132,8 @@ def _coerce(key: str, default: Any, value: Any, source: str) -> Any:
         return type(default)(value)
     if isinstance(value, str) and not isinstance(default, str):
         value = _parse_literal(value)
+        if isinstance(default, float) and isinstance(value, str):
+            value = _parse_float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise wrong("true or false")
@@ -148,6 +151,13 @@ def _coerce(key: str, default: Any, value: Any, source: str) -> Any:
             raise wrong("a string")
         return value
     return value
+
+
+def _parse_float(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _is_number(value: Any) -> bool:

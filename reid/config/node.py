@@ -28,13 +28,44 @@ class CfgNode(dict):
         self[name] = value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if self.is_frozen():
-            raise AttributeError(f"config is frozen; cannot set {key!r} = {value!r} "
-                                 "(use cfg.clone() and change the copy)")
+        self._check_mutable(f"cannot set {key!r} = {value!r}")
         super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._check_mutable(f"cannot delete {key!r}")
+        super().__delitem__(key)
+
+    def _check_mutable(self, what: str) -> None:
+        if self.is_frozen():
+            raise AttributeError(f"config is frozen; {what} (use cfg.clone() and change the copy)")
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._check_mutable(f"cannot pop {key!r}")
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple:
+        self._check_mutable("cannot popitem")
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._check_mutable("cannot clear")
+        super().clear()
 
     def __deepcopy__(self, memo: dict) -> "CfgNode":
         return CfgNode({k: copy.deepcopy(v, memo) for k, v in self.items()})
+
+    def __reduce__(self):
+        # Pickle as (plain items, frozen flag): DataLoader workers and mp.spawn need it.
+        return _restore, (dict(self.items()), self.is_frozen())
 
     def is_frozen(self) -> bool:
         return object.__getattribute__(self, CfgNode._FROZEN)
@@ -70,6 +101,14 @@ class CfgNode(dict):
 
     def dump(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=True, default_flow_style=None)
+
+
+def _restore(items: dict, frozen: bool) -> CfgNode:
+    node = CfgNode()
+    for key, value in items.items():
+        dict.__setitem__(node, key, value)
+    object.__setattr__(node, CfgNode._FROZEN, frozen)
+    return node
 
 
 def _plain(value: Any) -> Any:

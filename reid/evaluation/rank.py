@@ -28,7 +28,7 @@ from reid.errors import ReidError
 logger = logging.getLogger(__name__)
 
 # Upper bound on the number of (query, gallery) cells held at once by one block of rows.
-_BLOCK_CELLS = 1 << 22
+_BLOCK_CELLS = 1 << 20
 
 
 def evaluate_rank(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,

@@ -1,0 +1,77 @@
+"""compute_distance against per-pair loops written from the definitions."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reid.errors import ReidError
+from reid.evaluation.distance import compute_distance
+
+
+def brute_cosine(q, g):
+    out = np.zeros((len(q), len(g)))
+    for i, a in enumerate(q):
+        for j, b in enumerate(g):
+            dot = sum(x * y for x, y in zip(a, b))
+            norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+            out[i, j] = 1.0 - dot / norms
+    return out
+
+
+def brute_squared_euclidean(q, g):
+    out = np.zeros((len(q), len(g)))
+    for i, a in enumerate(q):
+        for j, b in enumerate(g):
+            out[i, j] = sum((x - y) ** 2 for x, y in zip(a, b))
+    return out
+
+
+@pytest.fixture
+def features():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(7, 5, generator=gen) * 3
+    g = torch.randn(11, 5, generator=gen) * 3
+    return q, g
+
+
+@pytest.mark.parametrize("metric,reference", [
+    ("cosine", brute_cosine),
+    ("euclidean", brute_squared_euclidean),
+])
+def test_matches_brute_force(features, metric, reference):
+    q, g = features
+    dist = compute_distance(q, g, metric)
+    assert isinstance(dist, np.ndarray) and dist.dtype == np.float32
+    assert dist.shape == (7, 11)
+    expected = reference(q.double().tolist(), g.double().tolist())
+    np.testing.assert_allclose(dist, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_known_values():
+    q = torch.tensor([[3.0, 4.0]])
+    g = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-6.0, -8.0], [4.0, -3.0]])
+    np.testing.assert_allclose(compute_distance(q, g, "euclidean")[0], [0, 25, 225, 50],
+                               atol=1e-4)
+    # cosine distance of the zero vector: normalisation leaves it at 0, so 1 - 0 = 1.
+    np.testing.assert_allclose(compute_distance(q, g, "cosine")[0], [0, 1, 2, 1], atol=1e-6)
+
+
+def test_identical_features_never_give_negative_euclidean():
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(50, 64, generator=gen) * 100
+    dist = compute_distance(feats, feats, "euclidean")
+    assert dist.min() >= 0.0
+    # |q|^2 + |g|^2 - 2 q.g cancels in float32: the error scales with the squared norms.
+    scale = float(feats.pow(2).sum(dim=1).max())
+    np.testing.assert_allclose(np.diag(dist), 0.0, atol=1e-6 * scale)
+
+
+def test_unknown_metric_lists_valid_ones(features):
+    with pytest.raises(ReidError, match=r"unknown distance metric 'cosin'.*cosine, euclidean"):
+        compute_distance(*features, "cosin")
+
+
+def test_mismatched_dimensions_are_an_error():
+    with pytest.raises(ReidError, match=r"same D, got \(2, 3\) and \(4, 5\)"):
+        compute_distance(torch.zeros(2, 3), torch.zeros(4, 5), "cosine")
