@@ -121,7 +121,9 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     ]
     if sink is not None:
         hooks.append(MetricsLogger(sink, cfg.SOLVER.LOG_PERIOD))
-    trainer = Trainer(wrap_ddp(model, device), loader, optimizer, scheduler,
+    # Frozen layers produce no gradients for a while: DDP must be told to expect that.
+    ddp_model = wrap_ddp(model, device, find_unused_parameters=cfg.SOLVER.FREEZE_ITERS > 0)
+    trainer = Trainer(ddp_model, loader, optimizer, scheduler,
                       max_epoch=cfg.SOLVER.MAX_EPOCH, device=device,
                       amp=cfg.SOLVER.FP16_ENABLED, hooks=hooks)
     trainer.train(start_epoch=start_epoch)

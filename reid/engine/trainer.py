@@ -1,0 +1,207 @@
+"""The training loop: epochs of iterations, with hooks around each stage.
+
+A step moves the batch to the device, runs the model in training mode (which returns a dict
+of scalar losses), backpropagates their sum, steps the optimizer and then the per-iteration
+LR scheduler. Checkpointing, logging, progress and layer freezing are hooks.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from reid.engine.hooks import HookBase
+from reid.errors import ReidError
+from reid.utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ReidError):
+    """A loss became NaN or infinite; training stopped before the bad step was applied."""
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """The batch with every tensor (also inside dicts, lists, tuples) moved to ``device``."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+def batch_size(batch: Any) -> int:
+    images = batch["images"] if isinstance(batch, dict) else batch
+    return len(images) if hasattr(images, "__len__") else 0
+
+
+def set_sampler_epoch(data_loader: Any, epoch: int) -> None:
+    """Call ``set_epoch(epoch)`` on the loader's samplers that have one (reshuffles per epoch)."""
+    batch_sampler = getattr(data_loader, "batch_sampler", None)
+    candidates = (getattr(data_loader, "sampler", None), batch_sampler,
+                  getattr(batch_sampler, "sampler", None))
+    seen: set[int] = set()
+    for sampler in candidates:
+        if hasattr(sampler, "set_epoch") and id(sampler) not in seen:
+            seen.add(id(sampler))
+            sampler.set_epoch(epoch)
+
+
+def cycle(data_loader: Iterable) -> Iterator:
+    """The loader's batches, starting over whenever it is exhausted."""
+    while True:
+        empty = True
+        for batch in data_loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ReidError("the data loader yielded no batch; is the dataset smaller than one "
+                            "batch (SOLVER.IMS_PER_BATCH)?")
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (every rank must call this)."""
+    if comm.get_world_size() == 1:
+        return flag
+    tensor = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def amp_enabled(requested: bool, device: torch.device) -> bool:
+    if requested and device.type != "cuda":
+        logger.warning("SOLVER.FP16_ENABLED is ignored on %s: mixed precision runs on CUDA only",
+                       device)
+        return False
+    return requested
+
+
+class Trainer:
+    """Trains ``model`` for epochs ``start_epoch .. max_epoch - 1``.
+
+    Hooks see the trainer's state: ``epoch`` (0-based), ``iter`` (global 0-based index of the
+    current iteration inside step hooks; the number of iterations done in epoch hooks),
+    ``max_iter``, ``iters_per_epoch``, ``metrics`` (the last step's loss terms, total_loss and
+    lr), ``images_seen`` (on this rank), ``last_checkpoint`` (set by the checkpointing hook)
+    and ``completed`` (True once the last epoch has finished).
+    """
+
+    def __init__(self, model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, max_epoch: int, iters_per_epoch: Optional[int] = None,
+                 device: str | torch.device | None = None, amp: bool = False,
+                 hooks: Iterable[HookBase] = ()) -> None:
+        self.model = model
+        self.data_loader = data_loader
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.max_epoch = max_epoch
+        self.iters_per_epoch = iters_per_epoch or len(data_loader)
+        self.max_iter = max_epoch * self.iters_per_epoch
+        if device is None:
+            device = next(model.parameters()).device
+        self.device = torch.device(device)
+        self.amp = amp_enabled(amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.hooks = list(hooks)
+        for hook in self.hooks:
+            hook.trainer = self
+        self.epoch = self.start_epoch = 0
+        self.iter = 0
+        self.metrics: dict[str, float] = {}
+        self.images_seen = 0
+        self.last_checkpoint: Optional[str] = None
+        self.completed = False
+
+    # ------------------------------------------------------------------ loop
+    def train(self, start_epoch: int = 0) -> None:
+        self.epoch = self.start_epoch = start_epoch
+        self.iter = start_epoch * self.iters_per_epoch
+        self.completed = False
+        logger.info("training epochs %d..%d, %d iterations each", start_epoch + 1,
+                    self.max_epoch, self.iters_per_epoch)
+        self.model.train()
+        try:
+            self._call_hooks("before_train")
+            for self.epoch in range(start_epoch, self.max_epoch):
+                self._run_epoch()
+            self.completed = True
+        finally:
+            # Hooks always clean up (close progress bars); they check ``completed`` before
+            # doing end-of-training work such as saving the final checkpoint.
+            self._call_hooks("after_train")
+
+    def _run_epoch(self) -> None:
+        set_sampler_epoch(self.data_loader, self.epoch)
+        batches = cycle(self.data_loader)
+        self._call_hooks("before_epoch")
+        try:
+            for _ in range(self.iters_per_epoch):
+                self._call_hooks("before_step")
+                self.run_step(next(batches))
+                self._call_hooks("after_step")
+                self.iter += 1
+        finally:
+            batches.close()  # lets the loader's workers shut down now
+        self._call_hooks("after_epoch")
+
+    def run_step(self, batch: Any) -> None:
+        batch = to_device(batch, self.device)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            losses = self.model(batch)
+        if not isinstance(losses, dict) or not losses:
+            raise TypeError(f"a model in training mode must return a dict of losses, got "
+                            f"{type(losses).__name__}")
+        total = sum(losses.values())
+        values = self._loss_values(losses, total)
+        self._stop_if_diverged(values)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.images_seen += batch_size(batch)
+        self.metrics = {**values, "lr": lr}
+
+    def _call_hooks(self, stage: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, stage)()
+
+    # ------------------------------------------------------------------ divergence
+    @staticmethod
+    def _loss_values(losses: dict, total: torch.Tensor) -> dict[str, float]:
+        """Every loss term and the total as floats, read from the device in one transfer."""
+        tensors = [value.detach().float().reshape(()) for value in losses.values()]
+        numbers = torch.stack(tensors + [total.detach().float().reshape(())]).tolist()
+        return dict(zip(list(losses) + ["total_loss"], numbers))
+
+    def _stop_if_diverged(self, values: dict[str, float]) -> None:
+        """Raise TrainingDiverged on every rank when any rank's loss is not finite.
+
+        Runs before backward, so the bad step is never applied, and all ranks stop together
+        (a rank that went on would wait forever for the others' gradients).
+        """
+        finite = all(math.isfinite(v) for v in values.values())
+        if not any_rank(not finite, self.device):
+            return
+        reports = comm.all_gather(values)
+        rank = next(r for r, report in enumerate(reports)
+                    if not all(math.isfinite(v) for v in report.values()))
+        raise TrainingDiverged(self._divergence_message(reports[rank], rank))
+
+    def _divergence_message(self, values: dict[str, float], rank: int) -> str:
+        total = values["total_loss"]
+        where = f" on rank {rank}" if comm.get_world_size() > 1 else ""
+        terms = ", ".join(f"{name}={value:.4g}" for name, value in values.items()
+                          if name != "total_loss")
+        checkpoint = self.last_checkpoint or "none saved yet"
+        lr = self.optimizer.param_groups[0]["lr"]
+        return (f"loss became {total:.4g}{where} at epoch {self.epoch + 1}, iteration "
+                f"{self.iter + 1} ({terms}); last good checkpoint: {checkpoint}; try a lower "
+                f"SOLVER.BASE_LR (the LR was {lr:.3g})")

@@ -1,0 +1,75 @@
+"""Optimizers built from SOLVER.*: one parameter group per parameter, optimizer by name.
+
+Each parameter gets its own group so that its learning rate and weight decay can follow
+its role (head or backbone, bias or weight) while the LR scheduler still scales every group
+by the same schedule.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from reid.config import CfgNode
+from reid.engine.launch import unwrap_model
+from reid.errors import ReidError
+from reid.utils.registry import Registry
+
+# name -> builder(param_groups, cfg) -> torch.optim.Optimizer
+OPTIMIZER_REGISTRY = Registry("optimizer (SOLVER.OPT)")
+
+HEADS_PREFIX = "heads"
+
+
+def is_bias(name: str) -> bool:
+    return name == "bias" or name.endswith(".bias")
+
+
+def param_group(name: str, param: nn.Parameter, solver: CfgNode) -> dict:
+    """The optimizer group of one parameter: its LR and weight decay from its name."""
+    lr = solver.BASE_LR
+    weight_decay = solver.WEIGHT_DECAY
+    if name.startswith(HEADS_PREFIX):
+        lr *= solver.HEADS_LR_FACTOR
+    if is_bias(name):
+        lr *= solver.BIAS_LR_FACTOR
+        weight_decay = solver.WEIGHT_DECAY_BIAS
+    # "name" is extra metadata; torch optimizers keep unknown group keys as they are.
+    return {"params": [param], "lr": lr, "weight_decay": weight_decay, "name": name}
+
+
+def build_param_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
+    """One group per trainable parameter (``requires_grad`` False ones are left out)."""
+    return [param_group(name, param, cfg.SOLVER)
+            for name, param in unwrap_model(model).named_parameters() if param.requires_grad]
+
+
+@OPTIMIZER_REGISTRY.register(name="Adam")
+def build_adam(groups: list[dict], cfg: CfgNode) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=cfg.SOLVER.BASE_LR)
+
+
+@OPTIMIZER_REGISTRY.register(name="AdamW")
+def build_adamw(groups: list[dict], cfg: CfgNode) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR)
+
+
+@OPTIMIZER_REGISTRY.register(name="SGD")
+def build_sgd(groups: list[dict], cfg: CfgNode) -> torch.optim.Optimizer:
+    solver = cfg.SOLVER
+    if solver.NESTEROV and solver.MOMENTUM <= 0:
+        raise ReidError(f"SOLVER.NESTEROV True needs SOLVER.MOMENTUM > 0 (got {solver.MOMENTUM}); "
+                        "set SOLVER.NESTEROV False or give a momentum")
+    return torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM,
+                           nesterov=solver.NESTEROV)
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """The SOLVER.OPT optimizer over ``model``'s trainable parameters."""
+    builder: Callable = OPTIMIZER_REGISTRY.get(cfg.SOLVER.OPT)
+    groups = build_param_groups(cfg, model)
+    if not groups:
+        raise ReidError("the model has no trainable parameters (all have requires_grad False); "
+                        "check MODEL.FREEZE_LAYERS and the model's construction")
+    return builder(groups, cfg)
