@@ -26,7 +26,7 @@ from reid.engine.trainer import Trainer
 from reid.errors import ReidError
 from reid.evaluation.evaluator import evaluate_model
 from reid.evaluation.extract import extract_features
-from reid.modeling import build_model
+from reid.modeling import build_model, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
 from reid.utils.io import atomic_write_json
@@ -108,7 +108,10 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     cfg = with_num_classes(cfg, num_classes)
     if comm.is_main_process():
         save_config(cfg, out / "config.yaml")
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if comm.get_world_size() > 1 and wants_sync_bn(cfg):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     iters_per_epoch = len(loader)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch)

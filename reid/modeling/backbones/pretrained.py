@@ -87,7 +87,8 @@ def load_pretrained(backbone: nn.Module, path: str, urls: list[str],
     """Load ImageNet weights into ``backbone``; return whether any were loaded.
 
     ``path`` is MODEL.BACKBONE.PRETRAIN_PATH ("" = none); ``urls`` are torchvision's files for
-    this architecture, the preferred first. ``fetch(url, target)`` downloads (default: ``download``).
+    this architecture, the preferred first. ``fetch(url, target)`` downloads
+    (default: ``download``).
     """
     if path:
         if not Path(path).is_file():
