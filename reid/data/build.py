@@ -1,0 +1,146 @@
+"""Data loaders from the config.
+
+Batches are dicts: ``images`` float32 ``B x 3 x H x W`` in 0..255, ``targets`` int64 (training:
+contiguous labels 0..C-1; test: the datasets' pids), ``camids`` int64, ``img_paths`` list of str.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from reid.config import CfgNode
+from reid.data.datasets import DATASET_REGISTRY, ImageDataset, Record
+from reid.data.samplers import SAMPLER_REGISTRY, InferenceSampler
+from reid.data.transforms import build_transforms
+from reid.errors import ReidError
+from reid.utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+def read_image(path: str) -> Image.Image:
+    """An RGB PIL image; any decoding failure is a one-line ReidError naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not later in a transform
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise ReidError(f"cannot read image {path}: {why} (expected a readable JPEG/PNG)") from None
+
+
+class RecordDataset(Dataset):
+    """``(img_path, target, camid)`` records -> batch items, through ``transform``."""
+
+    def __init__(self, records: Sequence[Record], transform: Callable) -> None:
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        path, target, camid = self.records[index]
+        return {"images": self.transform(read_image(path)), "targets": target,
+                "camids": camid, "img_paths": path}
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "images": torch.stack([it["images"] for it in items]),
+        "targets": torch.tensor([it["targets"] for it in items], dtype=torch.int64),
+        "camids": torch.tensor([it["camids"] for it in items], dtype=torch.int64),
+        "img_paths": [it["img_paths"] for it in items],
+    }
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a worker from the torch seed the DataLoader gave it."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def load_datasets(cfg: CfgNode, names: Sequence[str]) -> list[ImageDataset]:
+    datasets = []
+    for name in names:
+        dataset = DATASET_REGISTRY.get(name)(cfg.DATASETS.ROOT)
+        if comm.is_main_process():
+            dataset.log_summary()
+        datasets.append(dataset)
+    return datasets
+
+
+def relabel(named_records: Sequence[tuple[str, Sequence[Record]]]) -> tuple[list[Record], int]:
+    """Map every (dataset name, pid) to a contiguous label 0..C-1, ordered by dataset then pid.
+
+    Datasets are ordered by first appearance; a name given twice shares its identities.
+    """
+    order: dict[str, int] = {}
+    for name, _ in named_records:
+        order.setdefault(name, len(order))
+    keys = sorted({(order[name], r[1]) for name, records in named_records for r in records})
+    label = {key: n for n, key in enumerate(keys)}
+    out = [(path, label[(order[name], pid)], camid)
+           for name, records in named_records for path, pid, camid in records]
+    return out, len(keys)
+
+
+def _loader_kwargs(cfg: CfgNode) -> dict:
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return {"num_workers": workers, "collate_fn": collate, "worker_init_fn": seed_worker,
+            "pin_memory": torch.cuda.is_available()}
+
+
+def build_train_loader(cfg: CfgNode, dataset_names: Sequence[str] | None = None,
+                       train_transforms: bool = True) -> tuple[DataLoader, int]:
+    """The training loader over DATASETS.NAMES (or ``dataset_names``) and its class count.
+
+    ``train_transforms=False`` uses the test-time pipeline (e.g. for precise-BN statistics).
+    """
+    names = list(dataset_names or cfg.DATASETS.NAMES)
+    datasets = load_datasets(cfg, names)
+    named = [(d.name, d.combined_train() if cfg.DATASETS.COMBINEALL else d.train)
+             for d in datasets]
+    records, num_classes = relabel(named)
+    if not records:
+        raise ReidError(f"no training images in {', '.join(names)} under {cfg.DATASETS.ROOT}")
+    logger.info("training set: %d images of %d identities from %s", len(records), num_classes,
+                ", ".join(names))
+
+    world, rank = comm.get_world_size(), comm.get_rank()
+    sampler_name = "NaiveIdentitySampler" if cfg.DATALOADER.PK_SAMPLER else "ShuffledSampler"
+    if cfg.DATALOADER.PK_SAMPLER and not cfg.DATALOADER.NAIVE_WAY:
+        logger.warning("DATALOADER.NAIVE_WAY false (camera-balanced P x K sampling) is not "
+                       "implemented; using NaiveIdentitySampler")
+    sampler = SAMPLER_REGISTRY.get(sampler_name)(
+        records, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SEED,
+        rank=rank, world_size=world)
+    # augmentation randomness differs per rank but is reproducible for a given seed
+    generator = torch.Generator().manual_seed(int(cfg.SEED) + rank)
+    loader = DataLoader(RecordDataset(records, build_transforms(cfg, is_train=train_transforms)),
+                        batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
+                        generator=generator,
+                        persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
+                        **_loader_kwargs(cfg))
+    return loader, num_classes
+
+
+def build_test_loader(cfg: CfgNode, dataset_name: str) -> tuple[DataLoader, int]:
+    """Query then gallery of ``dataset_name`` in one loader, and the number of queries.
+
+    With several processes each one loads a contiguous shard (InferenceSampler).
+    """
+    dataset = load_datasets(cfg, [dataset_name])[0]
+    records = dataset.query + dataset.gallery
+    sampler = InferenceSampler(len(records), comm.get_rank(), comm.get_world_size())
+    loader = DataLoader(RecordDataset(records, build_transforms(cfg, is_train=False)),
+                        batch_size=cfg.TEST.IMS_PER_BATCH, sampler=sampler, drop_last=False,
+                        **_loader_kwargs(cfg))
+    return loader, len(dataset.query)
