@@ -17,7 +17,7 @@ import torch
 from reid.config import CfgNode, save_config
 from reid.data.build import build_test_loader, build_train_loader
 from reid.data.datasets import DATASET_REGISTRY
-from reid.data.synthetic import generate_synthetic_market
+from reid.data.synthetic import generate_synthetic_market, generated_with, generator_arguments
 from reid.engine.checkpoint import Checkpointer
 from reid.engine.hooks import LayerFreezer, MetricsLogger, PeriodicCheckpointer, ProgressBar
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
@@ -48,18 +48,22 @@ def output_dir(cfg: CfgNode) -> Path:
 
 # --------------------------------------------------------------------------- prepare
 def ensure_synthetic(cfg: CfgNode) -> Path:
-    """Generate the synthetic set under DATASETS.ROOT unless it is already there."""
+    """Generate the synthetic set under DATASETS.ROOT unless the one there matches the config."""
     syn = cfg.DATASETS.SYNTHETIC
+    arguments = dict(seed=syn.SEED, num_train_ids=syn.NUM_TRAIN_IDS,
+                     num_test_ids=syn.NUM_TEST_IDS, num_cameras=syn.NUM_CAMERAS,
+                     images_per_id=syn.IMAGES_PER_ID, num_distractors=syn.NUM_DISTRACTORS,
+                     num_junk=syn.NUM_JUNK, size=tuple(syn.SIZE))
     target = Path(cfg.DATASETS.ROOT) / SYNTHETIC
-    if target.is_dir():
+    recorded = generated_with(target)
+    if recorded == generator_arguments(**arguments):
         return target
+    if recorded is not None:
+        logger.warning("the synthetic set in %s was generated with other DATASETS.SYNTHETIC "
+                       "values; regenerating it (run `dvc add %s` to version the new bytes)",
+                       target, cfg.DATASETS.ROOT)
     logger.info("generating the synthetic dataset under %s", target)
-    generate_synthetic_market(
-        cfg.DATASETS.ROOT, seed=syn.SEED, num_train_ids=syn.NUM_TRAIN_IDS,
-        num_test_ids=syn.NUM_TEST_IDS, num_cameras=syn.NUM_CAMERAS,
-        images_per_id=syn.IMAGES_PER_ID, num_distractors=syn.NUM_DISTRACTORS,
-        num_junk=syn.NUM_JUNK, size=tuple(syn.SIZE))
-    return target
+    return generate_synthetic_market(cfg.DATASETS.ROOT, **arguments)
 
 
 def describe_split(items: list) -> dict:

@@ -627,10 +627,8 @@ def generate_synthetic_market(root: str | os.PathLike, *, seed: int = 0,
     size = tuple(int(s) for s in size)
     _check_arguments(seed, num_train_ids, num_test_ids, num_cameras, images_per_id,
                      num_distractors, num_junk, size)
-    params = dict(seed=seed, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
-                  num_cameras=num_cameras, images_per_id=images_per_id,
-                  num_distractors=num_distractors, num_junk=num_junk, size=list(size),
-                  version=GENERATOR_VERSION)
+    params = generator_arguments(seed, num_train_ids, num_test_ids, num_cameras, images_per_id,
+                                 num_distractors, num_junk, size)
     root = Path(root)
     target, partial = root / DATASET_DIR, root / f".{DATASET_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -668,3 +666,19 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def generated_with(target: str | Path) -> dict | None:
+    """The arguments a set at ``target`` was generated with (None when there is no record)."""
+    record = Path(target) / PARAMS_FILE
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def generator_arguments(seed: int = 0, num_train_ids: int = 100, num_test_ids: int = 100,
+                        num_cameras: int = 6, images_per_id: int = 12, num_distractors: int = 50,
+                        num_junk: int = 30, size=(128, 64)) -> dict:
+    """The record ``generate_synthetic_market`` would write for these arguments."""
+    return dict(seed=seed, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
+                num_cameras=num_cameras, images_per_id=images_per_id,
+                num_distractors=num_distractors, num_junk=num_junk,
+                size=[int(s) for s in size], version=GENERATOR_VERSION)
