@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -75,8 +76,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _stage(args: argparse.Namespace, untracked: Callable, tracked: Callable) -> dict:
-    """Run one stage: ``untracked()``, or ``tracked(tasks.tracked, Tracker())`` in an MLflow run."""
-    if args.no_track:
+    """Run one stage: ``untracked()``, or ``tracked(tasks.tracked, Tracker())`` in an MLflow run.
+
+    Under torchrun only rank 0 (RANK, set before the process group exists) talks to MLflow.
+    """
+    if args.no_track or int(os.environ.get("RANK", "0")) != 0:
         return untracked()
     from tasks import tracked as tracked_stages
     from tasks.tracking import Tracker

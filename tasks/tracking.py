@@ -84,11 +84,13 @@ class Tracker:
 
     # ------------------------------------------------------------------ logging
     def log_config(self, run_id: str, cfg: CfgNode, config_file: str | Path | None = None) -> None:
+        """The flattened config as params, the merged config as ``config.yaml``, the recipe file."""
         params = [Param(key, str(value)[:6000]) for key, value in cfg.flatten()]
         for start in range(0, len(params), MAX_BATCH):
             self.client.log_batch(run_id, params=params[start:start + MAX_BATCH])
+        self.client.log_text(run_id, cfg.dump(), "config.yaml")
         if config_file is not None and Path(config_file).is_file():
-            self.client.log_artifact(run_id, str(config_file))
+            self.client.log_artifact(run_id, str(config_file), "recipe")
 
     def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
         now = int(time.time() * 1000)

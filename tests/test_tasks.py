@@ -1,0 +1,61 @@
+"""Prefect task adapters and the MLflow tracker, without a Prefect server."""
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.states import Failed
+
+from reid.config import load_config
+from reid.errors import ReidError
+from tasks.pipeline_tasks import transient_only
+from tasks.tracking import Tracker, dvc_digest
+
+
+@pytest.mark.parametrize("error, retried", [
+    (ReidError("dataset not found"), False),   # the user must fix it: a retry fails the same way
+    (OSError("NFS hiccup"), True),
+    (RuntimeError("tracking store busy"), True),
+])
+def test_retries_only_transient_failures(error, retried):
+    assert transient_only(None, None, Failed(data=error)) is retried
+
+
+def test_tracker_nests_runs_and_logs_config_metrics_dataset(tmp_path, mlflow_uri):
+    cfg = load_config(None, ["DATASETS.ROOT", str(tmp_path)])
+    dvc_file = tmp_path / "data.dvc"
+    dvc_file.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    tracker = Tracker()
+    with tracker.run("pipeline") as parent:
+        tracker.log_config(parent, cfg)
+        tracker.log_dataset(parent, cfg, dvc_file)
+        with tracker.run("train", parent) as child:
+            sink = tracker.sink(child)
+            sink({"total_loss": 2.0, "lr": 0.1}, 1)
+            sink({"total_loss": 1.5, "lr": 0.1, "bad": float("nan")}, 2)
+        tracker.log_results(parent, {"Market1501": {"mAP": 42.0, "Rank-1": 60.5}})
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(parent)
+    assert run.data.params["DATASETS.ROOT"] == str(tmp_path)
+    assert run.data.metrics == {"Market1501.mAP": 42.0, "Market1501.Rank-1": 60.5}
+    assert run.data.tags["dvc.data.md5"] == "0123456789abcdef0123456789abcdef.dir"
+    assert run.inputs.dataset_inputs[0].dataset.source_type == "dvc"
+    assert "config.yaml" in {a.path for a in client.list_artifacts(parent)}
+    child_run = client.get_run(child)
+    assert child_run.data.tags["mlflow.parentRunId"] == parent
+    history = [(m.step, m.value) for m in client.get_metric_history(child, "total_loss")]
+    assert sorted(history) == [(1, 2.0), (2, 1.5)]
+    assert "bad" not in child_run.data.metrics  # non-finite values are not sent
+
+
+def test_failed_block_marks_the_run_failed(mlflow_uri):
+    tracker = Tracker()
+    with pytest.raises(ReidError):
+        with tracker.run("broken") as run_id:
+            raise ReidError("boom")
+    assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
+
+
+def test_dvc_digest_reads_data_dvc(tmp_path):
+    assert dvc_digest(tmp_path / "absent.dvc") is None
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  path: data\n")
+    assert dvc_digest(tmp_path / "data.dvc") == "abc.dir"
