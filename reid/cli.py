@@ -18,6 +18,7 @@ from reid.errors import ReidError, one_line
 
 logger = logging.getLogger("reid")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
+PARENT_RUN_ENV = "REID_PARENT_RUN_ID"
 QUIET_LOGGERS = ("alembic", "mlflow", "httpx", "httpcore", "prefect", "urllib3", "PIL", "matplotlib")
 
 
@@ -76,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _stage(args: argparse.Namespace, untracked: Callable, tracked: Callable) -> dict:
-    """Run one stage: ``untracked()``, or ``tracked(tasks.tracked, Tracker())`` in an MLflow run.
+    """Run one stage: ``untracked()``, or ``tracked(tasks.tracked, Tracker(), parent)`` in an
+    MLflow run, nested under REID_PARENT_RUN_ID when set (to group DVC's stage processes).
 
     Under torchrun only rank 0 (RANK, set before the process group exists) talks to MLflow.
     """
@@ -84,13 +86,14 @@ def _stage(args: argparse.Namespace, untracked: Callable, tracked: Callable) -> 
         return untracked()
     from tasks import tracked as tracked_stages
     from tasks.tracking import Tracker
-    return tracked(tracked_stages, Tracker())
+    return tracked(tracked_stages, Tracker(), os.environ.get(PARENT_RUN_ENV) or None)
 
 
 def cmd_prepare(args):
     from reid import stages
     cfg = load(args)
-    out = _stage(args, lambda: stages.prepare(cfg), lambda ts, t: ts.prepare(cfg, t))
+    out = _stage(args, lambda: stages.prepare(cfg),
+                 lambda ts, t, parent: ts.prepare(cfg, t, parent))
     for name, splits in out["datasets"].items():
         logger.info("%s: %s", name, splits)
 
@@ -100,7 +103,7 @@ def cmd_train(args, stage: str = "train"):
     cfg = load(args)
     fn = stages.distill if stage == "distill" else stages.train
     out = _stage(args, lambda: fn(cfg, resume=args.resume),
-                 lambda ts, t: ts.train(cfg, t, resume=args.resume, stage=stage))
+                 lambda ts, t, parent: ts.train(cfg, t, parent, resume=args.resume, stage=stage))
     logger.info("final checkpoint: %s", out["checkpoint"])
 
 
@@ -120,7 +123,7 @@ def cmd_precise_bn(args):
     cfg = load(args)
     weights = args.weights or default_weights(cfg, stages.FINAL_CHECKPOINT)
     out = _stage(args, lambda: stages.precise_bn(cfg, weights),
-                 lambda ts, t: ts.precise_bn(cfg, weights, t))
+                 lambda ts, t, parent: ts.precise_bn(cfg, weights, t, parent))
     logger.info("checkpoint: %s", out["checkpoint"])
 
 
@@ -130,7 +133,7 @@ def cmd_eval(args):
     weights = args.weights or default_weights(cfg, stages.PRECISE_BN_CHECKPOINT,
                                               stages.FINAL_CHECKPOINT)
     out = _stage(args, lambda: stages.evaluate(cfg, weights),
-                 lambda ts, t: ts.evaluate(cfg, weights, t))
+                 lambda ts, t, parent: ts.evaluate(cfg, weights, t, parent))
     print_results(out["results"])
 
 

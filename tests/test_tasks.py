@@ -59,3 +59,17 @@ def test_dvc_digest_reads_data_dvc(tmp_path):
     assert dvc_digest(tmp_path / "absent.dvc") is None
     (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  path: data\n")
     assert dvc_digest(tmp_path / "data.dvc") == "abc.dir"
+
+
+def test_cli_stage_nests_under_reid_parent_run_id(tiny_overrides, mlflow_uri, monkeypatch):
+    """DVC's stage processes can be grouped under one run with REID_PARENT_RUN_ID."""
+    from reid.cli import main
+    tracker = Tracker()
+    parent = tracker.start("dvc repro")
+    monkeypatch.setenv("REID_PARENT_RUN_ID", parent)
+    assert main(["prepare", *tiny_overrides]) == 0
+    client = MlflowClient(mlflow_uri)
+    children = client.search_runs([tracker.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert [run.info.run_name for run in children] == ["prepare"]
+    assert children[0].data.metrics["SyntheticMarket1501.train.ids"] == 8
