@@ -28,9 +28,12 @@ $(STAMP): pyproject.toml constraints.txt
 data: install
 	$(BIN)/reid prepare --no-track
 
+# The default recipe's OUTPUT_DIR (params/synthetic.yml), for the comparison printed last.
+RUN_OUTPUT ?= logs/synthetic/bagtricks_R18
+
 run: data
 	$(BIN)/reid run $(ARGS)
-	$(BIN)/python benchmarks/raw_pixel_baseline.py --root data
+	$(BIN)/python benchmarks/raw_pixel_baseline.py --root data --compare $(RUN_OUTPUT)/results.json
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -6,12 +6,15 @@ which this scores high can be solved without learning anything; the synthetic se
 that it scores about 10-20 % mAP while a small CNN learns far more.
 
     python benchmarks/raw_pixel_baseline.py --root data [--dataset NAME] [--size H W]
+                                            [--compare OUTPUT_DIR/results.json]
 
-(defaults: --dataset SyntheticMarket1501 --size 128 64)
+(defaults: --dataset SyntheticMarket1501 --size 128 64). With ``--compare`` it prints a trained
+model's results (the pipeline's results.json) beside the baseline, and their mAP ratio.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="data", help="datasets root (DATASETS.ROOT)")
     parser.add_argument("--dataset", default="SyntheticMarket1501", help="registered dataset name")
     parser.add_argument("--size", nargs=2, type=int, default=(128, 64), metavar=("H", "W"))
+    parser.add_argument("--compare", type=Path, help="a results.json to print beside the baseline")
     args = parser.parse_args(argv)
     from reid.errors import ReidError, one_line
 
@@ -67,11 +71,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
+    trained = _trained_results(args.compare, args.dataset) if args.compare else None
     print(f"raw pixels {args.size[0]}x{args.size[1]} on {args.dataset} ({args.root}):")
+    print(f"  {'':<8} {'raw':>8}" + (f" {'trained':>9}" if trained else ""))
     for key, value in results.items():
-        print(f"  {key:<8} {value:6.2f} %")
+        print(f"  {key:<8} {value:7.2f}%" + (f" {trained[key]:8.2f}%" if trained else ""))
+    if trained:
+        ratio = trained["mAP"] / max(results["mAP"], 1e-9)
+        print(f"  trained mAP / raw-pixel mAP = {ratio:.2f}x")
     print(f"  time     {elapsed:6.2f} s")
     return 0
+
+
+def _trained_results(path: Path, dataset: str) -> dict | None:
+    """The dataset's entry of a results.json, or None (with a note) when it is not there."""
+    try:
+        return json.loads(path.read_text())[dataset]
+    except (OSError, ValueError, KeyError):
+        print(f"note: no {dataset} results in {path}; printing the baseline alone", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":
