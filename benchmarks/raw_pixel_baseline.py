@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     trained = _trained_results(args.compare, args.dataset) if args.compare else None
     print(f"raw pixels {args.size[0]}x{args.size[1]} on {args.dataset} ({args.root}):")
-    print(f"  {'':<8} {'raw':>8}" + (f" {'trained':>9}" if trained else ""))
+    print(f"  {'':<8} {'raw':>9}" + (f" {'trained':>10}" if trained else ""))
     for key, value in results.items():
-        print(f"  {key:<8} {value:7.2f}%" + (f" {trained[key]:8.2f}%" if trained else ""))
+        print(f"  {key:<8} {value:7.2f} %" + (f" {trained[key]:8.2f} %" if trained else ""))
     if trained:
         ratio = trained["mAP"] / max(results["mAP"], 1e-9)
         print(f"  trained mAP / raw-pixel mAP = {ratio:.2f}x")
