@@ -14,6 +14,10 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+# Everything the commands import, including DVC's parameter parser (hydra), so that a broken
+# install fails here and not halfway through a run.
+export SMOKE_IMPORTS := import reid.cli, reid.stages, flows.pipeline, flows.distill, tasks.tracking, dvc.repo, hydra.core.override_parser.overrides_parser
+
 .PHONY: install data run test repro clean
 
 install: $(STAMP)
@@ -22,6 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -c "$$SMOKE_IMPORTS" || { echo "make install: $(VENV) is incomplete (see the import error above); run: rm -rf $(VENV) && make install" >&2; exit 1; }
 	touch $(STAMP)
 
 # The synthetic dataset: byte-identical to what data.dvc records (checked by a test).
