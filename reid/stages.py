@@ -19,7 +19,8 @@ from reid.data.build import build_test_loader, build_train_loader
 from reid.data.datasets import DATASET_REGISTRY
 from reid.data.synthetic import generate_synthetic_market, generated_with, generator_arguments
 from reid.engine.checkpoint import Checkpointer
-from reid.engine.hooks import LayerFreezer, MetricsLogger, PeriodicCheckpointer, ProgressBar
+from reid.engine.hooks import (LayerFreezer, MetricsLogger, PeriodicCheckpointer,
+                               PeriodicEvaluator, ProgressBar)
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
 from reid.engine.precise_bn import update_bn_stats
 from reid.engine.trainer import Trainer
@@ -121,15 +122,20 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch)
     checkpointer = Checkpointer(model, out, optimizer=optimizer, scheduler=scheduler)
     start_epoch = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     hooks = [
         LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
+        LayerFreezer(model, ["heads.weight"], cfg.SOLVER.FREEZE_FC_ITERS),
         PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_EPOCH),
+        PeriodicEvaluator(lambda: evaluate_test_sets(cfg, model, device), cfg.TEST.EVAL_PERIOD,
+                          cfg.SOLVER.MAX_EPOCH, sink),
         ProgressBar(),
     ]
     if sink is not None:
         hooks.append(MetricsLogger(sink, cfg.SOLVER.LOG_PERIOD))
     # Frozen layers produce no gradients for a while: DDP must be told to expect that.
-    ddp_model = wrap_ddp(model, device, find_unused_parameters=cfg.SOLVER.FREEZE_ITERS > 0)
+    freezing = cfg.SOLVER.FREEZE_ITERS > 0 or cfg.SOLVER.FREEZE_FC_ITERS > 0
+    ddp_model = wrap_ddp(model, device, find_unused_parameters=freezing)
     trainer = Trainer(ddp_model, loader, optimizer, scheduler,
                       max_epoch=cfg.SOLVER.MAX_EPOCH, device=device,
                       amp=cfg.SOLVER.FP16_ENABLED, hooks=hooks)
@@ -205,16 +211,21 @@ def _images_only(loader, device):
 
 
 # --------------------------------------------------------------------------- evaluate
-def evaluate(cfg: CfgNode, weights: str | Path) -> dict:
-    """Rank-1/5/10, mAP and mINP (percent) on every DATASETS.TESTS set; writes results.json."""
-    device = resolve_device(cfg.MODEL.DEVICE)
-    model = load_model(cfg, weights, device)
+def evaluate_test_sets(cfg: CfgNode, model: torch.nn.Module, device: torch.device) -> dict:
+    """``{test set: {metric: percent}}`` for every DATASETS.TESTS set (the model's mode is kept)."""
     results = {}
     for name in cfg.DATASETS.TESTS:
         loader, num_query = build_test_loader(cfg, name)
         results[name] = evaluate_model(model, loader, num_query, device,
                                        metric=cfg.TEST.METRIC, flip=cfg.TEST.FLIP_ENABLED)
         logger.info("%s: %s", name, ", ".join(f"{k} {v:.2f}" for k, v in results[name].items()))
+    return results
+
+
+def evaluate(cfg: CfgNode, weights: str | Path) -> dict:
+    """Rank-1/5/10, mAP and mINP (percent) on every DATASETS.TESTS set; writes results.json."""
+    device = resolve_device(cfg.MODEL.DEVICE)
+    results = evaluate_test_sets(cfg, load_model(cfg, weights, device), device)
     if comm.is_main_process():
         atomic_write_json(output_dir(cfg) / RESULTS_FILE, results)
     return {"results": results, "weights": str(weights)}

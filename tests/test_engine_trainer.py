@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from reid.engine import hooks as hooks_module
 from reid.engine.checkpoint import Checkpointer
 from reid.engine.hooks import (HookBase, LayerFreezer, MetricsLogger, PeriodicCheckpointer,
-                               ProgressBar)
+                               PeriodicEvaluator, ProgressBar)
 from reid.engine.trainer import Trainer, TrainingDiverged, set_sampler_epoch
 from reid.errors import ReidError
 from reid.solver import build_lr_scheduler, build_optimizer
@@ -356,3 +356,31 @@ def test_layer_freezer_restores_after_a_failed_run():
     assert model.backbone[1].weight.requires_grad and model.backbone[2].weight.requires_grad
     assert not model.backbone[1].bias.requires_grad
     assert model.backbone.training
+
+
+def test_layer_freezer_freezes_a_bare_parameter_like_the_classifier():
+    """SOLVER.FREEZE_FC_ITERS freezes the parameter "heads.weight", not a module."""
+    model = ToyReidNet()
+    probe = FreezeProbe(model)
+    make_trainer(max_epoch=2, model=model,
+                 hooks=[LayerFreezer(model, ["heads.weight"], 2), probe]).train()
+    assert [heads_moved for _, heads_moved, _, _ in probe.rows] == [False, False, True, True]
+    assert all(backbone_moved for backbone_moved, _, _, _ in probe.rows)
+    assert all(bn_training for _, _, _, bn_training in probe.rows)  # no module was frozen
+    assert model.heads.weight.requires_grad
+
+
+def test_periodic_evaluator_runs_every_period_except_the_last_epoch():
+    epochs, received = [], []
+
+    def evaluate():
+        epochs.append(trainer.epoch + 1)
+        return {"Toy": {"mAP": 10.0 * len(epochs)}}
+
+    trainer = make_trainer(max_epoch=5, hooks=[
+        PeriodicEvaluator(evaluate, 2, 5, lambda metrics, step: received.append((step, metrics)))])
+    trainer.train()
+    assert epochs == [2, 4]  # epoch 5 is left to the evaluate stage
+    assert [metrics for _, metrics in received] == [{"eval.Toy.mAP": 10.0},
+                                                    {"eval.Toy.mAP": 20.0}]
+    assert received[1][0] - received[0][0] == 2 * 2  # two epochs of two iterations apart

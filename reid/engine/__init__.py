@@ -1,13 +1,13 @@
 """Training engine: the trainer loop with hooks, checkpoints, precise-BN, distributed launch."""
 from reid.engine.checkpoint import Checkpointer, read_checkpoint
 from reid.engine.hooks import (HookBase, LayerFreezer, MetricsLogger, PeriodicCheckpointer,
-                               ProgressBar)
+                               PeriodicEvaluator, ProgressBar)
 from reid.engine.launch import (destroy, init_distributed, resolve_device, seed_everything,
                                 unwrap_model, wrap_ddp)
 from reid.engine.precise_bn import update_bn_stats
 from reid.engine.trainer import Trainer, TrainingDiverged
 
 __all__ = ["Checkpointer", "HookBase", "LayerFreezer", "MetricsLogger", "PeriodicCheckpointer",
-           "ProgressBar", "Trainer", "TrainingDiverged", "destroy", "init_distributed",
-           "read_checkpoint", "resolve_device", "seed_everything", "unwrap_model",
-           "update_bn_stats", "wrap_ddp"]
+           "PeriodicEvaluator", "ProgressBar", "Trainer", "TrainingDiverged", "destroy",
+           "init_distributed", "read_checkpoint", "resolve_device", "seed_everything",
+           "unwrap_model", "update_bn_stats", "wrap_ddp"]

@@ -163,18 +163,21 @@ class LayerFreezer(HookBase):
     def __init__(self, model: nn.Module, names: Iterable[str], freeze_iters: int) -> None:
         self.names = [n for n in names if n]
         self.freeze_iters = freeze_iters
-        found = dict(model.named_modules())
-        unknown = [n for n in self.names if n not in found]
+        modules, params = dict(model.named_modules()), dict(model.named_parameters())
+        unknown = [n for n in self.names if n not in modules and n not in params]
         if unknown and freeze_iters > 0:
             children = ", ".join(name for name, _ in model.named_children())
             raise ReidError(f"MODEL.FREEZE_LAYERS names no module called {', '.join(unknown)}; "
                             f"the model's top-level modules are: {children}")
-        self.modules = [found[n] for n in self.names if n in found]
+        self.modules = [modules[n] for n in self.names if n in modules]
+        # A bare parameter (e.g. the classifier's "heads.weight" for SOLVER.FREEZE_FC_ITERS)
+        # only stops receiving gradients.
+        self.params = [params[n] for n in self.names if n in params and n not in modules]
         self._saved_requires_grad: dict[nn.Parameter, bool] = {}
         self.frozen = False
 
     def before_train(self) -> None:
-        if self.modules and self.trainer.iter < self.freeze_iters:
+        if (self.modules or self.params) and self.trainer.iter < self.freeze_iters:
             self._freeze()
 
     def before_step(self) -> None:
@@ -192,10 +195,10 @@ class LayerFreezer(HookBase):
             self._unfreeze()
 
     def _freeze(self) -> None:
+        for param in [p for m in self.modules for p in m.parameters()] + self.params:
+            self._saved_requires_grad.setdefault(param, param.requires_grad)
+            param.requires_grad_(False)
         for module in self.modules:
-            for param in module.parameters():
-                self._saved_requires_grad.setdefault(param, param.requires_grad)
-                param.requires_grad_(False)
             module.eval()
         self.frozen = True
         logger.info("froze %s for the first %d iterations", ", ".join(self.names),
@@ -209,3 +212,31 @@ class LayerFreezer(HookBase):
         for module in self.modules:
             module.train(self.trainer.model.training)
         logger.info("unfroze %s at iteration %d", ", ".join(self.names), self.trainer.iter + 1)
+
+
+class PeriodicEvaluator(HookBase):
+    """Evaluates every ``period_epochs`` epochs (TEST.EVAL_PERIOD) during training.
+
+    ``evaluate()`` returns ``{test set: {metric: value}}``; every rank calls it (feature
+    extraction gathers across ranks), rank 0 reports it as ``eval.<set>.<metric>``. The last
+    epoch is left to the pipeline's evaluate stage, which runs on the precise-BN model.
+    """
+
+    def __init__(self, evaluate: Callable[[], dict], period_epochs: int, max_epoch: int,
+                 sink: Optional[MetricsSink] = None) -> None:
+        self.evaluate = evaluate
+        self.period = period_epochs
+        self.max_epoch = max_epoch
+        self.sink = sink
+
+    def after_epoch(self) -> None:
+        done = self.trainer.epoch + 1
+        if self.period <= 0 or done % self.period or done >= self.max_epoch:
+            return
+        results = self.evaluate()
+        flat = {f"eval.{name}.{metric}": value for name, metrics in results.items()
+                for metric, value in metrics.items()}
+        logger.info("evaluation after epoch %d: %s", done,
+                    ", ".join(f"{k} {v:.2f}" for k, v in flat.items()))
+        if self.sink is not None and comm.is_main_process():
+            self.sink(flat, self.trainer.iter)
