@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--weights", help="checkpoint to load (default: from OUTPUT_DIR)")
         p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                        help="config overrides, e.g. SOLVER.MAX_EPOCH 5")
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=fn, command_parser=p)
         return p
 
     run = command("run", cmd_run, "run a Prefect flow (default: the whole pipeline)")
@@ -184,13 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_options(parser: argparse.ArgumentParser, tokens: list[str]) -> tuple[list, list]:
+    """(KEY VALUE overrides, the command's own options): argparse's REMAINDER also swallows
+    options written after the overrides (``reid extract KEY VALUE --output f.npz``)."""
+    overrides, options = [], []
+    tokens = iter(tokens)
+    for token in tokens:
+        action = parser._option_string_actions.get(token)
+        if action is None:
+            overrides.append(token)
+            continue
+        options.append(token)
+        if action.nargs != 0:  # store_true flags take no value
+            options.append(next(tokens, ""))
+    return overrides, options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # argparse's REMAINDER also swallows flags written after the overrides; take them back.
-    for flag in ("--no-track", "--resume", "--no-compare"):
-        while flag in args.opts:
-            args.opts.remove(flag)
-            setattr(args, flag[2:].replace("-", "_"), True)
+    args.opts, options = split_options(args.command_parser, args.opts)
+    args.command_parser.parse_args(options, namespace=args)
     setup_logging()
     try:
         args.fn(args)
