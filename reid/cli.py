@@ -139,6 +139,8 @@ def cmd_eval(args):
 
 def cmd_extract(args):
     from reid import stages
+    if not args.output:
+        raise ReidError("reid extract needs --output FILE.npz (where to write the features)")
     cfg = load(args)
     weights = args.weights or default_weights(cfg, stages.PRECISE_BN_CHECKPOINT,
                                               stages.FINAL_CHECKPOINT)
@@ -180,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="resume from OUTPUT_DIR")
     extract = command("extract", cmd_extract, "write a test set's features to .npz", weights=True)
     extract.add_argument("--dataset", help="test set name (default: the first of DATASETS.TESTS)")
-    extract.add_argument("--output", required=True, help="output .npz file")
+    # Checked in cmd_extract: argparse's "required" fires before options written after the
+    # overrides are taken back from them.
+    extract.add_argument("--output", help="output .npz file (required)")
     return parser
 
 
@@ -202,8 +206,9 @@ def split_options(parser: argparse.ArgumentParser, tokens: list[str]) -> tuple[l
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.opts, options = split_options(args.command_parser, args.opts)
-    args.command_parser.parse_args(options, namespace=args)
+    overrides, options = split_options(args.command_parser, args.opts)
+    args.command_parser.parse_args(options, namespace=args)  # resets args.opts: set it after
+    args.opts = overrides
     setup_logging()
     try:
         args.fn(args)
