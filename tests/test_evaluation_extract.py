@@ -134,3 +134,42 @@ def test_evaluate_model_rejects_a_bad_query_split(num_query):
     loader = make_loader(QUERY_ROWS + GALLERY_ROWS, PIDS, CAMIDS, batch_size=7)
     with pytest.raises(ReidError, match=f"7 extracted items .* got num_query={num_query}"):
         evaluate_model(FirstRowModel(), loader, num_query, "cpu")
+
+
+class ShardLoader(list):
+    """Batches of one process's shard, with the full test set as ``dataset`` (as a DataLoader)."""
+
+    def __init__(self, batches, dataset_size):
+        super().__init__(batches)
+        self.dataset = range(dataset_size)
+
+
+def test_gathered_shards_must_cover_the_test_set_once(monkeypatch):
+    # Two ranks with 4 items each for a 7-item test set: a padded (DistributedSampler-style)
+    # split that would duplicate one item.
+    monkeypatch.setattr(extract.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(extract.comm, "all_gather", lambda local: [local, local])
+    shard = make_loader([[1.0, 2.0]] * 4, np.arange(4), np.zeros(4), batch_size=2)
+    with pytest.raises(ReidError, match=r"gathered 8 items from 2 process\(es\) but the test set "
+                                        r"has 7: .*\(use InferenceSampler\)"):
+        extract_features(FirstRowModel(), ShardLoader(shard, 7), "cpu")
+    # InferenceSampler's split of 8 items: 4 + 4, every item once.
+    assert len(extract_features(FirstRowModel(), ShardLoader(shard, 8), "cpu")[1]) == 8
+
+
+def test_a_real_loader_over_its_dataset_passes_the_check():
+    from torch.utils.data import DataLoader
+
+    from reid.data.samplers import InferenceSampler
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return {"images": torch.full((3, 2, 2), float(i)), "targets": i, "camids": 0}
+
+    loader = DataLoader(Items(), batch_size=2, sampler=InferenceSampler(5))
+    feats, pids, _ = extract_features(FirstRowModel(), loader, "cpu")
+    np.testing.assert_array_equal(pids, np.arange(5))
+    np.testing.assert_allclose(feats.numpy()[:, 0], np.arange(5))

@@ -1,10 +1,16 @@
-"""evaluate_rank / summarize against a brute-force reference written from the definitions."""
+"""evaluate_rank / summarize against a brute-force reference written from the definitions.
+
+The reference ranks each query's gallery with Python's stable ``sorted`` on (distance, index)
+and loops; the implementation never sorts a row (it counts, per positive, the kept items
+before it), so agreement on many random problems with heavy ties is the real check.
+"""
 import numpy as np
 import pytest
 
 from reid.errors import ReidError
-from reid.evaluation import rank as rank_module
+from reid.evaluation import positive_ranks, streaming
 from reid.evaluation.rank import evaluate_rank, summarize
+from reid.evaluation.streaming import StreamingEvaluation
 
 
 def brute_force_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -33,56 +39,104 @@ def brute_force_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     return np.array(cmc), np.array(aps), np.array(inps)
 
 
-def random_problem(rng, num_q, num_g, num_pids, num_cams, num_levels):
-    # Integer-valued distances: many exact ties, so the tie rule matters.
-    distmat = rng.integers(0, num_levels, size=(num_q, num_g)).astype(np.float32)
+def distances(rng, kind, shape):
+    """Distance matrices that stress the tie rule and the exact-comparison path."""
+    if kind == "levels":      # integer levels: many exact ties between positives and others
+        return rng.integers(0, rng.integers(1, 8), size=shape).astype(np.float32)
+    if kind == "clustered":   # distinct values closer than any cell width: compared exactly
+        return (1.0 + 1e-6 * rng.integers(0, 40, size=shape)).astype(np.float64)
+    if kind == "signed":      # negative values and both zeros (-0.0 == 0.0: ties by index)
+        values = rng.choice(np.array([-1.0, -0.5, -0.0, 0.0, 0.25, 3.0], np.float32), size=shape)
+        return values * rng.choice(np.array([1.0, 1.0, 1.0001], np.float32), size=shape)
+    return rng.random(shape, dtype=np.float32)  # "continuous"
+
+
+def random_problem(rng, num_q, num_g, num_pids, num_cams, kind, distractors=0,
+                   single_camera_gallery=False):
+    distmat = distances(rng, kind, (num_q, num_g))
     q_pids = rng.integers(0, num_pids, size=num_q)
-    g_pids = rng.integers(0, num_pids, size=num_g)
+    g_pids = rng.integers(0, num_pids + distractors, size=num_g)  # pids >= num_pids: distractors
     q_cams = rng.integers(0, num_cams, size=num_q)
     g_cams = rng.integers(0, num_cams, size=num_g)
+    if single_camera_gallery:  # only queries seen by another camera can match
+        g_cams[:] = 0
     return distmat, q_pids, g_pids, q_cams, g_cams
 
 
-@pytest.mark.parametrize("seed,num_q,num_g,num_pids,num_cams,num_levels,max_rank", [
-    (0, 40, 120, 15, 3, 6, 50),     # many ties, junk and skipped queries
-    (1, 30, 20, 8, 2, 4, 50),       # G < max_rank: CMC has G entries
-    (2, 25, 80, 30, 2, 1000, 10),   # few ties, many queries without a match
-    (3, 60, 60, 5, 6, 3, 100),      # heavy ties and many positives per query
-    (4, 10, 7, 3, 1, 2, 50),        # a single camera: every same-pid item is junk
-])
-def test_matches_brute_force(seed, num_q, num_g, num_pids, num_cams, num_levels, max_rank):
+def draw(seed):
+    """A random problem of one of the distance kinds, with at least one valid query."""
     rng = np.random.default_rng(seed)
-    problem = random_problem(rng, num_q, num_g, num_pids, num_cams, num_levels)
-    if num_cams == 1:
-        # Give query 0 one positive on another camera so at least one query is valid.
-        problem[2][0], problem[4][0] = problem[1][0], 1
-    ref_cmc, ref_ap, ref_inp = brute_force_rank(*problem, max_rank)
-    cmc, all_ap, all_inp = evaluate_rank(*problem, max_rank=max_rank)
+    kind = ["levels", "clustered", "signed", "continuous"][seed % 4]
+    problem = random_problem(rng, num_q=int(rng.integers(1, 25)), num_g=int(rng.integers(1, 160)),
+                             num_pids=int(rng.integers(1, 12)), num_cams=int(rng.integers(2, 6)),
+                             kind=kind, distractors=int(rng.integers(0, 6)),
+                             single_camera_gallery=seed % 5 == 0)
+    _, q_pids, g_pids, q_cams, g_cams = problem
+    g_pids[0], q_cams[0], g_cams[0] = q_pids[0], 1, 0  # query 0 has a true match
+    return problem, int(rng.integers(1, 60))
 
-    assert len(cmc) == min(max_rank, num_g)
+
+def assert_matches_brute_force(problem, max_rank=50, **kwargs):
+    ref_cmc, ref_ap, ref_inp = brute_force_rank(*problem, max_rank)
+    cmc, all_ap, all_inp = evaluate_rank(*problem, max_rank=max_rank, **kwargs)
+    assert len(cmc) == min(max_rank, problem[0].shape[1])
     assert len(all_ap) == len(ref_ap) == len(all_inp)
     np.testing.assert_allclose(cmc, ref_cmc, rtol=0, atol=1e-6)
     np.testing.assert_allclose(all_ap, ref_ap, rtol=0, atol=1e-6)
     np.testing.assert_allclose(all_inp, ref_inp, rtol=0, atol=1e-6)
 
 
-def test_some_queries_are_skipped_in_random_problem():
-    # Guard that the brute-force comparison above really exercises skipped queries and junk.
-    rng = np.random.default_rng(2)
-    problem = random_problem(rng, 25, 80, 30, 2, 1000)
-    _, all_ap, _ = evaluate_rank(*problem)
-    assert 0 < len(all_ap) < 25
+@pytest.mark.parametrize("seed", range(60))
+def test_random_problems_match_brute_force(seed):
+    problem, max_rank = draw(seed)
+    assert_matches_brute_force(problem, max_rank=max_rank)
 
 
-def test_row_blocks_give_the_same_result(monkeypatch):
+@pytest.mark.parametrize("kind", ["levels", "continuous", "clustered"])
+def test_wide_gallery_uses_many_cells_and_still_matches(kind):
+    # 3000 columns: 1024 cells per row, several rows per chunk.
+    rng = np.random.default_rng(11)
+    problem = random_problem(rng, 12, 3000, 40, 4, kind)
+    assert positive_ranks._cells_per_row(3000) == 1024
+    assert_matches_brute_force(problem)
+
+
+def test_random_draws_cover_the_edge_cases():
+    # Guard that the random problems above really contain skipped queries, junk, distractors,
+    # single-camera galleries and exact ties between a positive and a kept item.
+    seen = {"skipped": False, "junk": False, "tie": False, "single camera": False,
+            "distractor": False}
+    for seed in range(60):
+        (dist, q_pids, g_pids, q_cams, g_cams), _ = draw(seed)
+        same = q_pids[:, None] == g_pids[None, :]
+        junk = same & (q_cams[:, None] == g_cams[None, :])
+        positive = same & ~junk
+        seen["skipped"] |= bool((~positive.any(axis=1)).any())
+        seen["junk"] |= bool(junk.any())
+        seen["single camera"] |= len(set(g_cams.tolist())) == 1 and bool(junk.any())
+        seen["distractor"] |= not set(g_pids.tolist()) <= set(q_pids.tolist())
+        for q in range(len(dist)):
+            kept_values = set(dist[q][~same[q]].tolist())
+            seen["tie"] |= any(v in kept_values for v in dist[q][positive[q]].tolist())
+    assert all(seen.values()), seen
+
+
+def test_chunking_and_threads_do_not_change_the_result(monkeypatch):
     rng = np.random.default_rng(5)
-    problem = random_problem(rng, 33, 50, 10, 3, 5)
-    whole = evaluate_rank(*problem)
-    # 50 cells per block = one query row at a time.
-    monkeypatch.setattr(rank_module, "_BLOCK_CELLS", 50)
-    blocked = evaluate_rank(*problem)
-    for a, b in zip(whole, blocked):
-        np.testing.assert_array_equal(a, b)
+    problem = random_problem(rng, 33, 50, 10, 3, "levels")
+    results = []
+    for cells, workers in [(10_000, 1), (1, 1), (1, 3), (150, 2)]:
+        # 1 cell: one query row per chunk; 150: three rows per chunk.
+        monkeypatch.setattr(streaming, "CHUNK_CELLS", cells)
+        with StreamingEvaluation(*problem[1:], workers=workers) as evaluation:
+            evaluation.add(0, problem[0][:20])
+            evaluation.add(20, problem[0][20:])
+            results.append(evaluation.result())
+    assert_matches_brute_force(problem)
+    for result in results[1:]:  # bit for bit, in float64
+        np.testing.assert_array_equal(result.cmc, results[0].cmc)
+        np.testing.assert_array_equal(result.all_ap, results[0].all_ap)
+        np.testing.assert_array_equal(result.all_inp, results[0].all_inp)
 
 
 def test_hand_computed_example():
@@ -126,6 +180,33 @@ def test_ties_are_broken_by_gallery_index():
     np.testing.assert_allclose(all_ap, [1.0])
 
 
+def test_negative_zero_ties_with_zero():
+    # -0.0 == 0.0, so the tie is broken by index: the impostor (index 0) comes first.
+    cmc, all_ap, _ = evaluate_rank(np.array([[0.0, -0.0]], np.float32), [1], [5, 1], [0], [1, 1])
+    np.testing.assert_allclose(cmc, [0.0, 1.0])
+    np.testing.assert_allclose(all_ap, [0.5])
+
+
+def test_nan_and_inf_impostors_rank_last():
+    # NaN ranks like +inf (after every finite distance, ties by index), as a sort puts it last.
+    rng = np.random.default_rng(3)
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(rng, 15, 60, 5, 3, "continuous")
+    impostor = q_pids[:, None] != g_pids[None, :]
+    special = impostor & (rng.random(dist.shape) < 0.3)
+    dist[special] = np.where(rng.random(special.sum()) < 0.5, np.nan, np.inf)
+    expected = brute_force_rank(np.where(np.isnan(dist), np.inf, dist), q_pids, g_pids,
+                                q_cams, g_cams, 50)
+    got = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_non_finite_distance_to_a_true_match_is_an_error():
+    dist = np.array([[0.1, 0.2], [np.nan, 0.3]])
+    with pytest.raises(ReidError, match="query 1 has a non-finite distance to one of its true"):
+        evaluate_rank(dist, [1, 1], [1, 2], [0, 0], [1, 1])
+
+
 def test_no_valid_query_is_an_error():
     # The only same-pid gallery item shares the query's camera: junk, so nothing is valid.
     with pytest.raises(ReidError, match="no query has a valid gallery match"):
@@ -135,6 +216,18 @@ def test_no_valid_query_is_an_error():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ReidError, match="g_pids has 3 entries"):
         evaluate_rank(np.zeros((1, 2)), [1], [1, 2, 3], [0], [0, 1])
+    with pytest.raises(ReidError, match="2-D query x gallery distance matrix"):
+        evaluate_rank(np.zeros(3), [1], [1, 2, 3], [0], [0, 1, 1])
+
+
+def test_rows_must_arrive_in_order():
+    problem = random_problem(np.random.default_rng(0), 4, 6, 2, 2, "levels")
+    evaluation = StreamingEvaluation(*problem[1:], workers=1)
+    with pytest.raises(ReidError, match="expected row 0, got rows 2..4 of 4"):
+        evaluation.add(2, problem[0][2:])
+    evaluation.add(0, problem[0][:2])
+    with pytest.raises(ReidError, match="evaluation got 2 of 4 query rows"):
+        evaluation.result()
 
 
 def test_summarize_reads_rank_k_and_means():

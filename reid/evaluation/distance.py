@@ -1,52 +1,140 @@
-"""Query x gallery distance matrices (smaller = more similar), computed with torch.
+"""Query x gallery distances (smaller = more similar), computed with torch, whole or in blocks.
 
-Numbers match FastReID: "cosine" is ``1 - cos`` of L2-normalised features and "euclidean" is
-the SQUARED Euclidean distance (a monotone map of the true distance, so ranks are the same and
+Numbers match FastReID: "cosine" is ``1 - cos`` of the features and "euclidean" is the
+SQUARED Euclidean distance (a monotone map of the true distance, so ranks are the same and
 the square root is not worth its cost).
+
+Each metric splits into per-gallery terms computed once (inverse norms, squared norms) and a
+per-block step (one matrix product plus element-wise scaling), so a large gallery is never
+copied (e.g. normalised) and a block's numbers do not depend on how the queries are blocked:
+the element-wise steps are the same for every block. A metric is also a plain callable
+``metric(q, g) -> Q x G tensor``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reid.errors import ReidError
 from reid.utils.registry import Registry
 
 DISTANCE_METRICS = Registry("distance metric")
 
-DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Same guard as torch.nn.functional.normalize: a zero vector has similarity 0 to everything.
+_NORM_EPS = 1e-12
 
 
-@DISTANCE_METRICS.register(name="cosine")
-def cosine_distance(q_feats: torch.Tensor, g_feats: torch.Tensor) -> torch.Tensor:
-    q = F.normalize(q_feats, p=2, dim=1)
-    g = F.normalize(g_feats, p=2, dim=1)
-    return 1.0 - q @ g.t()
+class CosineDistance:
+    """``1 - q.g / (|q| |g|)``: dot products scaled by inverse norms."""
+
+    def gallery_terms(self, g: torch.Tensor) -> torch.Tensor:
+        return _inverse_norms(g)
+
+    def block(self, q: torch.Tensor, g: torch.Tensor, g_terms: torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        out = torch.mm(q, g.t(), out=out)
+        out.mul_(_inverse_norms(q)[:, None]).mul_(g_terms[None, :])
+        return out.neg_().add_(1.0)
+
+    def __call__(self, q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.block(q, g, self.gallery_terms(g))
 
 
-@DISTANCE_METRICS.register(name="euclidean")
-def squared_euclidean_distance(q_feats: torch.Tensor, g_feats: torch.Tensor) -> torch.Tensor:
-    # |q|^2 + |g|^2 - 2 q.g, one matrix product instead of a Q x G x D difference tensor.
-    q_sq = q_feats.pow(2).sum(dim=1, keepdim=True)
-    g_sq = g_feats.pow(2).sum(dim=1, keepdim=True).t()
-    dist = torch.addmm(q_sq + g_sq, q_feats, g_feats.t(), beta=1.0, alpha=-2.0)
-    # Rounding can make a zero distance slightly negative.
-    return dist.clamp_(min=0.0)
+class SquaredEuclideanDistance:
+    """``|q|^2 + |g|^2 - 2 q.g``: one matrix product, no ``Q x G x D`` difference tensor."""
+
+    def gallery_terms(self, g: torch.Tensor) -> torch.Tensor:
+        return g.pow(2).sum(dim=1)
+
+    def block(self, q: torch.Tensor, g: torch.Tensor, g_terms: torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        out = torch.mm(q, g.t(), out=out)
+        out.mul_(-2.0).add_(g_terms[None, :]).add_(q.pow(2).sum(dim=1)[:, None])
+        # Rounding can make a zero distance slightly negative.
+        return out.clamp_(min=0.0)
+
+    def __call__(self, q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.block(q, g, self.gallery_terms(g))
 
 
-def compute_distance(q_feats: torch.Tensor, g_feats: torch.Tensor,
-                     metric: str = "cosine") -> np.ndarray:
+DISTANCE_METRICS.register(CosineDistance(), name="cosine")
+DISTANCE_METRICS.register(SquaredEuclideanDistance(), name="euclidean")
+
+
+def _inverse_norms(x: torch.Tensor) -> torch.Tensor:
+    return x.norm(p=2, dim=1).clamp_(min=_NORM_EPS).reciprocal_()
+
+
+class GalleryDistances:
+    """Distances from blocks of queries to one gallery, computed on ``device``.
+
+    The gallery features stay where they are on the CPU (a float32 tensor or array is used
+    without a copy); on a GPU they are copied there once. Blocks come back as numpy float32
+    arrays in a reused buffer: each is valid until the next block is requested.
+    """
+
+    def __init__(self, g_feats, metric: str = "cosine", device: str | torch.device = "cpu") -> None:
+        self.metric = DISTANCE_METRICS.get(metric)
+        self.device = torch.device(device)
+        self.gallery = _as_features(g_feats, "gallery").to(self.device)
+        with torch.no_grad():
+            self.g_terms = self.metric.gallery_terms(self.gallery)
+        self._out: torch.Tensor | None = None
+        self._host: torch.Tensor | None = None
+
+    @property
+    def num_gallery(self) -> int:
+        return self.gallery.shape[0]
+
+    def blocks(self, q_feats, block_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(start, stop, distances of queries start..stop)`` for consecutive query blocks."""
+        queries = _as_features(q_feats, "query")
+        if queries.shape[1] != self.gallery.shape[1]:
+            raise ReidError(f"query features have dimension {queries.shape[1]} but the gallery "
+                            f"features {self.gallery.shape[1]}")
+        for start in range(0, queries.shape[0], block_size):
+            stop = min(start + block_size, queries.shape[0])
+            yield start, stop, self.block(queries[start:stop])
+
+    def block(self, queries: torch.Tensor) -> np.ndarray:
+        rows = queries.shape[0]
+        out = self._buffer("_out", rows, self.device)
+        with torch.no_grad():
+            self.metric.block(queries.to(self.device), self.gallery, self.g_terms, out=out)
+        if self.device.type == "cpu":
+            return out.numpy()
+        host = self._buffer("_host", rows, torch.device("cpu"))
+        host.copy_(out)
+        return host.numpy()
+
+    def _buffer(self, name: str, rows: int, device: torch.device) -> torch.Tensor:
+        buffer = getattr(self, name)
+        if buffer is None or buffer.shape[0] < rows:
+            pin = device.type == "cpu" and self.device.type == "cuda"
+            buffer = torch.empty((rows, self.num_gallery), dtype=torch.float32, device=device,
+                                 pin_memory=pin)
+            setattr(self, name, buffer)
+        return buffer[:rows]
+
+
+def compute_distance(q_feats, g_feats, metric: str = "cosine") -> np.ndarray:
     """The ``Q x G`` float32 distance matrix between query and gallery features."""
-    distance: DistanceFn = DISTANCE_METRICS.get(metric)
-    q_feats = torch.as_tensor(q_feats).float()
-    g_feats = torch.as_tensor(g_feats).float()
-    if q_feats.ndim != 2 or g_feats.ndim != 2 or q_feats.shape[1] != g_feats.shape[1]:
-        raise ReidError(f"compute_distance expects N x D query and gallery features of the same D, "
-                        f"got {tuple(q_feats.shape)} and {tuple(g_feats.shape)}")
-    g_feats = g_feats.to(q_feats.device)
+    queries, gallery = _as_features(q_feats, "query"), _as_features(g_feats, "gallery")
+    if queries.shape[1] != gallery.shape[1]:
+        raise ReidError(f"compute_distance expects N x D query and gallery features of the "
+                        f"same D, got {tuple(queries.shape)} and {tuple(gallery.shape)}")
+    distance = DISTANCE_METRICS.get(metric)
+    gallery = gallery.to(queries.device)
     with torch.no_grad():
-        dist = distance(q_feats, g_feats)
-    return dist.cpu().numpy().astype(np.float32, copy=False)
+        dist = distance.block(queries, gallery, distance.gallery_terms(gallery))
+    return dist.cpu().numpy()
+
+
+def _as_features(feats, what: str) -> torch.Tensor:
+    """A 2-D float32 tensor; a float32 numpy array or CPU tensor is used without a copy."""
+    tensor = torch.as_tensor(feats)
+    if tensor.ndim != 2:
+        raise ReidError(f"{what} features must be an N x D matrix, got shape {tuple(tensor.shape)}")
+    return tensor.float()

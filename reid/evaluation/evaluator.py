@@ -1,40 +1,174 @@
-"""Evaluate a model on a test loader: extract -> distance -> rank metrics -> percents."""
+"""Evaluate a model: extract features -> streamed rank metrics (+ ROC) -> percents.
+
+One entry point for every caller: :class:`Evaluator` reads the ``TEST.*`` options of a config
+and evaluates a model on each ``DATASETS.TESTS`` set (the evaluate stage, ``reid eval`` and a
+trainer eval hook use it); :func:`evaluate_model` does one test loader with explicit options.
+Results are ``{"Rank-1", "Rank-5", "Rank-10", "mAP", "mINP"}`` in percent, plus
+``TAR_at_FAR_<far>`` when the ROC is enabled.
+
+Under several processes every rank extracts its shard of the features (gathered on all
+ranks), the main process computes the metrics and every rank returns them.
+"""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from reid.errors import ReidError
-from reid.evaluation.distance import compute_distance
 from reid.evaluation.extract import extract_features
-from reid.evaluation.rank import evaluate_rank, summarize
+from reid.evaluation.features import evaluate_features
+from reid.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from reid.evaluation.rank import summarize
+from reid.evaluation.roc import DEFAULT_FARS, far_key, write_roc
+from reid.utils import comm
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class EvalOptions:
+    """How to evaluate: the ``TEST.*`` keys of a config (see :meth:`from_config`)."""
+
+    metric: str = "cosine"
+    flip: bool = False
+    max_rank: int = 50
+    aqe: dict | None = None       # dict(alpha=, qe_time=, qe_k=) or None
+    rerank: dict | None = None    # dict(k1=, k2=, lambda_value=) or None
+    roc: bool = False
+    fars: tuple[float, ...] = DEFAULT_FARS
+    protocol: str | None = None   # None: each test set's own ``eval_protocol``
+
+    @classmethod
+    def from_config(cls, cfg) -> "EvalOptions":
+        test = cfg.TEST
+        aqe = (dict(alpha=float(test.AQE.ALPHA), qe_time=int(test.AQE.QE_TIME),
+                    qe_k=int(test.AQE.QE_K)) if test.AQE.ENABLED else None)
+        rerank = (dict(k1=int(test.RERANK.K1), k2=int(test.RERANK.K2),
+                       lambda_value=float(test.RERANK.LAMBDA)) if test.RERANK.ENABLED else None)
+        # TEST.PROTOCOL and TEST.ROC_FARS are proposed keys; read with defaults until they exist.
+        protocol = getattr(test, "PROTOCOL", "") or None
+        fars = tuple(float(f) for f in getattr(test, "ROC_FARS", DEFAULT_FARS))
+        return cls(metric=test.METRIC, flip=bool(test.FLIP_ENABLED), aqe=aqe, rerank=rerank,
+                   roc=bool(test.ROC_ENABLED), fars=fars, protocol=protocol)
+
+
 def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.device | str,
-                   metric: str = "cosine", flip: bool = False,
-                   max_rank: int = 50) -> dict[str, float]:
-    """Rank-1/5/10, mAP, mINP in percent; the loader's first ``num_query`` items are queries."""
+                   metric: str = "cosine", flip: bool = False, max_rank: int = 50,
+                   protocol: str = DEFAULT_PROTOCOL, aqe: dict | None = None,
+                   rerank: dict | None = None, roc: bool = False,
+                   fars: tuple[float, ...] = DEFAULT_FARS,
+                   roc_path: str | Path | None = None) -> dict[str, float]:
+    """Metrics in percent on one test loader whose first ``num_query`` items are the queries.
+
+    ``roc_path`` (a path without suffix): where the main process writes the ROC curve
+    (``.csv``, and ``.png`` when matplotlib is installed) when ``roc`` is true.
+    """
     feats, pids, camids = extract_features(model, data_loader, device, flip=flip)
-    results = evaluate_features(feats, pids, camids, num_query, metric=metric, max_rank=max_rank)
-    logger.info("evaluation (%s distance%s): %s", metric, ", flip test" if flip else "",
-                ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
-    return results
-
-
-def evaluate_features(feats: torch.Tensor, pids: np.ndarray, camids: np.ndarray,
-                      num_query: int, metric: str = "cosine",
-                      max_rank: int = 50) -> dict[str, float]:
-    """The same metrics from already extracted features (queries first, then gallery)."""
     total = len(pids)
     if not 0 < num_query < total:
         raise ReidError(f"num_query must split the {total} extracted items into queries and "
                         f"a non-empty gallery, got num_query={num_query}")
-    distmat = compute_distance(feats[:num_query], feats[num_query:], metric)
-    cmc, all_ap, all_inp = evaluate_rank(distmat, pids[:num_query], pids[num_query:],
-                                         camids[:num_query], camids[num_query:], max_rank=max_rank)
-    return summarize(cmc, all_ap, all_inp)
+
+    def compute() -> dict[str, float]:
+        metrics = evaluate_features(
+            feats[:num_query], feats[num_query:], pids[:num_query], pids[num_query:],
+            camids[:num_query], camids[num_query:], metric=metric, max_rank=max_rank,
+            protocol=protocol, rerank=rerank, aqe=aqe, roc=roc, fars=fars,
+            device=_distance_device(device))
+        return report(metrics, roc_path)
+
+    results = _on_main_process(compute)
+    logger.info("evaluation (%s distance, %s protocol%s): %s", metric, protocol,
+                ", flip test" if flip else "",
+                ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+    return results
+
+
+def report(metrics: dict, roc_path: str | Path | None = None) -> dict[str, float]:
+    """The percent summary of ``evaluate_features``' output; writes the ROC curve if asked."""
+    # float32 like evaluate_rank's (FastReID's) arrays: results.json keeps its exact digits.
+    results = summarize(*(np.asarray(metrics[k], dtype=np.float32) for k in ("cmc", "AP", "INP")))
+    for far, tar in metrics.get("TAR@FAR", {}).items():
+        results[far_key(far)] = float(tar * 100.0)
+    if "roc" in metrics and roc_path is not None:
+        written = write_roc(metrics["roc"], roc_path)
+        logger.info("ROC curve written to %s", ", ".join(str(p) for p in written))
+    return results
+
+
+class Evaluator:
+    """Evaluates models on every ``DATASETS.TESTS`` set of ``cfg`` with its ``TEST.*`` options.
+
+    ``build_loader(cfg, name) -> (loader, num_query)`` defaults to the data layer's
+    ``build_test_loader``; loaders are built once and reused across ``evaluate`` calls (a
+    trainer hook evaluates the same sets many times). ROC curves go to
+    ``output_dir/roc/<test set>.csv|png``.
+    """
+
+    def __init__(self, cfg, output_dir: str | Path | None = None,
+                 build_loader: Callable | None = None) -> None:
+        self.cfg = cfg
+        self.options = EvalOptions.from_config(cfg)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        if build_loader is None:
+            from reid.data.build import build_test_loader as build_loader
+        self._build_loader = build_loader
+        self._loaders: dict[str, tuple] = {}
+
+    def evaluate(self, model: nn.Module, device: torch.device | str) -> dict[str, dict[str, float]]:
+        results = {}
+        for name in self.cfg.DATASETS.TESTS:
+            if name not in self._loaders:
+                self._loaders[name] = self._build_loader(self.cfg, name)
+            loader, num_query = self._loaders[name]
+            options = self.options
+            roc_path = (self.output_dir / "roc" / name
+                        if options.roc and self.output_dir is not None else None)
+            results[name] = evaluate_model(
+                model, loader, num_query, device, metric=options.metric, flip=options.flip,
+                max_rank=options.max_rank, protocol=self.protocol_of(name), aqe=options.aqe,
+                rerank=options.rerank, roc=options.roc, fars=options.fars, roc_path=roc_path)
+            logger.info("%s: %s", name, ", ".join(f"{k} {v:.2f}" for k, v in results[name].items()))
+        return results
+
+    def protocol_of(self, name: str) -> str:
+        """``TEST.PROTOCOL`` when set, else the dataset class's ``eval_protocol``."""
+        if self.options.protocol:
+            return self.options.protocol
+        from reid.data.datasets import DATASET_REGISTRY
+
+        dataset = DATASET_REGISTRY.get(name) if name in DATASET_REGISTRY else None
+        protocol = getattr(dataset, "eval_protocol", DEFAULT_PROTOCOL)
+        PROTOCOLS.get(protocol)  # a dataset naming an unknown protocol fails here, clearly
+        return protocol
+
+
+def _distance_device(device: torch.device | str) -> torch.device:
+    """Distances go where the model ran when that is a GPU; CPU otherwise."""
+    device = torch.device(device)
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def _on_main_process(compute: Callable[[], dict]) -> dict:
+    """Run ``compute`` on the main process only; every rank returns its result (or its error)."""
+    if comm.get_world_size() == 1:
+        return compute()
+    outcome: tuple[str, object] | None = None
+    if comm.is_main_process():
+        try:
+            outcome = ("ok", compute())
+        except ReidError as exc:
+            outcome = ("error", str(exc))
+        except Exception as exc:  # other ranks must not wait forever for a crashed rank 0
+            comm.all_gather(("error", f"evaluation failed on the main process: {exc}"))
+            raise
+    status, value = comm.all_gather(outcome)[0]
+    if status == "error":
+        raise ReidError(str(value))
+    return value  # type: ignore[return-value]

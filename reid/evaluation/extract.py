@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from reid.errors import ReidError
 from reid.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,9 @@ def extract_features(model: nn.Module, data_loader, device: torch.device | str,
     finally:
         model.train(was_training)
     local = (_cat_feats(feats), _cat_ints(pids), _cat_ints(camids))
-    return _gather_in_rank_order(local)
+    gathered = _gather_in_rank_order(local)
+    _check_every_item_once(data_loader, len(gathered[1]))
+    return gathered
 
 
 def _embed(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
@@ -56,6 +59,20 @@ def _gather_in_rank_order(local: tuple[torch.Tensor, np.ndarray, np.ndarray]
     pids = np.concatenate([s[1] for s in shards])
     camids = np.concatenate([s[2] for s in shards])
     return feats, pids, camids
+
+
+def _check_every_item_once(data_loader, count: int) -> None:
+    """The shards must add up to the dataset: a sampler that pads shards (as
+    DistributedSampler does) would duplicate queries or gallery items and skew the metrics."""
+    dataset = getattr(data_loader, "dataset", None)
+    try:
+        expected = len(dataset)
+    except TypeError:  # no dataset, or an iterable one without a length
+        return
+    if count != expected:
+        raise ReidError(f"feature extraction gathered {count} items from {comm.get_world_size()} "
+                        f"process(es) but the test set has {expected}: the test loader's sampler "
+                        "must give each process a disjoint shard (use InferenceSampler)")
 
 
 def _as_numpy(values) -> np.ndarray:

@@ -1,0 +1,131 @@
+"""Rank metrics (and verification) straight from query and gallery features, streamed.
+
+``evaluate_features`` never holds the ``Q x G`` distance matrix: it computes one block of
+query rows at a time (a matrix product on the GPU when there is one, else on the CPU cores
+with torch), hands the block to :class:`~reid.evaluation.streaming.StreamingEvaluation`, and
+reuses the buffer for the next block. Optional steps, with FastReID's semantics:
+
+* ``aqe=dict(alpha=, qe_time=, qe_k=)``: average query expansion of the features first
+  (:mod:`reid.evaluation.query_expansion`);
+* ``rerank=dict(k1=, k2=, lambda_value=)``: k-reciprocal re-ranked distances, streamed per
+  block of queries (:mod:`reid.evaluation.rerank`);
+* ``roc=True``: TAR at ``fars`` and the ROC curve (:mod:`reid.evaluation.roc`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from reid.errors import ReidError
+from reid.evaluation.distance import DISTANCE_METRICS, GalleryDistances
+from reid.evaluation.protocols import DEFAULT_PROTOCOL
+from reid.evaluation.roc import DEFAULT_FARS
+from reid.evaluation.streaming import StreamingEvaluation
+from reid.utils import comm
+
+logger = logging.getLogger(__name__)
+
+# Distances held per block: 2**25 float32 = 128 MiB (about 400 MSMT17 queries).
+BLOCK_CELLS = 1 << 25
+
+RERANK_KEYS = ("k1", "k2", "lambda_value")
+AQE_KEYS = ("alpha", "qe_time", "qe_k")
+
+
+def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
+                      metric: str = "cosine", max_rank: int = 50,
+                      protocol: str = DEFAULT_PROTOCOL, rerank: dict | None = None,
+                      aqe: dict | None = None, roc: bool = False,
+                      block_size: int | None = None, device: str | torch.device | None = None,
+                      fars: tuple[float, ...] = DEFAULT_FARS) -> dict:
+    """CMC, mAP, mINP, per-query AP and INP (and TAR@FAR, ROC) from features.
+
+    Args:
+        q_feats, g_feats: ``Q x D`` and ``G x D`` features (numpy or torch; float32 CPU
+            input is used without a copy).
+        q_pids, g_pids, q_camids, g_camids: identities and cameras.
+        metric: "cosine" (``1 - cos``) or "euclidean" (squared L2), as FastReID.
+        max_rank, protocol: as :func:`reid.evaluation.rank.evaluate_rank`.
+        rerank, aqe: parameter dicts (see the module docstring), or None.
+        roc: also compute TAR at each FAR of ``fars`` and the ROC curve.
+        block_size: query rows per distance block (default: about 128 MiB of distances).
+        device: where distances are computed (default: CUDA when available, else CPU).
+
+    Returns:
+        ``{"cmc", "mAP", "mINP", "AP", "INP"}`` (fractions; ``AP``/``INP`` one per valid
+        query), plus ``"TAR@FAR"`` (``{far: tar}``) and ``"roc"`` (a ``RocResult``) when
+        ``roc`` is true.
+    """
+    DISTANCE_METRICS.get(metric)  # an unknown metric fails before any work
+    q_feats, g_feats = _features(q_feats, "q_feats"), _features(g_feats, "g_feats")
+    _check_counts(q_feats, g_feats, q_pids, g_pids)
+    device = _pick_device(device)
+    if aqe:
+        q_feats, g_feats = _expand_queries(q_feats, g_feats, aqe, device)
+    if block_size is not None and block_size < 1:
+        raise ReidError(f"evaluate_features: block_size must be >= 1, got {block_size}")
+    rows = block_size or max(1, min(len(q_feats), BLOCK_CELLS // max(len(g_feats), 1)))
+    with StreamingEvaluation(q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                             protocol=protocol, roc=roc, fars=fars) as evaluation:
+        blocks = (_reranked_blocks(q_feats, g_feats, rerank, metric, rows, device) if rerank
+                  else GalleryDistances(g_feats, metric, device).blocks(q_feats, rows))
+        progress = tqdm(blocks, total=-(-len(q_feats) // rows), desc="evaluate", unit="block",
+                        leave=False, disable=not comm.is_main_process() or len(q_feats) <= rows)
+        for start, _, distances in progress:
+            evaluation.add(start, distances)
+        return evaluation.result().as_dict()
+
+
+def _reranked_blocks(q_feats, g_feats, options: dict, metric: str, rows: int,
+                     device: torch.device) -> Iterator[tuple[int, int, np.ndarray]]:
+    from reid.evaluation.rerank import ReRanker  # heavy: only imported when re-ranking
+
+    params = _parameters(options, RERANK_KEYS, "rerank")
+    logger.info("k-reciprocal re-ranking %s", params)
+    reranker = ReRanker(q_feats, g_feats, metric=metric, device=device, **params)
+    yield from reranker.blocks(rows)
+
+
+def _expand_queries(q_feats, g_feats, options: dict, device: torch.device):
+    from reid.evaluation.query_expansion import average_query_expansion
+
+    params = _parameters(options, AQE_KEYS, "aqe")
+    logger.info("average query expansion %s", params)
+    return average_query_expansion(q_feats, g_feats, device=device, **params)
+
+
+def _parameters(options: dict, keys: tuple[str, ...], name: str) -> dict:
+    """The given parameters (missing ones take the implementation's defaults)."""
+    unknown = sorted(set(options) - set(keys))
+    if unknown:
+        raise ReidError(f"{name} takes the parameters {', '.join(keys)}; got unknown "
+                        f"{', '.join(unknown)}")
+    return dict(options)
+
+
+def _features(feats, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(feats)
+    if tensor.ndim != 2:
+        raise ReidError(f"evaluate_features expects {name} as an N x D matrix, "
+                        f"got shape {tuple(tensor.shape)}")
+    return tensor.float()
+
+
+def _check_counts(q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids, g_pids) -> None:
+    if q_feats.shape[1] != g_feats.shape[1]:
+        raise ReidError(f"evaluate_features expects query and gallery features of the same "
+                        f"dimension, got {tuple(q_feats.shape)} and {tuple(g_feats.shape)}")
+    for name, feats, pids in (("query", q_feats, q_pids), ("gallery", g_feats, g_pids)):
+        if len(feats) != np.size(pids):
+            raise ReidError(f"evaluate_features: {len(feats)} {name} features but "
+                            f"{np.size(pids)} {name} pids")
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

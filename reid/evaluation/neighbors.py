@@ -1,0 +1,148 @@
+"""Exact k-nearest neighbours of every item among all items, in one streamed pass.
+
+Re-ranking and average query expansion both need, for each of ``N`` items (queries and gallery
+together), its ``k`` nearest items under a distance, and re-ranking also needs each item's
+*farthest* distance (the reference algorithm divides every row by its own maximum). Both come
+from the same ``N x N`` distance matrix, which is never held: it is computed one
+``block x block`` tile at a time. The distance is symmetric, so only the tiles on and above the
+diagonal are computed and each is used twice (for its rows, and transposed for its columns),
+which halves the matrix products that dominate the cost.
+
+The search is exact (no quantisation). Ties at the k-th distance are broken arbitrarily; the
+returned lists are sorted by distance, then by item index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from reid.errors import ReidError
+from reid.evaluation.distance import DISTANCE_METRICS
+from reid.utils import comm
+from reid.utils.registry import Registry
+
+DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MetricSpace:
+    """A distance of ``reid.evaluation.distance`` split so that its per-row work is done once.
+
+    ``prepare`` maps features into the space once (e.g. L2 normalisation); on prepared rows,
+    ``block(A, B)`` is the ``A x B`` distance matrix and ``paired(A, B)`` the distance of
+    ``A[i]`` to ``B[i]`` for each ``i``. The numbers are those of ``DISTANCE_METRICS``.
+    """
+
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    block: DistanceFn
+    paired: DistanceFn
+
+
+METRIC_SPACES = Registry("neighbour-search metric")
+
+METRIC_SPACES.register(MetricSpace(
+    prepare=lambda feats: F.normalize(feats, p=2, dim=1),
+    # 1 - a @ b.T in one pass over the output.
+    block=lambda a, b: torch.addmm(a.new_ones(1, 1), a, b.t(), alpha=-1.0),
+    paired=lambda a, b: 1.0 - (a * b).sum(dim=1),
+), name="cosine")
+
+METRIC_SPACES.register(MetricSpace(
+    prepare=lambda feats: feats,
+    block=DISTANCE_METRICS.get("euclidean"),
+    paired=lambda a, b: (a - b).pow(2).sum(dim=1),
+), name="euclidean")
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Per item: its ``k`` nearest items (itself included) and its largest distance."""
+
+    distances: torch.Tensor  # N x k, ascending along each row
+    indices: torch.Tensor    # N x k int64 item indices, in the order of ``distances``
+    farthest: torch.Tensor   # N, the largest distance from the item to any item
+
+
+def all_pairs_knn(feats: torch.Tensor, k: int, distance: DistanceFn,
+                  block_size: int = 2048) -> Neighbours:
+    """The ``k`` nearest items of every row of ``feats`` among all rows (itself included).
+
+    Args:
+        feats: ``N x D`` features on the device that should do the work.
+        k: neighbours per item, ``1 <= k <= N`` (checked by the callers, which know why).
+        distance: a symmetric block distance ``(A x D, B x D) -> A x B`` (smaller = closer),
+            e.g. ``METRIC_SPACES.get(name).block`` on prepared features.
+        block_size: rows per tile; memory is about ``block_size**2`` floats plus ``N x k``.
+    """
+    num = feats.shape[0]
+    best = _RunningBest(num, k, feats.device)
+    starts = list(range(0, num, block_size))
+    tiles = [(a, b) for i, a in enumerate(starts) for b in starts[i:]]
+    with torch.no_grad():
+        for a, b in tqdm(tiles, desc="neighbour search", unit="tile", leave=False,
+                         disable=not comm.is_main_process() or len(tiles) < 16):
+            tile = distance(feats[a:a + block_size], feats[b:b + block_size])
+            best.absorb(a, tile, b)
+            if a != b:
+                best.absorb(b, tile.t(), a)
+    return best.result()
+
+
+class _RunningBest:
+    """The ``k`` smallest distances seen so far per row, and the largest."""
+
+    def __init__(self, num: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.dist = torch.full((num, k), float("inf"), device=device)
+        self.index = torch.zeros((num, k), dtype=torch.int64, device=device)
+        self.farthest = torch.full((num,), float("-inf"), device=device)
+
+    def absorb(self, row_start: int, tile: torch.Tensor, col_start: int) -> None:
+        """Merge a tile of distances from rows ``row_start...`` to columns ``col_start...``."""
+        rows = slice(row_start, row_start + tile.shape[0])
+        new_dist, new_index = tile.topk(min(self.k, tile.shape[1]), dim=1, largest=False)
+        dist = torch.cat([self.dist[rows], new_dist], dim=1)
+        index = torch.cat([self.index[rows], new_index + col_start], dim=1)
+        keep_dist, keep_pos = dist.topk(self.k, dim=1, largest=False)
+        self.dist[rows] = keep_dist
+        self.index[rows] = index.gather(1, keep_pos)
+        self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=1))
+
+    def result(self) -> Neighbours:
+        # Sort by index first, then stably by distance: equal distances end in index order.
+        index, by_index = self.index.sort(dim=1)
+        dist = self.dist.gather(1, by_index)
+        dist, by_dist = dist.sort(dim=1, stable=True)
+        return Neighbours(dist, index.gather(1, by_dist), self.farthest)
+
+
+def query_gallery_features(q_feats, g_feats, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated float32 query and gallery features (numpy or torch), for ``what`` (a name
+    used in the error messages, e.g. "re-ranking")."""
+    q = _as_features(q_feats, "q_feats", what)
+    g = _as_features(g_feats, "g_feats", what)
+    if q.shape[1] != g.shape[1]:
+        raise ReidError(f"{what} expects query and gallery features of the same dimension, "
+                        f"got {tuple(q.shape)} and {tuple(g.shape)}")
+    return q, g
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or CUDA when available and none is given, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _as_features(feats, name: str, what: str) -> torch.Tensor:
+    feats = torch.as_tensor(feats).detach().float()
+    if feats.ndim != 2 or feats.shape[0] == 0:
+        raise ReidError(f"{what} expects {name} as a non-empty N x D matrix, "
+                        f"got shape {tuple(feats.shape)}")
+    if not torch.isfinite(feats).all():
+        raise ReidError(f"{what}: {name} contains NaN or infinite values")
+    return feats

@@ -1,0 +1,334 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) in O(N * k1 * k2) memory, never O(N^2).
+
+The numbers are those of the authors' published reference code (also FastReID's
+``re_ranking``), over the ``N = Q + G`` query and gallery items together:
+
+1. original distance ``D(i, j) = d(i, j) ** 2`` with ``d`` the metric's distance (``cosine``:
+   ``1 - cos``; ``euclidean``: the squared Euclidean distance, as in
+   ``reid.evaluation.distance``), each row divided by its own maximum over all ``N`` items;
+2. ``R(i)``: the items among ``i``'s ``k1 + 1`` nearest (itself included) that also have ``i``
+   among their own ``k1 + 1`` nearest;
+3. for each candidate ``c`` in ``R(i)``, its own reciprocal set ``H(c)`` (``round(k1 / 2) + 1``
+   nearest, ``round`` half to even as numpy's) is merged into ``R(i)`` when more than 2/3 of
+   ``H(c)`` lies in ``R(i)``;
+4. ``V(i, j) = exp(-D(i, j))`` over the merged set, normalised to sum 1 per row;
+5. local query expansion (when ``k2 > 1``): ``V(i)`` becomes the mean of the rows of its ``k2``
+   nearest items (itself included);
+6. ``Jaccard(q, g) = 1 - m / (2 - m)`` with ``m = sum_k min(V(q, k), V(g, k))``;
+7. ``final = (1 - lambda) * Jaccard + lambda * D(q, g)``.
+
+Nothing ``N x N`` is ever held: the neighbour lists and row maxima come from one streamed exact
+search (``reid.evaluation.neighbors``), ``V`` is stored sparse (about ``N * k1 * k2`` entries),
+and the Jaccard term is computed for one block of queries at a time through an inverted index
+over the gallery's columns of ``V``. Each block's ``D(q, g)`` is recomputed from the features.
+
+Ties between equal distances may order neighbours differently from the reference's
+``argsort``, which leaves the result unchanged unless the tie straddles a neighbour-list cut.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from reid.errors import ReidError
+from reid.evaluation.neighbors import (METRIC_SPACES, MetricSpace, all_pairs_knn, pick_device,
+                                       query_gallery_features)
+
+logger = logging.getLogger(__name__)
+
+# Work-size bounds (elements) for the vectorised numpy steps; they cap the scratch memory.
+_CHUNK_ELEMENTS = 1 << 22
+_PAIR_CHUNK_ROWS = 1 << 14
+_KNN_BLOCK = 4096
+
+
+def rerank_distance(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                    metric: str = "cosine", *, device: str | torch.device | None = None
+                    ) -> np.ndarray:
+    """The ``Q x G`` float32 re-ranked distance, for problems whose ``Q x G`` fits in memory.
+
+    ``device`` runs the neighbour search and distances there (default: CUDA when available).
+    Use ``ReRanker(...).blocks(n)`` to stream query blocks instead.
+    """
+    reranker = ReRanker(q_feats, g_feats, k1=k1, k2=k2, lambda_value=lambda_value,
+                        metric=metric, device=device)
+    out = np.empty((reranker.num_query, reranker.num_gallery), dtype=np.float32)
+    block = max(1, _CHUNK_ELEMENTS // max(reranker.num_gallery, 1))
+    for start, stop, dist in reranker.blocks(block):
+        out[start:stop] = dist
+    return out
+
+
+class ReRanker:
+    """Re-ranked query x gallery distances, one block of queries at a time.
+
+    Construction does the neighbour search and builds the sparse encoding (memory
+    ``O(N * k1 * k2)`` plus the features); ``blocks`` then yields the same numbers as
+    ``rerank_distance`` without ever holding more than one block of rows.
+    """
+
+    def __init__(self, q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                 metric: str = "cosine", *, device: str | torch.device | None = None) -> None:
+        self._space: MetricSpace = METRIC_SPACES.get(metric)
+        q, g = query_gallery_features(q_feats, g_feats, "re-ranking")
+        num = q.shape[0] + g.shape[0]
+        _check_parameters(k1, k2, lambda_value, num)
+        self.num_query, self.num_gallery = q.shape[0], g.shape[0]
+        self.lambda_value = float(lambda_value)
+        self._feats = self._space.prepare(torch.cat([q, g]).to(pick_device(device)))
+        del q, g
+
+        started = time.perf_counter()
+        ranked, ranked_dist = self._search(max(k1 + 1, k2))
+        searched = time.perf_counter()
+        encoding = self._encode(ranked, ranked_dist, k1, k2)
+        self._queries = encoding.row_slice(0, self.num_query)
+        self._gallery_columns = _InvertedIndex.of_rows(encoding, self.num_query, num)
+        logger.debug("re-ranking %d items: neighbour search %.1f s, encoding %.1f s "
+                     "(%d non-zeros)", num, searched - started,
+                     time.perf_counter() - searched, encoding.nnz)
+
+    def _search(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Step 1: each item's ``k`` nearest items and distances ``d``; sets the row maxima."""
+        nbrs = all_pairs_knn(self._feats, k, self._space.block, _KNN_BLOCK)
+        # D = d ** 2 is increasing in d >= 0, so the row maximum of D is the farthest d squared.
+        self._row_max = nbrs.farthest.double().cpu().numpy() ** 2
+        if not np.all(self._row_max > 0):
+            raise ReidError("re-ranking needs distinct features: some item is at distance 0 "
+                            "from every item (all features identical?)")
+        return nbrs.indices.cpu().numpy(), nbrs.distances.double().cpu().numpy()
+
+    def _encode(self, ranked: np.ndarray, ranked_dist: np.ndarray, k1: int, k2: int) -> "_Csr":
+        """Steps 2-5: the sparse, locally expanded k-reciprocal encoding ``V``."""
+        num = ranked.shape[0]
+        rows, cols = _expansion_pairs(ranked, k1)
+        dist = self._pair_distances(rows, cols, ranked, ranked_dist)
+        weights = np.exp(-(dist * dist) / self._row_max[rows])
+        weights /= np.bincount(rows, weights=weights, minlength=num)[rows]
+        encoding = _Csr.from_sorted_pairs(rows, cols, weights, num)
+        return _average_rows(encoding, ranked[:, :k2]) if k2 > 1 else encoding
+
+    def blocks(self, block_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(q_start, q_stop, dist)`` with ``dist`` the float32 rows of those queries."""
+        if int(block_size) < 1:
+            raise ReidError(f"ReRanker.blocks: block_size must be >= 1, got {block_size}")
+        for start in range(0, self.num_query, int(block_size)):
+            stop = min(start + int(block_size), self.num_query)
+            yield start, stop, self._block(start, stop)
+
+    def _block(self, start: int, stop: int) -> np.ndarray:
+        lam = self.lambda_value
+        out = np.empty((stop - start, self.num_gallery), dtype=np.float32)
+        original = self._normalised_distance(start, stop) if lam > 0 else None
+        for lo, hi in _bounded_row_ranges(self._queries, self._gallery_columns, start, stop):
+            overlap = self._overlap(lo, hi)
+            jaccard = 1.0 - overlap / (2.0 - overlap)
+            rows = slice(lo - start, hi - start)
+            if original is not None:
+                jaccard = (1.0 - lam) * jaccard + lam * original[rows]
+            out[rows] = jaccard
+        return out
+
+    def _overlap(self, start: int, stop: int) -> np.ndarray:
+        """``m = sum_k min(V(q, k), V(g, k))`` through the gallery's inverted index."""
+        query_rows, query_cols, query_vals = self._queries.entries(start, stop)
+        index = self._gallery_columns
+        first, count = index.start[query_cols], index.count[query_cols]
+        positions = _concatenated_ranges(first, count)
+        owner = np.repeat(np.arange(query_cols.size), count)
+        mins = np.minimum(query_vals[owner], index.values[positions])
+        cells = (query_rows[owner] - start) * self.num_gallery + index.rows[positions]
+        total = np.bincount(cells, weights=mins, minlength=(stop - start) * self.num_gallery)
+        return total.reshape(stop - start, self.num_gallery)
+
+    def _normalised_distance(self, start: int, stop: int) -> np.ndarray:
+        """float32 ``D(q, g) = d(q, g) ** 2 / max_j D(q, j)`` for queries ``start..stop-1``."""
+        row_max = torch.from_numpy(self._row_max[start:stop, None]).to(self._feats.device)
+        with torch.no_grad():
+            dist = self._space.block(self._feats[start:stop], self._feats[self.num_query:])
+            dist = dist.pow_(2).div_(row_max.float())
+        return dist.cpu().numpy()
+
+    def _pair_distances(self, rows: np.ndarray, cols: np.ndarray, ranked: np.ndarray,
+                        ranked_dist: np.ndarray) -> np.ndarray:
+        """``d(i, j)`` per pair: from the neighbour lists when ``j`` is there, else computed."""
+        dist = np.empty(rows.size, dtype=np.float64)
+        missing = []
+        step = max(1, _CHUNK_ELEMENTS // ranked.shape[1])
+        for lo in range(0, rows.size, step):
+            r, c = rows[lo:lo + step], cols[lo:lo + step]
+            match = ranked[r] == c[:, None]
+            dist[lo:lo + step] = ranked_dist[r, match.argmax(axis=1)]
+            missing.append(lo + np.flatnonzero(~match.any(axis=1)))
+        missing = np.concatenate(missing)
+        dist[missing] = self._computed_distances(rows[missing], cols[missing])
+        return dist
+
+    def _computed_distances(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        out = np.empty(rows.size, dtype=np.float64)
+        device = self._feats.device
+        with torch.no_grad():
+            for lo in range(0, rows.size, _PAIR_CHUNK_ROWS):
+                i = torch.from_numpy(rows[lo:lo + _PAIR_CHUNK_ROWS]).to(device)
+                j = torch.from_numpy(cols[lo:lo + _PAIR_CHUNK_ROWS]).to(device)
+                out[lo:lo + i.numel()] = self._space.paired(self._feats[i], self._feats[j]).cpu()
+        return out
+
+
+def _expansion_pairs(ranked: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2-3: the merged k-reciprocal set of every item, as sorted (row, col) pairs."""
+    reciprocal = _reciprocal_lists(ranked, k1 + 1)
+    half = _reciprocal_lists(ranked, int(np.around(k1 / 2.0)) + 1)
+    width = reciprocal.shape[1] * (1 + half.shape[1])
+    chunk = max(1, _CHUNK_ELEMENTS // (width * reciprocal.shape[1]))
+    rows, cols = [], []
+    for lo in range(0, ranked.shape[0], chunk):
+        merged = _merge_candidates(reciprocal[lo:lo + chunk], half)
+        row_ids, members = _unique_per_row(merged)
+        rows.append(row_ids + lo)
+        cols.append(members)
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def _reciprocal_lists(ranked: np.ndarray, k: int) -> np.ndarray:
+    """``N x k``: ``ranked[i, t]`` where ``i`` is also among its top ``k``, else -1."""
+    top = ranked[:, :k]
+    out = np.full_like(top, -1)
+    chunk = max(1, _CHUNK_ELEMENTS // (k * k))
+    for lo in range(0, top.shape[0], chunk):
+        items = np.arange(lo, min(lo + chunk, top.shape[0]))
+        back = top[top[items]]  # rows x k x k: each neighbour's own top k
+        mutual = (back == items[:, None, None]).any(axis=2)
+        out[items] = np.where(mutual, top[items], -1)
+    return out
+
+
+def _merge_candidates(reciprocal: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Rows of ``R(i)`` followed by each candidate's ``H(c)`` that overlaps ``R(i)`` > 2/3."""
+    valid = reciprocal >= 0
+    candidate_sets = np.where(valid[:, :, None], half[np.maximum(reciprocal, 0)], -1)
+    in_set = candidate_sets >= 0
+    inside = (candidate_sets[..., None] == reciprocal[:, None, None, :]).any(axis=3) & in_set
+    # "more than 2/3 of H(c)", in integers: 3 * overlap > 2 * |H(c)|.
+    accept = valid & (3 * inside.sum(axis=2) > 2 * in_set.sum(axis=2))
+    merged = np.where(accept[:, :, None], candidate_sets, -1)
+    return np.concatenate([reciprocal, merged.reshape(len(reciprocal), -1)], axis=1)
+
+
+def _unique_per_row(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, value) of the distinct non-negative values of each row, sorted by row then value."""
+    values = np.sort(values, axis=1)
+    keep = values >= 0
+    keep[:, 1:] &= values[:, 1:] != values[:, :-1]
+    row_ids = np.nonzero(keep)[0]
+    return row_ids, values[keep]
+
+
+def _average_rows(encoding: "_Csr", neighbours: np.ndarray) -> "_Csr":
+    """Step 5: row ``i`` becomes the mean of the rows ``neighbours[i]``."""
+    num, k2 = neighbours.shape
+    chunk = max(1, _CHUNK_ELEMENTS // (k2 * max(1, encoding.nnz // max(num, 1))))
+    rows, cols, vals = [], [], []
+    for lo in range(0, num, chunk):
+        picked = neighbours[lo:lo + chunk].ravel()
+        first, count = encoding.indptr[picked], np.diff(encoding.indptr)[picked]
+        positions = _concatenated_ranges(first, count)
+        owner = np.repeat(np.repeat(np.arange(lo, lo + len(picked) // k2), k2), count)
+        keys, inverse = np.unique(owner * num + encoding.indices[positions],
+                                  return_inverse=True)
+        rows.append(keys // num)
+        cols.append(keys % num)
+        vals.append(np.bincount(inverse, weights=encoding.data[positions]) / k2)
+    return _Csr.from_sorted_pairs(np.concatenate(rows), np.concatenate(cols),
+                                  np.concatenate(vals), num)
+
+
+@dataclass(frozen=True)
+class _Csr:
+    """A sparse ``num x num`` matrix by rows (column indices sorted within each row)."""
+
+    indptr: np.ndarray   # num + 1 offsets into indices / data
+    indices: np.ndarray  # int64 columns
+    data: np.ndarray     # float64 values
+
+    @classmethod
+    def from_sorted_pairs(cls, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+                          num: int) -> "_Csr":
+        indptr = np.zeros(num + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=num), out=indptr[1:])
+        return cls(indptr, cols.astype(np.int64, copy=False), vals.astype(np.float64))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def row_slice(self, start: int, stop: int) -> "_Csr":
+        lo, hi = self.indptr[start], self.indptr[stop]
+        return _Csr(self.indptr[start:stop + 1] - lo, self.indices[lo:hi], self.data[lo:hi])
+
+    def entries(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, col, value) of the entries of rows ``start..stop-1``."""
+        lo, hi = self.indptr[start], self.indptr[stop]
+        rows = np.repeat(np.arange(start, stop), np.diff(self.indptr[start:stop + 1]))
+        return rows, self.indices[lo:hi], self.data[lo:hi]
+
+
+@dataclass(frozen=True)
+class _InvertedIndex:
+    """For each column ``k`` of the encoding, the gallery rows with a non-zero there."""
+
+    start: np.ndarray   # per column: first position in rows / values
+    count: np.ndarray   # per column: number of gallery rows
+    rows: np.ndarray    # gallery row (0-based within the gallery)
+    values: np.ndarray  # V(g, k)
+
+    @classmethod
+    def of_rows(cls, encoding: _Csr, first_row: int, num: int) -> "_InvertedIndex":
+        gallery = encoding.row_slice(first_row, num)
+        rows, cols, vals = gallery.entries(0, num - first_row)
+        order = np.argsort(cols, kind="stable")
+        count = np.bincount(cols, minlength=num)
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        return cls(start, count, rows[order], vals[order])
+
+
+def _bounded_row_ranges(queries: _Csr, index: _InvertedIndex, start: int, stop: int
+                        ) -> Iterator[tuple[int, int]]:
+    """Split query rows ``start..stop-1`` so that each part's overlap work stays bounded."""
+    work_per_entry = index.count[queries.indices[queries.indptr[start]:queries.indptr[stop]]]
+    per_entry_end = np.cumsum(work_per_entry)
+    row_ends = queries.indptr[start + 1:stop + 1] - queries.indptr[start]
+    row_work = np.concatenate([[0], per_entry_end])[row_ends]
+    lo, done = start, 0
+    while lo < stop:
+        # At least one row per part; then as many as fit in the budget.
+        hi = start + int(np.searchsorted(row_work, done + _CHUNK_ELEMENTS, side="right"))
+        hi = min(max(hi, lo + 1), stop)
+        yield lo, hi
+        done = row_work[hi - start - 1]
+        lo = hi
+
+
+def _concatenated_ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(f, f + c) for f, c in zip(first, count)])`` without a loop."""
+    total = int(count.sum())
+    offsets = np.repeat(first - np.cumsum(count) + count, count)
+    return offsets + np.arange(total, dtype=np.int64)
+
+
+def _check_parameters(k1: int, k2: int, lambda_value: float, num: int) -> None:
+    if not 1 <= k1 <= num - 1:
+        raise ReidError(f"re-ranking needs 1 <= k1 <= number of items - 1 = {num - 1} "
+                        f"(TEST.RERANK.K1), got k1={k1}")
+    if not 1 <= k2 <= num:
+        raise ReidError(f"re-ranking needs 1 <= k2 <= number of items = {num} "
+                        f"(TEST.RERANK.K2), got k2={k2}")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ReidError(f"re-ranking needs 0 <= lambda_value <= 1 (TEST.RERANK.LAMBDA), "
+                        f"got {lambda_value}")
+
