@@ -25,7 +25,7 @@ from reid.engine.launch import init_distributed, resolve_device, seed_everything
 from reid.engine.precise_bn import update_bn_stats
 from reid.engine.trainer import Trainer
 from reid.errors import ReidError
-from reid.evaluation.evaluator import evaluate_model
+from reid.evaluation.evaluator import Evaluator
 from reid.evaluation.extract import extract_features
 from reid.modeling import build_model, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
@@ -123,11 +123,12 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     checkpointer = Checkpointer(model, out, optimizer=optimizer, scheduler=scheduler)
     start_epoch = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+    evaluator = Evaluator(cfg, out)  # TEST.* options; test loaders built on first use
     hooks = [
         LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
         LayerFreezer(model, ["heads.weight"], cfg.SOLVER.FREEZE_FC_ITERS),
         PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_EPOCH),
-        PeriodicEvaluator(lambda: evaluate_test_sets(cfg, model, device), cfg.TEST.EVAL_PERIOD,
+        PeriodicEvaluator(lambda: evaluator.evaluate(model, device), cfg.TEST.EVAL_PERIOD,
                           cfg.SOLVER.MAX_EPOCH, sink),
         ProgressBar(),
     ]
@@ -211,21 +212,10 @@ def _images_only(loader, device):
 
 
 # --------------------------------------------------------------------------- evaluate
-def evaluate_test_sets(cfg: CfgNode, model: torch.nn.Module, device: torch.device) -> dict:
-    """``{test set: {metric: percent}}`` for every DATASETS.TESTS set (the model's mode is kept)."""
-    results = {}
-    for name in cfg.DATASETS.TESTS:
-        loader, num_query = build_test_loader(cfg, name)
-        results[name] = evaluate_model(model, loader, num_query, device,
-                                       metric=cfg.TEST.METRIC, flip=cfg.TEST.FLIP_ENABLED)
-        logger.info("%s: %s", name, ", ".join(f"{k} {v:.2f}" for k, v in results[name].items()))
-    return results
-
-
 def evaluate(cfg: CfgNode, weights: str | Path) -> dict:
     """Rank-1/5/10, mAP and mINP (percent) on every DATASETS.TESTS set; writes results.json."""
     device = resolve_device(cfg.MODEL.DEVICE)
-    results = evaluate_test_sets(cfg, load_model(cfg, weights, device), device)
+    results = Evaluator(cfg, output_dir(cfg)).evaluate(load_model(cfg, weights, device), device)
     if comm.is_main_process():
         atomic_write_json(output_dir(cfg) / RESULTS_FILE, results)
     return {"results": results, "weights": str(weights)}

@@ -57,4 +57,7 @@ def evaluate(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None
         result = stages.evaluate(cfg, weights)
         tracker.log_results(run_id, result["results"])
         tracker.log_artifact(run_id, Path(cfg.OUTPUT_DIR) / stages.RESULTS_FILE)
+        roc_dir = Path(cfg.OUTPUT_DIR) / "roc"
+        if cfg.TEST.ROC_ENABLED and roc_dir.is_dir():
+            tracker.client.log_artifacts(run_id, str(roc_dir), "roc")
     return result

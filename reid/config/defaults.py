@@ -207,6 +207,10 @@ _C.TEST.IMS_PER_BATCH = 64
 _C.TEST.METRIC = "cosine"
 _C.TEST.ROC_ENABLED = False
 _C.TEST.FLIP_ENABLED = False
+# (reid) rank protocol for every test set ("market" | "cuhk03"); "" = each dataset's own
+_C.TEST.PROTOCOL = ""
+# (reid) false accept rates at which TAR is reported when ROC_ENABLED
+_C.TEST.ROC_FARS = [1e-4, 1e-3, 1e-2]
 
 _C.TEST.AQE = CN()
 _C.TEST.AQE.ENABLED = False
