@@ -14,21 +14,15 @@ import tasks.environment  # noqa: F401
 from prefect import flow
 
 from flows.pipeline import publish_results, result_rows, run_stages
-from reid.config import CfgNode, load_config
+from reid.config import CfgNode, load_config, merge_overrides
 from reid.errors import ReidError
 from tasks.pipeline_tasks import evaluate_task
 from tasks.tracking import Tracker
 
 
-def _changed(cfg: CfgNode, **values) -> CfgNode:
-    cfg = cfg.clone()
-    for dotted, value in values.items():
-        *parents, leaf = dotted.split("__")
-        node = cfg
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return cfg.freeze()
+def _changed(cfg: CfgNode, *overrides: str) -> CfgNode:
+    """A frozen copy of ``cfg`` with ``KEY VALUE`` overrides (checked like the command line's)."""
+    return merge_overrides(cfg.clone(), overrides).freeze()
 
 
 def teacher_checkpoint(cfg: CfgNode, tracker: Tracker, parent: str) -> tuple[str, dict]:
@@ -58,11 +52,11 @@ def distill(config: str, overrides: Optional[list[str]] = None,
         tracker.log_dataset(parent, cfg)
         weights, teacher_results = teacher_checkpoint(cfg, tracker, parent)
         rows += result_rows("teacher", teacher_results)
-        student_cfg = _changed(cfg, KD__MODEL_WEIGHTS=weights)
+        student_cfg = _changed(cfg, "KD.MODEL_WEIGHTS", weights)
         runs = {"student (KD)": (student_cfg, "distill")}
         if compare_without_kd:
-            plain = _changed(cfg, MODEL__META_ARCHITECTURE="Baseline",
-                             OUTPUT_DIR=str(Path(cfg.OUTPUT_DIR) / "no-kd"))
+            plain = _changed(cfg, "MODEL.META_ARCHITECTURE", "Baseline",
+                             "OUTPUT_DIR", str(Path(cfg.OUTPUT_DIR) / "no-kd"))
             runs["student (no KD)"] = (plain, "train")
         results = {"teacher": teacher_results}
         for role, (role_cfg, stage) in runs.items():
