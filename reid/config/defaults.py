@@ -31,6 +31,12 @@ _C.MODEL.BACKBONE.WITH_NL = False
 # machine can; otherwise training starts from scratch with a warning.
 _C.MODEL.BACKBONE.PRETRAIN = True
 _C.MODEL.BACKBONE.PRETRAIN_PATH = ""
+# Vision-transformer and regularisation keys of FastReID 1.4 (used by the backbones that have them).
+_C.MODEL.BACKBONE.DROP_RATIO = 0.0
+_C.MODEL.BACKBONE.DROP_PATH_RATIO = 0.1
+_C.MODEL.BACKBONE.ATT_DROP_RATE = 0.0
+_C.MODEL.BACKBONE.STRIDE_SIZE = [16, 16]
+_C.MODEL.BACKBONE.SIE_COE = 3.0
 
 _C.MODEL.HEADS = CN()
 _C.MODEL.HEADS.NAME = "EmbeddingHead"
@@ -134,6 +140,12 @@ _C.INPUT.REA.VALUE = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 _C.INPUT.RPT = CN()
 _C.INPUT.RPT.ENABLED = False
 _C.INPUT.RPT.PROB = 0.5
+# Random resized crop (FastReID 1.4 INPUT.CROP.*).
+_C.INPUT.CROP = CN()
+_C.INPUT.CROP.ENABLED = False
+_C.INPUT.CROP.SIZE = [224]
+_C.INPUT.CROP.SCALE = [0.16, 1.0]
+_C.INPUT.CROP.RATIO = [3.0 / 4.0, 4.0 / 3.0]
 
 # -----------------------------------------------------------------------------
 # Dataset
@@ -164,6 +176,12 @@ _C.DATALOADER.NAIVE_WAY = True
 # Number of instance for each person (K of P x K)
 _C.DATALOADER.NUM_INSTANCE = 4
 _C.DATALOADER.NUM_WORKERS = 8
+# (FastReID 1.4) Training sampler by name; "" keeps the seed's PK_SAMPLER / NAIVE_WAY choice.
+# TrainingSampler, NaiveIdentitySampler, BalancedIdentitySampler, SetReWeightSampler,
+# ImbalancedDatasetSampler.
+_C.DATALOADER.SAMPLER_TRAIN = ""
+# (FastReID 1.4) Per-set weights for SetReWeightSampler, one per DATASETS.NAMES entry.
+_C.DATALOADER.SET_WEIGHT = []
 
 # ---------------------------------------------------------------------------- #
 # Solver
@@ -179,6 +197,14 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = True
 _C.SOLVER.WEIGHT_DECAY = 0.0005
 _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+# (FastReID 1.4) Weight decay of normalisation-layer weights and biases.
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0005
+# (FastReID 1.4) Gradient clipping: CLIP_TYPE "value" or "norm".
+_C.SOLVER.CLIP_GRADIENTS = CN()
+_C.SOLVER.CLIP_GRADIENTS.ENABLED = False
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 5.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 
 _C.SOLVER.SCHED = "MultiStepLR"
 _C.SOLVER.DELAY_EPOCHS = 0
@@ -250,4 +276,6 @@ KEY_ALIASES = {
     "INPUT.AUTOAUG.PROB": "INPUT.AUTOAUG_PROB",
     "INPUT.AUGMIX.ENABLED": "INPUT.DO_AUGMIX",
     "INPUT.AUGMIX.PROB": "INPUT.AUGMIX_PROB",
+    "TEST.FLIP.ENABLED": "TEST.FLIP_ENABLED",
+    "TEST.ROC.ENABLED": "TEST.ROC_ENABLED",
 }
