@@ -101,6 +101,12 @@ _C.KD.MODEL_WEIGHTS = ""
 _C.KD.LOSS = "kl"
 _C.KD.TEMPERATURE = 4.0
 _C.KD.SCALE = 1.0
+# (reid) feature "overhaul" distillation (Heo et al., ICCV 2019) between backbone outputs; 0 = off
+_C.KD.OVERHAUL_SCALE = 0.0
+# (FastReID 1.4) EMA self-distillation: the teacher is an exponential moving average of the student
+_C.KD.EMA = CN()
+_C.KD.EMA.ENABLED = False
+_C.KD.EMA.MOMENTUM = 0.999
 
 # -----------------------------------------------------------------------------
 # INPUT
