@@ -23,11 +23,11 @@ from reid.engine.hooks import (LayerFreezer, MetricsLogger, PeriodicCheckpointer
                                PeriodicEvaluator, ProgressBar)
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
 from reid.engine.precise_bn import update_bn_stats
-from reid.engine.trainer import Trainer
+from reid.engine.trainer import Trainer, build_gradient_clipper
 from reid.errors import ReidError
 from reid.evaluation.evaluator import Evaluator
 from reid.evaluation.extract import extract_features
-from reid.modeling import build_model, wants_sync_bn
+from reid.modeling import build_model, classifier_weight_names, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
 from reid.utils.io import atomic_write_json
@@ -126,7 +126,7 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     evaluator = Evaluator(cfg, out)  # TEST.* options; test loaders built on first use
     hooks = [
         LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
-        LayerFreezer(model, ["heads.weight"], cfg.SOLVER.FREEZE_FC_ITERS),
+        LayerFreezer(model, classifier_weight_names(model), cfg.SOLVER.FREEZE_FC_ITERS),
         PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_EPOCH),
         PeriodicEvaluator(lambda: evaluator.evaluate(model, device), cfg.TEST.EVAL_PERIOD,
                           cfg.SOLVER.MAX_EPOCH, sink),
@@ -139,7 +139,8 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     ddp_model = wrap_ddp(model, device, find_unused_parameters=freezing)
     trainer = Trainer(ddp_model, loader, optimizer, scheduler,
                       max_epoch=cfg.SOLVER.MAX_EPOCH, device=device,
-                      amp=cfg.SOLVER.FP16_ENABLED, hooks=hooks)
+                      amp=cfg.SOLVER.FP16_ENABLED, hooks=hooks,
+                      grad_clipper=build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS))
     trainer.train(start_epoch=start_epoch)
     comm.synchronize()
     return {"checkpoint": str(out / FINAL_CHECKPOINT), "num_classes": num_classes,
@@ -161,8 +162,10 @@ def distill(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = Fal
 def num_classes_in(weights: str | Path) -> int:
     """The classifier size stored in a checkpoint (0 when it has no classifier)."""
     state = Checkpointer.read(weights)["model"]
-    weight = state.get("heads.weight")
-    return int(weight.shape[0]) if weight is not None else 0
+    for name in ("heads.weight", "b1_head.weight"):  # Baseline-like models, MGN
+        if name in state:
+            return int(state[name].shape[0])
+    return 0
 
 
 def load_model(cfg: CfgNode, weights: str | Path, device: torch.device) -> torch.nn.Module:

@@ -1,27 +1,46 @@
 """Load a config: defaults <- YAML file (with ``_BASE_`` inheritance) <- ``KEY VALUE`` overrides.
 
 Every key is checked against the defaults (an unknown key names the closest valid one) and
-every value against the default's type. The result is frozen.
+every value against the default's type (``reid.config.values``). The result is frozen.
+
+FastReID 1.4 spellings (``KEY_ALIASES``, e.g. ``INPUT.PADDING.SIZE`` for ``INPUT.PADDING``)
+are accepted in files and overrides. Files are merged key by key after the spellings are
+resolved, so a base written in one style and a child in the other combine as expected.
 """
 from __future__ import annotations
 
-import ast
+import logging
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import yaml
 
 from reid.config.defaults import KEY_ALIASES, _C
 from reid.config.node import CfgNode
+from reid.config.values import coerce
 from reid.errors import ReidError
 from reid.utils.registry import closest
 
+logger = logging.getLogger(__name__)
+
 BASE_KEY = "_BASE_"
+
+
+class Entry(NamedTuple):
+    """One key set by a config file: its value, the file and the key as spelled there."""
+    value: Any
+    source: str
+    spelled: str
 
 
 def get_cfg() -> CfgNode:
     """A mutable copy of the defaults."""
     return _C.clone()
+
+
+def canonical_key(key: str) -> str:
+    """The key of the defaults that ``key`` names (a FastReID 1.4 alias resolved)."""
+    return KEY_ALIASES.get(key, key)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CfgNode:
@@ -35,8 +54,36 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML config and the chain of ``_BASE_`` files it names (relative to itself)."""
+    """The merged mapping of a YAML config and its ``_BASE_`` chain, nested by canonical key
+    (aliases resolved; keys not checked against the defaults)."""
+    return _unflatten(read_entries(path))
+
+
+def read_entries(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Entry]:
+    """``{canonical dotted key: Entry}`` of a YAML config: its ``_BASE_`` files (relative to
+    itself, in order) first, then its own keys, each later one replacing an earlier one."""
     path = Path(path)
+    data = _read_mapping(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        loop = " -> ".join(str(p) for p in _chain + (resolved,))
+        raise ReidError(f"config _BASE_ chain loops: {loop} (a file cannot include itself)")
+    bases = data.pop(BASE_KEY, None) or []
+    entries: dict[str, Entry] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        entries.update(read_entries(path.parent / base, _chain + (resolved,)))
+    own: dict[str, Entry] = {}
+    for spelled, value in _flatten(data):
+        key = canonical_key(spelled)
+        if key in own:
+            logger.warning("%s sets %s twice (as %s and %s); the later one (%r) wins", path,
+                           key, own[key].spelled, spelled, value)
+        own[key] = Entry(value, str(path), spelled)
+    entries.update(own)
+    return entries
+
+
+def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ReidError(f"config file not found: {path} (expected a YAML file)")
     try:
@@ -47,17 +94,13 @@ def read_yaml(path: str | Path) -> dict:
         raise ReidError(f"invalid YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ReidError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
-    bases = data.pop(BASE_KEY, None) or []
-    merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
-        _deep_update(merged, read_yaml(path.parent / base))
-    _deep_update(merged, data)
-    return merged
+    return data
 
 
 def merge_yaml_file(cfg: CfgNode, path: str | Path) -> CfgNode:
-    for key, value in _flatten(read_yaml(path)):
-        set_value(cfg, key, value, source=str(path))
+    # Each key is checked with the file that set it (a base file's typo names the base file).
+    for entry in read_entries(path).values():
+        set_value(cfg, entry.spelled, entry.value, source=entry.source)
     return cfg
 
 
@@ -72,18 +115,20 @@ def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> CfgNode:
 
 
 def set_value(cfg: CfgNode, key: str, value: Any, source: str) -> None:
-    """Set dotted ``key`` after checking that it exists and that ``value`` has its type."""
-    key = KEY_ALIASES.get(key, key)
+    """Set dotted ``key`` (or its FastReID 1.4 alias) after checking that it exists and that
+    ``value`` has its type."""
+    canonical = canonical_key(key)
     valid = dict(cfg.flatten())
-    if key not in valid:
-        hint = closest(key, valid)
+    if canonical not in valid:
+        hint = closest(key, list(valid) + list(KEY_ALIASES))
         did_you_mean = f"; did you mean {hint}?" if hint else ""
         raise ReidError(f"unknown config key {key} ({source}){did_you_mean}")
-    *parents, leaf = key.split(".")
+    label = key if key == canonical else f"{key} (= {canonical})"
+    *parents, leaf = canonical.split(".")
     node = cfg
     for name in parents:
         node = node[name]
-    node[leaf] = _coerce(key, valid[key], value, source)
+    node[leaf] = coerce(canonical, valid[canonical], value, label, source)
 
 
 def validate(cfg: CfgNode) -> None:
@@ -95,6 +140,7 @@ def validate(cfg: CfgNode) -> None:
         "SOLVER.SCHED": ("MultiStepLR", "CosineAnnealingLR"),
         "SOLVER.WARMUP_METHOD": ("linear", "constant"),
         "KD.LOSS": ("kl", "js"),
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
     }
     flat = dict(cfg.flatten())
     for key, allowed in choices.items():
@@ -116,70 +162,6 @@ def save_config(cfg: CfgNode, path: str | Path) -> Path:
     return atomic_write_text(path, cfg.dump())
 
 
-def _coerce(key: str, default: Any, value: Any, source: str) -> Any:
-    def wrong(expected: str) -> ReidError:
-        return ReidError(f"config key {key} expects {expected}, got {value!r} "
-                         f"({type(value).__name__}) ({source})")
-
-    if isinstance(default, (list, tuple)):
-        if isinstance(value, str):
-            parsed = _parse_literal(value)
-            value = parsed if isinstance(parsed, (list, tuple)) else [value]
-        if not isinstance(value, (list, tuple)):
-            raise wrong("a list")
-        if default and all(_is_number(d) for d in default) and not all(_is_number(v) for v in value):
-            raise wrong("a list of numbers")
-        return type(default)(value)
-    if isinstance(value, str) and not isinstance(default, str):
-        value = _parse_literal(value)
-        if isinstance(default, float) and isinstance(value, str):
-            value = _parse_float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise wrong("an integer")
-        return value
-    if isinstance(default, float):
-        if not _is_number(value):
-            raise wrong("a number")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise wrong("a string")
-        return value
-    return value
-
-
-def _parse_float(text: str) -> Any:
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _parse_literal(text: Any) -> Any:
-    """Parse a YAML literal (``"[10, 20]"`` -> [10, 20]); FastReID's ``("A",)`` tuples too."""
-    if not isinstance(text, str):
-        return text
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
-    if isinstance(value, str) and value.startswith("("):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
-    return value
-
-
 def _flatten(data: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
     for key, value in data.items():
         name = f"{prefix}{key}"
@@ -189,10 +171,19 @@ def _flatten(data: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
             yield name, value
 
 
-def _deep_update(target: dict, source: dict) -> dict:
-    for key, value in source.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _deep_update(target[key], value)
-        else:
-            target[key] = value
-    return target
+def _unflatten(entries: dict[str, Entry]) -> dict:
+    nested: dict = {}
+    for key, entry in entries.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for depth, name in enumerate(parents):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[:depth + 1])
+                raise ReidError(f"config key {entry.spelled} ({entry.source}) cannot be set: "
+                                f"{where} holds a value, not a group of keys")
+        if isinstance(node.get(leaf), dict):
+            raise ReidError(f"config key {entry.spelled} ({entry.source}) cannot be set: "
+                            f"{key} is a group of keys")
+        node[leaf] = entry.value
+    return nested

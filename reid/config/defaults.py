@@ -37,6 +37,8 @@ _C.MODEL.BACKBONE.DROP_PATH_RATIO = 0.1
 _C.MODEL.BACKBONE.ATT_DROP_RATE = 0.0
 _C.MODEL.BACKBONE.STRIDE_SIZE = [16, 16]
 _C.MODEL.BACKBONE.SIE_COE = 3.0
+# (reid) Cameras of the ViT side-information embedding (TransReID); 0 = off, as in FastReID.
+_C.MODEL.BACKBONE.SIE_CAMERAS = 0
 
 _C.MODEL.HEADS = CN()
 _C.MODEL.HEADS.NAME = "EmbeddingHead"
@@ -272,6 +274,7 @@ _C.SEED = 0
 # FastReID 1.4 spellings accepted in YAML files and overrides (old key -> key here).
 KEY_ALIASES = {
     "SOLVER.AMP.ENABLED": "SOLVER.FP16_ENABLED",
+    "SOLVER.AMP_ENABLED": "SOLVER.FP16_ENABLED",  # FastReID 1.0-1.3
     "INPUT.FLIP.ENABLED": "INPUT.DO_FLIP",
     "INPUT.FLIP.PROB": "INPUT.FLIP_PROB",
     "INPUT.PADDING.ENABLED": "INPUT.DO_PAD",

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from reid.config import CfgNode
 from reid.data.datasets import DATASET_REGISTRY, ImageDataset, Record
-from reid.data.samplers import SAMPLER_REGISTRY, InferenceSampler
+from reid.data.samplers import InferenceSampler, build_train_sampler
 from reid.data.transforms import build_transforms
 from reid.errors import ReidError
 from reid.utils import comm
@@ -92,6 +92,11 @@ def relabel(named_records: Sequence[tuple[str, Sequence[Record]]]) -> tuple[list
     return out, len(keys)
 
 
+def set_indices(named_records: Sequence[tuple[str, Sequence[Record]]]) -> list[int]:
+    """For every record of ``relabel``'s output, the index of the entry it came from."""
+    return [n for n, (_, records) in enumerate(named_records) for _ in records]
+
+
 def _loader_kwargs(cfg: CfgNode) -> dict:
     workers = cfg.DATALOADER.NUM_WORKERS
     return {"num_workers": workers, "collate_fn": collate, "worker_init_fn": seed_worker,
@@ -115,13 +120,11 @@ def build_train_loader(cfg: CfgNode, dataset_names: Sequence[str] | None = None,
                 ", ".join(names))
 
     world, rank = comm.get_world_size(), comm.get_rank()
-    sampler_name = "NaiveIdentitySampler" if cfg.DATALOADER.PK_SAMPLER else "ShuffledSampler"
-    if cfg.DATALOADER.PK_SAMPLER and not cfg.DATALOADER.NAIVE_WAY:
-        logger.warning("DATALOADER.NAIVE_WAY false (camera-balanced P x K sampling) is not "
-                       "implemented; using NaiveIdentitySampler")
-    sampler = SAMPLER_REGISTRY.get(sampler_name)(
-        records, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SEED,
-        rank=rank, world_size=world)
+    # Per-set sampling weights (DATALOADER.SET_WEIGHT) refer to DATASETS.NAMES entries only.
+    training_sets = dataset_names is None or names == list(cfg.DATASETS.NAMES)
+    sampler = build_train_sampler(cfg, records, set_indices(named), rank=rank, world_size=world,
+                                  training_sets=training_sets)
+    logger.info("training sampler: %s", type(sampler).__name__)
     # augmentation randomness differs per rank but is reproducible for a given seed
     generator = torch.Generator().manual_seed(int(cfg.SEED) + rank)
     loader = DataLoader(RecordDataset(records, build_transforms(cfg, is_train=train_transforms)),

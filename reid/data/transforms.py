@@ -20,17 +20,48 @@ PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
 
 
 def build_transforms(cfg: CfgNode, is_train: bool) -> v2.Compose:
-    """The training pipeline (augmentations per INPUT.*) or the test one (resize only)."""
+    """The training pipeline (augmentations per INPUT.*) or the test one (resize, then a
+    center crop to INPUT.CROP.SIZE when INPUT.CROP.ENABLED)."""
     if is_train:
         steps = train_steps(cfg.INPUT) + _to_float() + tensor_train_steps(cfg.INPUT)
     else:
-        steps = [_resize(cfg.INPUT.SIZE_TEST)] + _to_float()
+        steps = [_resize(cfg.INPUT.SIZE_TEST)] + center_crop_steps(cfg.INPUT) + _to_float()
     return v2.Compose(steps + [v2.ToPureTensor()])
 
 
 def _resize(size) -> v2.Resize:
     return v2.Resize(tuple(int(s) for s in size), interpolation=InterpolationMode.BICUBIC,
                      antialias=True)
+
+
+def crop_size(crop: CfgNode) -> tuple[int, int]:
+    """INPUT.CROP.SIZE as (height, width): one number is a square, as in FastReID."""
+    size = [int(s) for s in crop.SIZE]
+    if len(size) not in (1, 2) or min(size, default=0) < 1:
+        raise ReidError(f"INPUT.CROP.SIZE must be [size] or [height, width] in pixels; "
+                        f"got {list(crop.SIZE)}")
+    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+
+
+def _range(crop: CfgNode, key: str) -> tuple[float, float]:
+    low_high = [float(v) for v in crop[key]]
+    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+        raise ReidError(f"INPUT.CROP.{key} must be [low, high] with 0 < low <= high; "
+                        f"got {list(crop[key])}")
+    return low_high[0], low_high[1]
+
+
+def random_resized_crop(crop: CfgNode) -> v2.RandomResizedCrop:
+    """A random region (area share in CROP.SCALE, aspect ratio in CROP.RATIO) resized to
+    CROP.SIZE, after the resize to SIZE_TRAIN (FastReID 1.4's order)."""
+    return v2.RandomResizedCrop(crop_size(crop), scale=_range(crop, "SCALE"),
+                                ratio=_range(crop, "RATIO"),
+                                interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def center_crop_steps(inp: CfgNode) -> list:
+    """With INPUT.CROP.ENABLED, test images are center-cropped to CROP.SIZE (as in training)."""
+    return [v2.CenterCrop(crop_size(inp.CROP))] if inp.CROP.ENABLED else []
 
 
 def _to_float() -> list:
@@ -41,23 +72,29 @@ def _to_float() -> list:
 def train_steps(inp: CfgNode) -> list:
     """Augmentations applied to the PIL image, in FastReID's order."""
     size = tuple(int(s) for s in inp.SIZE_TRAIN)
+    # the size after the geometric steps: padding + random crop keep it
+    out_size = crop_size(inp.CROP) if inp.CROP.ENABLED else size
     steps = []
     if inp.DO_AUTOAUG:
         steps.append(v2.RandomApply([v2.AutoAugment()], p=inp.AUTOAUG_PROB))
     steps.append(_resize(size))
+    if inp.CROP.ENABLED:
+        steps.append(random_resized_crop(inp.CROP))
     if inp.DO_FLIP:
         steps.append(v2.RandomHorizontalFlip(p=inp.FLIP_PROB))
     if inp.DO_PAD:
         if inp.PADDING_MODE not in PADDING_MODES:
             raise ReidError(f"INPUT.PADDING_MODE must be one of {', '.join(PADDING_MODES)}; "
                             f"got {inp.PADDING_MODE!r}")
-        steps += [v2.Pad(inp.PADDING, padding_mode=inp.PADDING_MODE), v2.RandomCrop(size)]
+        steps += [v2.Pad(inp.PADDING, padding_mode=inp.PADDING_MODE), v2.RandomCrop(out_size)]
     if inp.CJ.ENABLED:
         jitter = v2.ColorJitter(brightness=inp.CJ.BRIGHTNESS, contrast=inp.CJ.CONTRAST,
                                 saturation=inp.CJ.SATURATION, hue=inp.CJ.HUE)
         steps.append(v2.RandomApply([jitter], p=inp.CJ.PROB))
     if inp.DO_AFFINE:
-        steps.append(v2.RandomAffine(degrees=10, scale=(0.9, 1.1), shear=5))
+        # FastReID 1.4's fixed ranges: +-10 degrees, 0.9..1.1 scale, +-0.1 degree shear, no
+        # translation, black fill.
+        steps.append(v2.RandomAffine(degrees=10, scale=(0.9, 1.1), shear=0.1, fill=0))
     if inp.DO_AUGMIX:
         steps.append(v2.RandomApply([v2.AugMix()], p=inp.AUGMIX_PROB))
     return steps

@@ -1,14 +1,15 @@
 """The training loop: epochs of iterations, with hooks around each stage.
 
 A step moves the batch to the device, runs the model in training mode (which returns a dict
-of scalar losses), backpropagates their sum, steps the optimizer and then the per-iteration
-LR scheduler. Checkpointing, logging, progress and layer freezing are hooks.
+of scalar losses), backpropagates their sum, optionally clips the gradients, steps the
+optimizer and then the per-iteration LR scheduler. Checkpointing, logging, progress and layer
+freezing are hooks.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -82,6 +83,47 @@ def amp_enabled(requested: bool, device: torch.device) -> bool:
     return requested
 
 
+# clip type (SOLVER.CLIP_GRADIENTS.CLIP_TYPE) -> fn(parameter, clip value, norm type)
+GRADIENT_CLIPS: dict[str, Callable[[nn.Parameter, float, float], Any]] = {
+    "value": lambda param, value, norm_type: nn.utils.clip_grad_value_(param, value),
+    "norm": lambda param, value, norm_type: nn.utils.clip_grad_norm_(param, value, norm_type),
+}
+
+
+class GradientClipper:
+    """Clips the gradient of every parameter on its own, as FastReID 1.4 does.
+
+    ``"value"``: every gradient element into ``[-clip_value, clip_value]``; ``"norm"``: each
+    parameter's gradient rescaled so that its ``norm_type``-norm is at most ``clip_value``
+    (``norm_type`` may be ``inf``).
+    """
+
+    def __init__(self, clip_type: str = "norm", clip_value: float = 5.0,
+                 norm_type: float = 2.0) -> None:
+        if clip_type not in GRADIENT_CLIPS:
+            raise ReidError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be one of "
+                            f"{', '.join(GRADIENT_CLIPS)}; got {clip_type!r}")
+        if not clip_value > 0:
+            raise ReidError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0; got {clip_value}")
+        if not norm_type > 0:
+            raise ReidError(f"SOLVER.CLIP_GRADIENTS.NORM_TYPE must be > 0 (or inf); "
+                            f"got {norm_type}")
+        self.clip = GRADIENT_CLIPS[clip_type]
+        self.clip_type, self.clip_value, self.norm_type = clip_type, clip_value, norm_type
+
+    def __call__(self, parameters: Iterable[nn.Parameter]) -> None:
+        for param in parameters:
+            if param.grad is not None:
+                self.clip(param, self.clip_value, self.norm_type)
+
+
+def build_gradient_clipper(clip_cfg: Any) -> Optional[GradientClipper]:
+    """The clipper of SOLVER.CLIP_GRADIENTS (a config node), or None when not ENABLED."""
+    if not clip_cfg.ENABLED:
+        return None
+    return GradientClipper(clip_cfg.CLIP_TYPE, clip_cfg.CLIP_VALUE, clip_cfg.NORM_TYPE)
+
+
 class Trainer:
     """Trains ``model`` for epochs ``start_epoch .. max_epoch - 1``.
 
@@ -90,12 +132,16 @@ class Trainer:
     ``max_iter``, ``iters_per_epoch``, ``metrics`` (the last step's loss terms, total_loss and
     lr), ``images_seen`` (on this rank), ``last_checkpoint`` (set by the checkpointing hook)
     and ``completed`` (True once the last epoch has finished).
+
+    ``grad_clipper`` (e.g. ``build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS)``) is called on
+    the optimizer's parameters after backward (and after AMP unscaling), before the step.
     """
 
     def __init__(self, model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                  scheduler: Any, max_epoch: int, iters_per_epoch: Optional[int] = None,
                  device: str | torch.device | None = None, amp: bool = False,
-                 hooks: Iterable[HookBase] = ()) -> None:
+                 hooks: Iterable[HookBase] = (),
+                 grad_clipper: Optional[Callable[[Iterable[nn.Parameter]], Any]] = None) -> None:
         self.model = model
         self.data_loader = data_loader
         self.optimizer = optimizer
@@ -108,6 +154,7 @@ class Trainer:
         self.device = torch.device(device)
         self.amp = amp_enabled(amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.grad_clipper = grad_clipper
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.trainer = self
@@ -162,6 +209,11 @@ class Trainer:
         self._stop_if_diverged(values)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        if self.grad_clipper is not None:
+            # Clip the true gradients, not the loss-scaled ones (a no-op without AMP); the
+            # scaler remembers the unscaling and does not repeat it in step().
+            self.scaler.unscale_(self.optimizer)
+            self.grad_clipper(p for group in self.optimizer.param_groups for p in group["params"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]

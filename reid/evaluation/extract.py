@@ -31,7 +31,7 @@ def extract_features(model: nn.Module, data_loader, device: torch.device | str,
             batches = tqdm(data_loader, desc="extract features", unit="batch",
                            disable=not comm.is_main_process(), leave=False)
             for batch in batches:
-                feats.append(_embed(model, batch["images"].to(device), flip).float().cpu())
+                feats.append(_embed(model, batch, device, flip).float().cpu())
                 pids.append(_as_numpy(batch["targets"]))
                 camids.append(_as_numpy(batch["camids"]))
     finally:
@@ -42,12 +42,20 @@ def extract_features(model: nn.Module, data_loader, device: torch.device | str,
     return gathered
 
 
-def _embed(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
-    features = model(images)
+def _embed(model: nn.Module, batch: dict, device: torch.device, flip: bool) -> torch.Tensor:
+    images = batch["images"].to(device)
+    features = _forward(model, images, batch)
     if flip:
-        # dim 3 is the width of B x C x H x W: a horizontal mirror.
-        features = (features + model(torch.flip(images, dims=[3]))) / 2.0
+        # dim 3 is the width of B x C x H x W: a horizontal mirror; the cameras stay.
+        features = (features + _forward(model, torch.flip(images, dims=[3]), batch)) / 2.0
     return features
+
+
+def _forward(model: nn.Module, images: torch.Tensor, batch: dict) -> torch.Tensor:
+    # Models with camera embeddings (ViT SIE) take a batch dict; the rest take images.
+    if getattr(model, "takes_camids", False):
+        return model({"images": images, "camids": batch["camids"]})
+    return model(images)
 
 
 def _gather_in_rank_order(local: tuple[torch.Tensor, np.ndarray, np.ndarray]

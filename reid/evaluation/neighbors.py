@@ -79,12 +79,9 @@ def all_pairs_knn(feats: torch.Tensor, k: int, distance: DistanceFn,
         block_size: rows per tile; memory is about ``block_size**2`` floats plus ``N x k``.
     """
     num = feats.shape[0]
-    best = _RunningBest(num, k, feats.device)
-    starts = list(range(0, num, block_size))
-    tiles = [(a, b) for i, a in enumerate(starts) for b in starts[i:]]
+    best = RunningBest(num, k, feats.device)
     with torch.no_grad():
-        for a, b in tqdm(tiles, desc="neighbour search", unit="tile", leave=False,
-                         disable=not comm.is_main_process() or len(tiles) < 16):
+        for a, b in symmetric_tiles(num, block_size, "neighbour search"):
             tile = distance(feats[a:a + block_size], feats[b:b + block_size])
             best.absorb(a, tile, b)
             if a != b:
@@ -92,11 +89,21 @@ def all_pairs_knn(feats: torch.Tensor, k: int, distance: DistanceFn,
     return best.result()
 
 
-class _RunningBest:
-    """The ``k`` smallest distances seen so far per row, and the largest."""
+def symmetric_tiles(num: int, block_size: int, desc: str):
+    """The ``(row_start, col_start)`` tiles on and above the diagonal, with a progress bar."""
+    starts = list(range(0, num, block_size))
+    tiles = [(a, b) for i, a in enumerate(starts) for b in starts[i:]]
+    return tqdm(tiles, desc=desc, unit="tile", leave=False,
+                disable=not comm.is_main_process() or len(tiles) < 16)
 
-    def __init__(self, num: int, k: int, device: torch.device) -> None:
+
+class RunningBest:
+    """The ``k`` smallest distances seen so far per row, and (optionally) the largest."""
+
+    def __init__(self, num: int, k: int, device: torch.device,
+                 track_farthest: bool = True) -> None:
         self.k = k
+        self.track_farthest = track_farthest
         self.dist = torch.full((num, k), float("inf"), device=device)
         self.index = torch.zeros((num, k), dtype=torch.int64, device=device)
         self.farthest = torch.full((num,), float("-inf"), device=device)
@@ -110,7 +117,8 @@ class _RunningBest:
         keep_dist, keep_pos = dist.topk(self.k, dim=1, largest=False)
         self.dist[rows] = keep_dist
         self.index[rows] = index.gather(1, keep_pos)
-        self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=1))
+        if self.track_farthest:
+            self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=1))
 
     def result(self) -> Neighbours:
         # Sort by index first, then stably by distance: equal distances end in index order.

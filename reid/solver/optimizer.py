@@ -1,8 +1,12 @@
 """Optimizers built from SOLVER.*: one parameter group per parameter, optimizer by name.
 
 Each parameter gets its own group so that its learning rate and weight decay can follow
-its role (head or backbone, bias or weight) while the LR scheduler still scales every group
-by the same schedule.
+its role (head or backbone, normalisation layer, bias or weight) while the LR scheduler still
+scales every group by the same schedule.
+
+Weight decay, as in FastReID 1.4: WEIGHT_DECAY by default, WEIGHT_DECAY_NORM for the
+parameters of normalisation layers (BatchNorm, InstanceNorm, GroupNorm, LayerNorm, ...), and
+WEIGHT_DECAY_BIAS for every bias (normalisation layers' biases included).
 """
 from __future__ import annotations
 
@@ -21,15 +25,28 @@ OPTIMIZER_REGISTRY = Registry("optimizer (SOLVER.OPT)")
 
 HEADS_PREFIX = "heads"
 
+# Modules whose parameters take SOLVER.WEIGHT_DECAY_NORM (_NormBase: batch and instance norms).
+NORM_MODULE_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+                     nn.LocalResponseNorm)
+
 
 def is_bias(name: str) -> bool:
     return name == "bias" or name.endswith(".bias")
 
 
-def param_group(name: str, param: nn.Parameter, solver: CfgNode) -> dict:
-    """The optimizer group of one parameter: its LR and weight decay from its name."""
+def norm_parameter_names(model: nn.Module) -> set[str]:
+    """Names (as ``named_parameters`` gives them) of the normalisation layers' parameters."""
+    return {f"{module_name}.{param_name}" if module_name else param_name
+            for module_name, module in model.named_modules()
+            if isinstance(module, NORM_MODULE_TYPES)
+            for param_name, _ in module.named_parameters(recurse=False)}
+
+
+def param_group(name: str, param: nn.Parameter, solver: CfgNode, is_norm: bool = False) -> dict:
+    """The optimizer group of one parameter: its LR and weight decay from its name and
+    whether it belongs to a normalisation layer."""
     lr = solver.BASE_LR
-    weight_decay = solver.WEIGHT_DECAY
+    weight_decay = solver.WEIGHT_DECAY_NORM if is_norm else solver.WEIGHT_DECAY
     if name.startswith(HEADS_PREFIX):
         lr *= solver.HEADS_LR_FACTOR
     if is_bias(name):
@@ -41,8 +58,10 @@ def param_group(name: str, param: nn.Parameter, solver: CfgNode) -> dict:
 
 def build_param_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
     """One group per trainable parameter (``requires_grad`` False ones are left out)."""
-    return [param_group(name, param, cfg.SOLVER)
-            for name, param in unwrap_model(model).named_parameters() if param.requires_grad]
+    model = unwrap_model(model)
+    norms = norm_parameter_names(model)
+    return [param_group(name, param, cfg.SOLVER, is_norm=name in norms)
+            for name, param in model.named_parameters() if param.requires_grad]
 
 
 @OPTIMIZER_REGISTRY.register(name="Adam")

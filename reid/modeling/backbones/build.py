@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from reid.errors import ReidError
+from reid.modeling.backbones.timm_backbone import TIMM_PREFIX, build_timm_backbone
 from reid.utils.registry import Registry
 
 BACKBONE_REGISTRY = Registry("backbone")
@@ -11,7 +12,10 @@ BACKBONE_REGISTRY = Registry("backbone")
 
 def build_backbone(cfg) -> nn.Module:
     """Build MODEL.BACKBONE.NAME and check that it outputs MODEL.BACKBONE.FEAT_DIM channels."""
-    backbone = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg)
+    name = cfg.MODEL.BACKBONE.NAME
+    # "timm:<model>" wraps any timm model; every other name is a registered builder.
+    builder = build_timm_backbone if name.startswith(TIMM_PREFIX) else BACKBONE_REGISTRY.get(name)
+    backbone = builder(cfg)
     check_feat_dim(cfg, backbone)
     return backbone
 

@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 10.0
 # prefixes that wrap a backbone's keys in other checkpoints (DataParallel, a FastReID model)
 KEY_PREFIXES = ("module.", "backbone.")
+# ImageNet classifiers of the weight files: torchvision "fc.", pycls "head.fc.", RepVGG "linear."
+IMAGENET_CLASSIFIER_PREFIXES = ("fc.", "head.fc.", "linear.")
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -30,7 +32,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise ReidError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from None
-    for key in ("model", "state_dict"):
+    for key in ("model", "state_dict", "model_state"):  # model_state: pycls (RegNet, EffNet)
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict):
@@ -47,7 +49,7 @@ def backbone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for prefix in KEY_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]
-        if not key.startswith("fc."):
+        if not key.startswith(IMAGENET_CLASSIFIER_PREFIXES):
             out[key] = value
     return out
 

@@ -58,6 +58,15 @@ class GeneralizedMeanPoolingP(GeneralizedMeanPooling):
         self.p = nn.Parameter(torch.ones(1) * p)
 
 
+@POOLING_REGISTRY.register(name="clipavgpool",
+                           aliases=("ClipGlobalAvgPool", "ClipGlobalAvgPool2d"))
+class ClipGlobalAvgPool(nn.Module):
+    """Global average pooling clamped to [0, 1] (FastReID's ClipGlobalAvgPool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 1).clamp(min=0.0, max=1.0)
+
+
 @POOLING_REGISTRY.register(name="flatten", aliases=("Flatten",))
 class FlattenPool(nn.Module):
     """No pooling: the whole feature map becomes the channel vector (B x CHW x 1 x 1)."""

@@ -63,12 +63,26 @@ class Baseline(nn.Module):
                             "labels); call model.eval() to extract features")
         return batch["targets"].to(self.device, dtype=torch.long, non_blocking=True)
 
-    def forward(self, batch):
+    @property
+    def takes_camids(self) -> bool:
+        """Whether the backbone uses camera ids (then pass a batch dict with 'camids')."""
+        return getattr(self.backbone, "takes_camids", False)
+
+    def backbone_features(self, batch) -> torch.Tensor:
+        """The backbone's feature map; camera ids go along to backbones that use them (ViT SIE)."""
         images = self.preprocess_image(batch)
+        if not self.takes_camids:
+            return self.backbone(images)
+        camids = batch.get("camids") if isinstance(batch, dict) else None
+        if camids is not None:
+            camids = camids.to(self.device, dtype=torch.long, non_blocking=True)
+        return self.backbone(images, camids=camids)
+
+    def forward(self, batch):
         if not self.training:
-            return self.heads(self.backbone(images))
+            return self.heads(self.backbone_features(batch))
         targets = self.targets_of(batch)
-        outputs = self.heads(self.backbone(images), targets)
+        outputs = self.heads(self.backbone_features(batch), targets)
         return self.losses(outputs, targets)
 
     def losses(self, outputs: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
