@@ -320,7 +320,7 @@ def test_non_local_blocks_follow_the_last_blocks_of_stages_2_and_3():
     backbone = build_backbone(make_cfg(WITH_NL=True)).eval()
     keys = {".".join(k.split(".")[:2]) for k in backbone.state_dict() if k.startswith("NL_")}
     assert keys == {"NL_2.0", "NL_2.1", "NL_3.0", "NL_3.1", "NL_3.2"}
-    assert backbone.state_dict()["NL_3.0.g.weight"].shape == (512, 1024, 1, 1)
+    assert backbone.state_dict()["NL_3.0.g.weight"].shape == (1, 1024, 1, 1)  # FastReID width 1
     order = []
     for name, module in backbone.named_modules():
         if name.count(".") == 1 and name.split(".")[0] in ("layer2", "layer3", "NL_2", "NL_3"):

@@ -65,8 +65,8 @@ def se(channels):  # two bias-free linear layers, reduction 16
     return 2 * channels * (channels // 16)
 
 
-def non_local(channels):  # g, theta, phi: C -> C/2 with bias; W: C/2 -> C with bias, then BN
-    inter = channels // 2
+def non_local(channels):  # g, theta, phi: C -> 1 with bias; W: 1 -> C with bias, then BN
+    inter = 1  # FastReID 1.4's inner width (reduc_ratio // reduc_ratio)
     return (3 * conv(channels, inter, 1, bias=True) + conv(inter, channels, 1, bias=True)
             + bn(channels))
 
@@ -104,9 +104,11 @@ def test_hand_computed_counts():
     # written out once by hand, so a shared mistake in the formula would show
     assert expected_params("50x", with_se=True) - expected_params("50x") == (
         3 * 256 * 256 // 8 + 4 * 512 * 512 // 8 + 6 * 1024 * 1024 // 8 + 3 * 2048 * 2048 // 8)
-    assert non_local(512) == 2 * 512 * 512 + 4.5 * 512
+    assert non_local(512) == 3 * (512 + 1) + (512 + 512) + 2 * 512  # g,theta,phi; W conv; W BN
     assert expected_params("50x", nl_layers=(0, 2, 3, 0)) == (
-        23_508_032 + 2 * (2 * 512**2 + 4.5 * 512) + 3 * (2 * 1024**2 + 4.5 * 1024))
+        23_508_032 + 2 * (7 * 512 + 3) + 3 * (7 * 1024 + 3))
+    # FastReID 1.4's AGW-R50 with 100 classes (tests/data/fastreid/AGW-R50.json): 23,745,615
+    assert expected_params("50x", nl_layers=(0, 2, 3, 0)) + bn(2048) + 2048 * 100 == 23_745_615
     # torchvision's resnext50_32x4d: 25,028,904 parameters, 2,049,000 of them in its fc
     assert expected_params("50x", groups=32, base_width=4) == 25_028_904 - 2_049_000
 
@@ -200,7 +202,7 @@ def test_se_and_nonlocal_keys_follow_fastreid():
         "NL_3.2.W.1.num_batches_tracked", "NL_3.2.W.1.running_mean", "NL_3.2.W.1.running_var",
         "NL_3.2.W.1.weight", "NL_3.2.g.bias", "NL_3.2.g.weight", "NL_3.2.phi.bias",
         "NL_3.2.phi.weight", "NL_3.2.theta.bias", "NL_3.2.theta.weight"]
-    assert state["NL_3.2.g.weight"].shape == (512, 1024, 1, 1)
+    assert state["NL_3.2.g.weight"].shape == (1, 1024, 1, 1)  # FastReID 1.4 inner width 1
     assert not any(k.startswith(("NL_1.", "NL_4.", "NL_3.3.")) for k in state)
 
 
@@ -282,7 +284,7 @@ def test_se_layer_gates_channels_by_their_average():
 
 
 def test_nonlocal_matches_brute_force():
-    block = NonLocal(4).eval()
+    block = NonLocal(4, inter_channels=2).eval()  # the paper's C/2: a non-trivial inner width
     randomise_affine(block)
     with torch.no_grad():
         block.W[1].running_mean.uniform_(-1, 1)
@@ -316,7 +318,7 @@ def test_fresh_nonlocal_block_is_an_identity():
     x = torch.randn(2, 8, 3, 3)
     with torch.no_grad():
         assert torch.equal(block(x), x)
-    assert block.inter_channels == 4
+    assert block.inter_channels == 1  # FastReID 1.4's width, so its checkpoints load
 
 
 # --- errors and warnings -----------------------------------------------------------------------

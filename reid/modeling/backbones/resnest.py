@@ -52,7 +52,7 @@ class Bottleneck(nn.Module):
     """1x1 -> split-attention 3x3 -> [avd pool] -> 1x1, with a residual shortcut."""
 
     def __init__(self, in_channels: int, channels: int, stride: int, norm: str, with_ibn: bool,
-                 downsample: nn.Module | None, is_first: bool = False) -> None:
+                 downsample: nn.Module | None, is_first: bool = False, dilation: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
         self.bn1 = IBN(channels, norm) if with_ibn else get_norm(norm, channels)
@@ -60,7 +60,8 @@ class Bottleneck(nn.Module):
         # at stride 1 (stage 4 with LAST_STRIDE 1) the pool stays as a 3x3 smoothing, as in
         # FastReID, so its checkpoints compute the same features here
         self.avd_layer = nn.AvgPool2d(3, stride, padding=1) if stride > 1 or is_first else None
-        self.conv2 = SplitAttentionConv2d(channels, channels, 3, padding=1, bias=False,
+        self.conv2 = SplitAttentionConv2d(channels, channels, 3, padding=dilation,
+                                          dilation=dilation, bias=False,
                                           radix=RADIX, norm=norm)
         self.conv3 = nn.Conv2d(channels, channels * EXPANSION, 1, bias=False)
         self.bn3 = get_norm(norm, channels * EXPANSION)
@@ -112,8 +113,10 @@ class ResNeSt(nn.Module):
         strides = (1, 2, 2, last_stride)
         for index, (width, blocks, stride) in enumerate(zip(STAGE_WIDTHS, arch.layers, strides)):
             # stage 1 keeps its resolution and, as in ResNeSt, has no avd pool
+            # As FastReID: a stage 4 kept at stride 1 dilates its later blocks by 2 instead.
+            dilation = 2 if index == 3 and stride == 1 else 1
             layer = make_stage(in_channels, width, blocks, stride, norm, with_ibn,
-                               is_first=index > 0)
+                               is_first=index > 0, dilation=dilation)
             setattr(self, f"layer{index + 1}", layer)
             in_channels = width * EXPANSION
         self.out_channels = in_channels
@@ -152,13 +155,14 @@ class ResNeSt(nn.Module):
 
 
 def make_stage(in_channels: int, width: int, blocks: int, stride: int, norm: str,
-               with_ibn: bool, is_first: bool) -> nn.Sequential:
+               with_ibn: bool, is_first: bool, dilation: int = 1) -> nn.Sequential:
     out_channels = width * EXPANSION
     downsample = None
     if stride != 1 or in_channels != out_channels:
         downsample = avg_down_shortcut(in_channels, out_channels, stride, norm)
     layers = [Bottleneck(in_channels, width, stride, norm, with_ibn, downsample, is_first)]
-    layers += [Bottleneck(out_channels, width, 1, norm, with_ibn, None) for _ in range(blocks - 1)]
+    layers += [Bottleneck(out_channels, width, 1, norm, with_ibn, None, dilation=dilation)
+               for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 

@@ -13,9 +13,12 @@ from reid.modeling.layers.norm import get_norm
 
 
 class NonLocal(nn.Module):
-    def __init__(self, channels: int, norm: str = "BN", reduction: int = 2) -> None:
+    def __init__(self, channels: int, norm: str = "BN", inter_channels: int = 1) -> None:
         super().__init__()
-        self.inter_channels = channels // reduction
+        # FastReID 1.4 computes its inner width as ``reduc_ratio // reduc_ratio``, i.e. 1 (the
+        # paper uses channels / 2). The default follows FastReID, so that its AGW and SBS
+        # checkpoints load with the same shapes and features; pass channels // 2 for the paper's.
+        self.inter_channels = inter_channels
         self.g = nn.Conv2d(channels, self.inter_channels, kernel_size=1)
         self.theta = nn.Conv2d(channels, self.inter_channels, kernel_size=1)
         self.phi = nn.Conv2d(channels, self.inter_channels, kernel_size=1)
