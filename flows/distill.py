@@ -1,9 +1,13 @@
 """Knowledge distillation: teacher pipeline (or an existing teacher) -> student with KD -> evaluate.
 
-The student recipe names its teacher with KD.MODEL_CONFIG and KD.MODEL_WEIGHTS. When the
-teacher's weights file exists it is only evaluated; otherwise the teacher recipe is trained
-first and its precise-BN checkpoint becomes KD.MODEL_WEIGHTS. With ``compare_without_kd`` the
-same student is also trained without distillation, so the table shows what KD bought.
+The student recipe names its teacher with KD.MODEL_CONFIG and KD.MODEL_WEIGHTS: one path
+each, or (FastReID 1.4) lists of one entry per teacher. Every teacher is handled alike: when
+its weights file exists it is only evaluated; otherwise its recipe is trained first and its
+precise-BN checkpoint takes its place in KD.MODEL_WEIGHTS (an empty KD.MODEL_WEIGHTS trains
+them all). The table has one row group per teacher: "teacher" for one, "teacher 1", "teacher
+2", ... for several. With KD.EMA.ENABLED and no KD.MODEL_CONFIG (self-distillation) there is
+no teacher to evaluate. With ``compare_without_kd`` the same student is also trained without
+distillation, so the table shows what KD bought.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from prefect import flow
 from flows.pipeline import publish_results, result_rows, run_stages
 from reid.config import CfgNode, load_config, merge_overrides
 from reid.errors import ReidError
+from reid.modeling.meta_arch.distiller import paths_override, teacher_paths
 from tasks.pipeline_tasks import evaluate_task
 from tasks.tracking import Tracker
 
@@ -25,14 +30,12 @@ def _changed(cfg: CfgNode, *overrides: str) -> CfgNode:
     return merge_overrides(cfg.clone(), overrides).freeze()
 
 
-def teacher_checkpoint(cfg: CfgNode, tracker: Tracker, parent: str) -> tuple[str, dict]:
-    """The teacher's weights and its results: evaluated if they exist, else trained first."""
-    if not cfg.KD.MODEL_CONFIG:
-        raise ReidError("the student recipe must name its teacher's config in KD.MODEL_CONFIG")
-    teacher_cfg = load_config(cfg.KD.MODEL_CONFIG)
-    with tracker.run("teacher", parent, tags={"reid.role": "teacher"}) as run:
-        tracker.log_config(run, teacher_cfg, cfg.KD.MODEL_CONFIG)
-        weights = cfg.KD.MODEL_WEIGHTS
+def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
+                       parent: str) -> tuple[str, dict]:
+    """One teacher's weights and its results: evaluated if they exist, else trained first."""
+    teacher_cfg = load_config(config)
+    with tracker.run(role, parent, tags={"reid.role": "teacher"}) as run:
+        tracker.log_config(run, teacher_cfg, config)
         if weights and Path(weights).is_file():
             results = evaluate_task(teacher_cfg, weights, tracker, run)["results"]
         else:
@@ -40,6 +43,17 @@ def teacher_checkpoint(cfg: CfgNode, tracker: Tracker, parent: str) -> tuple[str
             weights, results = out["checkpoint"], out["results"]
         tracker.log_results(run, results)
     return weights, results
+
+
+def teacher_checkpoints(cfg: CfgNode, tracker: Tracker, parent: str) -> dict[str, tuple[str, dict]]:
+    """``{role: (weights, results)}`` for every teacher of KD.MODEL_CONFIG, in order."""
+    paths = teacher_paths(cfg, require_weights=False)
+    if not paths and not cfg.KD.EMA.ENABLED:
+        raise ReidError("the student recipe must name its teacher's config in KD.MODEL_CONFIG "
+                        "(or set KD.EMA.ENABLED for self-distillation)")
+    roles = ["teacher"] if len(paths) == 1 else [f"teacher {i}" for i in range(1, len(paths) + 1)]
+    return {role: teacher_checkpoint(config, weights, role, tracker, parent)
+            for role, (config, weights) in zip(roles, paths)}
 
 
 @flow(name="reid-distill")
@@ -50,15 +64,19 @@ def distill(config: str, overrides: Optional[list[str]] = None,
     rows = []
     with tracker.run(f"distill:{Path(config).stem}", tags={"reid.flow": "distill"}) as parent:
         tracker.log_dataset(parent, cfg)
-        weights, teacher_results = teacher_checkpoint(cfg, tracker, parent)
-        rows += result_rows("teacher", teacher_results)
-        student_cfg = _changed(cfg, "KD.MODEL_WEIGHTS", weights)
+        teachers = teacher_checkpoints(cfg, tracker, parent)
+        results = {role: teacher_results for role, (_, teacher_results) in teachers.items()}
+        for role, teacher_results in results.items():
+            rows += result_rows(role, teacher_results)
+        student_cfg = cfg
+        if teachers:
+            checkpoints = [weights for weights, _ in teachers.values()]
+            student_cfg = _changed(cfg, "KD.MODEL_WEIGHTS", paths_override(checkpoints))
         runs = {"student (KD)": (student_cfg, "distill")}
         if compare_without_kd:
             plain = _changed(cfg, "MODEL.META_ARCHITECTURE", "Baseline",
                              "OUTPUT_DIR", str(Path(cfg.OUTPUT_DIR) / "no-kd"))
             runs["student (no KD)"] = (plain, "train")
-        results = {"teacher": teacher_results}
         for role, (role_cfg, stage) in runs.items():
             with tracker.run(role, parent, tags={"reid.role": role}) as run:
                 tracker.log_config(run, role_cfg, config)
@@ -66,5 +84,5 @@ def distill(config: str, overrides: Optional[list[str]] = None,
                 tracker.log_results(run, out["results"])
             results[role] = out["results"]
             rows += result_rows(role, out["results"])
-        publish_results(rows, "reid-distill-results", f"{config}: teacher vs student (percent)")
+        publish_results(rows, "reid-distill-results", f"{config}: teachers vs student (percent)")
     return {"results": results, "mlflow_run_id": parent}

@@ -1,7 +1,10 @@
 """The ``reid`` command.
 
-``reid run`` runs a Prefect flow; ``reid prepare|train|precise-bn|eval|distill|extract`` run one
-stage (what DVC's stages call), logging to MLflow unless ``--no-track``. This module is the
+``reid run`` runs a Prefect flow; ``reid serve`` serves prefect.yaml's scheduled deployments;
+``reid prepare|train|precise-bn|eval|distill|extract`` run one
+stage (what DVC's stages call), logging to MLflow unless ``--no-track`` (``reid eval --register
+NAME`` also registers the model in MLflow's registry; ``reid export`` writes an ONNX file and
+logs it). This module is the
 composition root: it is the only one in ``reid/`` that imports ``tasks``/``flows``, lazily,
 inside the commands that need orchestration or tracking.
 """
@@ -76,6 +79,13 @@ def cmd_run(args: argparse.Namespace) -> None:
           f"$MLFLOW_TRACKING_URI to browse)")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve prefect.yaml's deployments (their schedules) until interrupted."""
+    from flows.serve import serve_prefect_file
+    logging.getLogger("prefect").setLevel(logging.INFO)  # show the runner's submissions
+    serve_prefect_file(args.prefect_file, only=args.only, limit=args.limit or None)
+
+
 def _stage(args: argparse.Namespace, untracked: Callable, tracked: Callable) -> dict:
     """Run one stage: ``untracked()``, or ``tracked(tasks.tracked, Tracker(), parent)`` in an
     MLflow run, nested under REID_PARENT_RUN_ID when set (to group DVC's stage processes).
@@ -132,21 +142,87 @@ def cmd_eval(args):
     cfg = load(args)
     weights = args.weights or default_weights(cfg, stages.PRECISE_BN_CHECKPOINT,
                                               stages.FINAL_CHECKPOINT)
+    if args.register and args.no_track:
+        raise ReidError("reid eval --register needs MLflow: drop --no-track")
     out = _stage(args, lambda: stages.evaluate(cfg, weights),
-                 lambda ts, t, parent: ts.evaluate(cfg, weights, t, parent))
+                 lambda ts, t, parent: ts.evaluate(cfg, weights, t, parent,
+                                                   register=args.register))
     print_results(out["results"])
+    if out.get("registered"):
+        reg = out["registered"]
+        print(f"\nregistered {reg['name']} version {reg['version']} as "
+              f"{' and '.join(reg['aliases'])} ({reg['reason']})")
 
 
-def cmd_extract(args):
+def cmd_export(args):
     from reid import stages
+    from reid.export import export_model
     if not args.output:
-        raise ReidError("reid extract needs --output FILE.npz (where to write the features)")
+        raise ReidError("reid export needs --output FILE (e.g. model.onnx)")
     cfg = load(args)
     weights = args.weights or default_weights(cfg, stages.PRECISE_BN_CHECKPOINT,
                                               stages.FINAL_CHECKPOINT)
-    out = stages.extract(cfg, weights, args.dataset or cfg.DATASETS.TESTS[0], args.output)
+    options = {"exporter": args.exporter}
+
+    def tracked(ts, tracker, parent):
+        from tasks.export import export
+        return export(cfg, weights, args.output, tracker, parent, args.format, **options)
+
+    out = _stage(args, lambda: export_model(cfg, weights, args.output, args.format, **options),
+                 tracked)
+    cosine = ", ".join(f"batch {b}: {c:.6f}" for b, c in out["cosine"].items())
+    print(f"wrote {out['output']} ({out['format']}, {out['exporter']} exporter; onnxruntime vs "
+          f"PyTorch cosine {cosine})")
+
+
+def cmd_extract(args):
+    """Features of a test set (--dataset, the default) or of an image folder (--input)."""
+    from reid import stages
+    if not args.output:
+        raise ReidError("reid extract needs --output FILE.npz (where to write the features)")
+    if args.input and args.dataset:
+        raise ReidError("reid extract takes --input DIR (an image folder) or --dataset NAME "
+                        "(a test set), not both")
+    cfg = load(args)
+    weights = args.weights or default_weights(cfg, stages.PRECISE_BN_CHECKPOINT,
+                                              stages.FINAL_CHECKPOINT)
+    if args.input:
+        out = stages.extract_folder(cfg, weights, args.input, args.output)
+    else:
+        out = stages.extract(cfg, weights, args.dataset or cfg.DATASETS.TESTS[0], args.output)
     logger.info("wrote %d features of dimension %d to %s", out["count"], out["dim"],
                 out["features"])
+
+
+def cmd_info(args):
+    from reid.config import load_config
+    from reid.model_info import FLOPS_NOTE, describe_model
+    info = describe_model(load_config(recipe(args.config), args.opts))
+    height, width = info.input_size
+    rows = [
+        ("meta-architecture", info.meta_architecture),
+        ("backbone", info.backbone),
+        ("head", info.head),
+        ("parameters", f"{info.parameters:,} (trainable {info.trainable_parameters:,})"),
+        ("FLOPs", f"{info.flops:,} at {height}x{width} ({FLOPS_NOTE})"),
+        ("GFLOPs", f"{info.gflops:.3f}"),
+        ("feature size", str(info.feature_dim)),
+    ]
+    for name, value in rows:
+        print(f"{name:<18} {value}")
+
+
+def cmd_compare(args):
+    from tasks.compare import compare
+    if args.max_runs < 1:
+        raise ReidError(f"--max-runs must be at least 1, got {args.max_runs}")
+    out = compare(experiment=args.experiment, filter_string=args.filter, metric=args.metric,
+                  output=args.output, max_runs=args.max_runs, track=not args.no_track)
+    print(out.markdown)
+    for path in out.files:
+        print(f"wrote {path}")
+    if out.run_id:
+        print(f"MLflow run {out.run_id}: table and figure in {out.artifact_uri}")
 
 
 # --------------------------------------------------------------------------- parser
@@ -176,16 +252,57 @@ def build_parser() -> argparse.ArgumentParser:
         command("precise-bn", cmd_precise_bn, "recompute BatchNorm statistics", weights=True),
         command("eval", cmd_eval, "evaluate on DATASETS.TESTS; writes results.json", weights=True),
     ]
+    export = command("export", cmd_export, "export a model for serving (ONNX, checked against "
+                     "PyTorch); logs the file to MLflow", weights=True)
+    stage_commands.append(export)
     for p in stage_commands:
         p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    sub.choices["eval"].add_argument(
+        "--register", metavar="NAME", help="register the weights in the MLflow model registry as "
+        "a version of NAME (alias candidate; champion when its mAP beats the champion's)")
+    export.add_argument("--format", default="onnx", help="export format (default: onnx)")
+    export.add_argument("--exporter", default="dynamo", help="ONNX exporter: dynamo (default, "
+                        "torch.export) or torchscript (legacy tracer)")
+    # Checked in cmd_export, like extract's --output.
+    export.add_argument("--output", help="output file, e.g. model.onnx (required)")
     for p in stage_commands[1:3]:
         p.add_argument("--resume", action="store_true", help="resume from OUTPUT_DIR")
-    extract = command("extract", cmd_extract, "write a test set's features to .npz", weights=True)
+    serve = sub.add_parser("serve", help="serve prefect.yaml's scheduled deployments "
+                           "against the Prefect server named by PREFECT_API_URL")
+    serve.add_argument("--prefect-file", default="prefect.yaml",
+                       help="Prefect project file to serve (default: prefect.yaml)")
+    serve.add_argument("--only", action="append", metavar="NAME",
+                       help="serve only this deployment (repeatable)")
+    serve.add_argument("--limit", type=int, default=1,
+                       help="most flow runs at once (default 1; 0: no limit)")
+    serve.set_defaults(fn=cmd_serve, command_parser=serve, opts=[])
+    extract = command("extract", cmd_extract,
+                      "write the features of a test set or an image folder to .npz", weights=True)
     extract.add_argument("--dataset", help="test set name (default: the first of DATASETS.TESTS)")
+    extract.add_argument("--input", help="a folder of images (searched recursively) to extract "
+                                         "instead of a test set; writes features and paths")
     # Checked in cmd_extract: argparse's "required" fires before options written after the
     # overrides are taken back from them.
     extract.add_argument("--output", help="output .npz file (required)")
+    command("info", cmd_info, "print the model's parameters, GFLOPs and feature size")
+    add_compare_command(sub)
     return parser
+
+
+def add_compare_command(sub) -> None:
+    """``reid compare``: no recipe and no overrides, only its own options."""
+    p = sub.add_parser("compare", help="rank tracked runs in a table and a figure (MLflow)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the pipeline's, 'reid')")
+    p.add_argument("--filter", help="MLflow search filter, e.g. "
+                   "\"params.`SOLVER.BASE_LR` = '0.00035'\" or \"tags.`reid.flow` = 'pipeline'\"")
+    p.add_argument("--metric", default="mAP", help="rank by this metric: mAP, Rank-1, mINP, "
+                   "... (the mean over test sets) or <test set>.<metric> (default: mAP)")
+    p.add_argument("--output", help="also write the table to FILE.md|.csv|.html and the figure "
+                   "beside it as FILE.png")
+    p.add_argument("--max-runs", type=int, default=20, help="newest runs compared (default 20)")
+    p.add_argument("--no-track", action="store_true",
+                   help="do not log the comparison as an MLflow run")
+    p.set_defaults(fn=cmd_compare, command_parser=p, opts=[])
 
 
 def split_options(parser: argparse.ArgumentParser, tokens: list[str]) -> tuple[list, list]:

@@ -27,10 +27,11 @@ from reid.engine.trainer import Trainer, build_gradient_clipper
 from reid.errors import ReidError
 from reid.evaluation.evaluator import Evaluator
 from reid.evaluation.extract import extract_features
+from reid.inference import build_inference_model, folder_features, list_images
 from reid.modeling import build_model, classifier_weight_names, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
-from reid.utils.io import atomic_write_json
+from reid.utils.io import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -148,36 +149,24 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
 
 
 def distill(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False) -> dict:
-    """Train a student with knowledge distillation from the teacher named by KD.*."""
+    """Train a student with knowledge distillation from the teachers named by KD.* (or from
+    an exponential moving average of itself with KD.EMA.ENABLED)."""
     if cfg.MODEL.META_ARCHITECTURE != "Distiller":
         raise ReidError("distillation needs MODEL.META_ARCHITECTURE Distiller "
                         f"(got {cfg.MODEL.META_ARCHITECTURE}); see params/kd-synthetic.yml")
-    for key in ("MODEL_CONFIG", "MODEL_WEIGHTS"):
-        if not cfg.KD[key]:
-            raise ReidError(f"distillation needs KD.{key} (the teacher's config and weights)")
+    if not cfg.KD.EMA.ENABLED:
+        for key in ("MODEL_CONFIG", "MODEL_WEIGHTS"):
+            if not cfg.KD[key]:
+                raise ReidError(f"distillation needs KD.{key} (the teachers' configs and "
+                                "weights) or KD.EMA.ENABLED True (self-distillation)")
     return train(cfg, sink=sink, resume=resume)
 
 
 # --------------------------------------------------------------------------- checkpoints
-def num_classes_in(weights: str | Path) -> int:
-    """The classifier size stored in a checkpoint (0 when it has no classifier)."""
-    state = Checkpointer.read(weights)["model"]
-    for name in ("heads.weight", "b1_head.weight"):  # Baseline-like models, MGN
-        if name in state:
-            return int(state[name].shape[0])
-    return 0
-
-
 def load_model(cfg: CfgNode, weights: str | Path, device: torch.device) -> torch.nn.Module:
-    """Build the (plain, non-distilling) model of ``cfg`` and load ``weights`` into it."""
-    cfg = cfg.clone()
-    if cfg.MODEL.META_ARCHITECTURE == "Distiller":
-        cfg.MODEL.META_ARCHITECTURE = "Baseline"  # the teacher is only needed for training
-    cfg.MODEL.BACKBONE.PRETRAIN = False  # the checkpoint replaces ImageNet weights
-    cfg.MODEL.HEADS.NUM_CLASSES = num_classes_in(weights) or max(cfg.MODEL.HEADS.NUM_CLASSES, 1)
-    model = build_model(cfg.freeze())
-    Checkpointer(model).load(weights)
-    return model.to(device)
+    """The (plain, non-distilling) model of ``cfg`` with ``weights`` loaded strictly, in eval
+    mode on ``device`` (see ``reid.inference``)."""
+    return build_inference_model(cfg, weights).to(device)
 
 
 # --------------------------------------------------------------------------- precise-BN
@@ -230,9 +219,21 @@ def extract(cfg: CfgNode, weights: str | Path, dataset: str, output: str | Path)
     model = load_model(cfg, weights, device)
     loader, num_query = build_test_loader(cfg, dataset)
     feats, pids, camids = extract_features(model, loader, device, flip=cfg.TEST.FLIP_ENABLED)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp.npz")
-    np.savez(tmp, features=feats.numpy(), pids=pids, camids=camids, num_query=num_query)
-    tmp.replace(output)
+    write_npz(output, features=feats.numpy(), pids=pids, camids=camids, num_query=num_query)
     return {"features": str(output), "count": int(len(pids)), "dim": int(feats.shape[1])}
+
+
+def extract_folder(cfg: CfgNode, weights: str | Path, folder: str | Path,
+                   output: str | Path) -> dict:
+    """Write the features of every image under ``folder`` to an .npz file: ``features``
+    (float32 N x D) and ``paths`` (relative to ``folder``, sorted)."""
+    paths = list_images(folder)  # before loading the model: a wrong folder fails fast
+    device = resolve_device(cfg.MODEL.DEVICE)
+    feats, paths = folder_features(load_model(cfg, weights, device), cfg, folder, device, paths)
+    write_npz(output, features=feats, paths=np.array(paths, dtype=str))
+    return {"features": str(output), "count": len(paths), "dim": int(feats.shape[1])}
+
+
+def write_npz(path: str | Path, **arrays) -> Path:
+    """An .npz file written atomically (a crash never leaves half a file)."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))

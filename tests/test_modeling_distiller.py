@@ -23,9 +23,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def save_teacher(tmp_path, num_classes=NUM_CLASSES, seed=7):
+def save_teacher(tmp_path, num_classes=NUM_CLASSES, seed=7, name="teacher"):
     """A teacher config file and a checkpoint {"model": state_dict} with non-trivial BN stats."""
-    config = tmp_path / "teacher.yml"
+    config = tmp_path / f"{name}.yml"
     config.write_text(yaml.safe_dump(TEACHER_YAML))
     cfg = load_config(config, ["MODEL.HEADS.NUM_CLASSES", str(num_classes)])
     torch.manual_seed(seed)
@@ -34,7 +34,7 @@ def save_teacher(tmp_path, num_classes=NUM_CLASSES, seed=7):
         for bn in (m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.running_mean.uniform_(-0.1, 0.1)
             bn.running_var.uniform_(0.5, 1.5)
-    weights = tmp_path / "teacher.pth"
+    weights = tmp_path / f"{name}.pth"
     torch.save({"model": teacher.state_dict(), "iteration": 10}, weights)
     return config, weights, teacher.eval()
 
@@ -183,3 +183,77 @@ def test_teacher_trained_on_another_set_is_an_error(tmp_path):
     with pytest.raises(ReidError, match=r"classify 7 identities \(heads.weight \[7, 512\]\) but "
                                         r"the student's training set has 4"):
         build_model(student_cfg(config, weights))
+
+
+# --- several teachers (FastReID 1.4: KD.MODEL_CONFIG / KD.MODEL_WEIGHTS as lists) ------------
+def save_teachers(tmp_path, seeds=(7, 8)):
+    return [save_teacher(tmp_path, seed=seed, name=f"teacher{seed}") for seed in seeds]
+
+
+def several_teachers_cfg(tmp_path, teachers):
+    """A student recipe file listing every teacher, read the way a user's file is."""
+    recipe = tmp_path / "student.yml"
+    recipe.write_text(yaml.safe_dump({
+        "MODEL": {"META_ARCHITECTURE": "Distiller",
+                  "BACKBONE": {"DEPTH": "18x", "FEAT_DIM": 512, "PRETRAIN": False},
+                  "HEADS": {"NUM_CLASSES": NUM_CLASSES}},
+        "KD": {"MODEL_CONFIG": [str(config) for config, _, _ in teachers],
+               "MODEL_WEIGHTS": [str(weights) for _, weights, _ in teachers],
+               "LOSS": "kl", "TEMPERATURE": 2.0, "SCALE": 0.5}}))
+    return load_config(recipe)
+
+
+def test_several_teachers_kd_loss_is_the_mean_of_each_teachers_loss(tmp_path):
+    teachers = save_teachers(tmp_path)
+    model = build_model(several_teachers_cfg(tmp_path, teachers)).train()
+    assert len(model.teachers) == 2
+    batch = make_batch()
+    losses = model(batch)
+
+    with torch.no_grad():
+        images = model.preprocess_image(batch)
+        student = model.heads(model.backbone(images), batch["targets"])["pred_class_logits"]
+        per_teacher = [hand_kl(student, ref(batch["images"]) @ ref.heads.weight.t(), 2.0)
+                       for _, _, ref in teachers]
+    assert per_teacher[0] != pytest.approx(per_teacher[1], rel=1e-2)  # the teachers differ
+    assert losses["loss_kd"].item() == pytest.approx(0.5 * sum(per_teacher) / 2, rel=1e-4)
+
+
+def test_several_teachers_are_frozen_unsaved_and_stay_in_eval_mode(tmp_path):
+    teachers = save_teachers(tmp_path)
+    cfg = several_teachers_cfg(tmp_path, teachers)
+    model = build_model(cfg)
+    plain = cfg.clone()
+    plain.MODEL.META_ARCHITECTURE = "Baseline"
+    assert list(model.state_dict()) == list(Baseline(plain).state_dict())
+    student_ids = {id(p) for p in model.parameters()}
+    for teacher, (_, _, reference) in zip(model.teachers, teachers):  # in the listed order
+        assert not any(id(p) in student_ids or p.requires_grad for p in teacher.parameters())
+        for key, value in reference.state_dict().items():
+            assert torch.equal(teacher.state_dict()[key], value), key
+
+    model.train()
+    sum(model(make_batch()).values()).backward()
+    for teacher in model.teachers:
+        assert not any(m.training for m in teacher.modules())
+        assert all(p.grad is None for p in teacher.parameters())
+    model.double()
+    assert all(t.heads.weight.dtype == torch.float64 for t in model.teachers)
+
+
+def test_mismatched_teacher_lists_name_both_lengths(tmp_path):
+    (c1, w1, _), (c2, _, _) = save_teachers(tmp_path)
+    cfg = student_cfg(c1, w1)
+    cfg.KD.MODEL_CONFIG = [str(c1), str(c2)]
+    cfg.KD.MODEL_WEIGHTS = [str(w1)]
+    with pytest.raises(ReidError, match=r"^KD.MODEL_CONFIG names 2 teacher\(s\) but "
+                                        r"KD.MODEL_WEIGHTS 1 checkpoint\(s\); give one "
+                                        r"checkpoint per teacher config, in the same order$"):
+        build_model(cfg)
+    cfg.KD.MODEL_CONFIG = str(c1)  # one config as a string, two checkpoints
+    cfg.KD.MODEL_WEIGHTS = [str(w1), str(w1)]
+    with pytest.raises(ReidError, match=r"names 1 teacher\(s\) but KD.MODEL_WEIGHTS 2 "):
+        build_model(cfg)
+    cfg.KD.MODEL_WEIGHTS = [""]
+    with pytest.raises(ReidError, match=r"^KD.MODEL_WEIGHTS entry 1 of 1 is empty"):
+        build_model(cfg)
