@@ -302,18 +302,12 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> 
 
 
 def load_our_model(config_path: Path, checkpoint_path: Path) -> nn.Module:
-    """Our model for a params/ recipe with a FastReID checkpoint's weights, in eval mode.
+    """Our model for a params/ recipe with a FastReID checkpoint's weights, in eval mode,
+    through the public ``reid.load_model`` (strict: any missing, unexpected or mis-shaped key
+    fails the recipe)."""
+    import reid
 
-    The one place that turns (config, checkpoint) into a model: swap it for the public
-    ``reid.load_model`` once that exists.
-    """
-    from reid.config import load_config
-    from reid.engine.checkpoint import load_model_state, read_checkpoint
-    from reid.modeling import build_model
-
-    model = build_model(load_config(config_path, PARITY_OVERRIDES))
-    load_model_state(model, strip_prefix(read_checkpoint(checkpoint_path)["model"]))
-    return model.eval()
+    return reid.load_model(config_path, checkpoint_path, PARITY_OVERRIDES)
 
 
 @dataclass
