@@ -17,7 +17,7 @@ from typing import Optional
 import tasks.environment  # noqa: F401
 from prefect import flow
 
-from flows.pipeline import publish_results, result_rows, run_stages
+from flows.pipeline import prefect_run_tags, publish_results, result_rows, run_stages
 from reid.config import CfgNode, load_config, merge_overrides
 from reid.errors import ReidError
 from reid.modeling.meta_arch.distiller import paths_override, teacher_paths
@@ -62,7 +62,8 @@ def distill(config: str, overrides: Optional[list[str]] = None,
     cfg = load_config(config, overrides or [])
     tracker = Tracker()
     rows = []
-    with tracker.run(f"distill:{Path(config).stem}", tags={"reid.flow": "distill"}) as parent:
+    tags = {"reid.flow": "distill", **prefect_run_tags()}
+    with tracker.run(f"distill:{Path(config).stem}", tags=tags) as parent:
         tracker.log_dataset(parent, cfg)
         teachers = teacher_checkpoints(cfg, tracker, parent)
         results = {role: teacher_results for role, (_, teacher_results) in teachers.items()}

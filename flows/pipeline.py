@@ -10,25 +10,34 @@ from pathlib import Path
 from typing import Optional
 
 import tasks.environment  # noqa: F401  (telemetry off, embedded stores) before prefect loads
+import prefect.runtime
 from prefect import flow
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from reid.config import CfgNode, load_config
 from tasks.pipeline_tasks import evaluate_task, precise_bn_task, prepare_task, train_task
+from tasks.reports import report_markdown
 from tasks.tracking import Tracker
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
 
 
 def run_stages(cfg: CfgNode, tracker: Tracker, parent_id: str, resume: bool = False,
-               train_stage: str = "train") -> dict:
-    """prepare -> train (or distill) -> precise-BN -> evaluate under ``parent_id``."""
+               train_stage: str = "train", register: Optional[str] = None) -> dict:
+    """prepare -> train (or distill) -> precise-BN -> evaluate under ``parent_id``; with
+    ``register``, the evaluated model becomes a version of that registered model."""
     prepare_task(cfg, tracker, parent_id)
     trained = train_task(cfg, tracker, parent_id, resume=resume, stage=train_stage)
     bn = precise_bn_task(cfg, trained["checkpoint"], tracker, parent_id)
-    evaluated = evaluate_task(cfg, bn["checkpoint"], tracker, parent_id)
+    evaluated = evaluate_task(cfg, bn["checkpoint"], tracker, parent_id, register=register)
     return {"results": evaluated["results"], "checkpoint": bn["checkpoint"],
-            "output_dir": cfg.OUTPUT_DIR}
+            "output_dir": cfg.OUTPUT_DIR, "visual": evaluated.get("visual")}
+
+
+def prefect_run_tags() -> dict[str, str]:
+    """The Prefect flow run behind an MLflow run (links the two UIs); empty outside a flow."""
+    run_id = prefect.runtime.flow_run.id
+    return {"prefect.flow_run_id": str(run_id)} if run_id else {}
 
 
 def publish_results(rows: list[dict], key: str, description: str) -> None:
@@ -43,16 +52,23 @@ def result_rows(model: str, results: dict) -> list[dict]:
 
 @flow(name="reid-pipeline")
 def pipeline(config: Optional[str] = None, overrides: Optional[list[str]] = None,
-             resume: bool = False) -> dict:
-    """Train and evaluate the recipe ``config`` (default: the synthetic recipe)."""
+             resume: bool = False, register_model: Optional[str] = None) -> dict:
+    """Train and evaluate the recipe ``config`` (default: the synthetic recipe);
+    ``register_model`` names the MLflow registered model the result is added to (promoted to
+    champion when it wins)."""
     config = config or str(DEFAULT_RECIPE)
     cfg = load_config(config, overrides or [])
     tracker = Tracker()
-    with tracker.run(f"pipeline:{Path(config).stem}", tags={"reid.flow": "pipeline"}) as parent:
+    tags = {"reid.flow": "pipeline", **prefect_run_tags()}
+    with tracker.run(f"pipeline:{Path(config).stem}", tags=tags) as parent:
         tracker.log_config(parent, cfg, config)
         tracker.log_dataset(parent, cfg)
-        out = run_stages(cfg, tracker, parent, resume=resume)
+        out = run_stages(cfg, tracker, parent, resume=resume, register=register_model)
         tracker.log_results(parent, out["results"])
         publish_results(result_rows(Path(config).stem, out["results"]), "reid-results",
                         f"{config}: rank metrics (percent)")
+        if out["visual"]:
+            create_markdown_artifact(report_markdown(out["visual"], f"{config}: evaluation"),
+                                     key="reid-visual-report",
+                                     description="rank lists, ROC, distances, training curves")
     return {**out, "mlflow_run_id": parent}

@@ -73,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             print(f"\n{role}:")
             print_results(results)
     else:
-        out = pipeline(config=recipe(args.config), overrides=list(args.opts), resume=args.resume)
+        out = pipeline(config=recipe(args.config), overrides=list(args.opts), resume=args.resume,
+                       register_model=args.register)
         print_results(out["results"])
     print(f"\nMLflow run {out['mlflow_run_id']} (mlflow ui --backend-store-uri "
           f"$MLFLOW_TRACKING_URI to browse)")
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", cmd_run, "run a Prefect flow (default: the whole pipeline)")
     run.add_argument("--flow", choices=("pipeline", "distill"), default="pipeline")
     run.add_argument("--resume", action="store_true", help="resume training from OUTPUT_DIR")
+    run.add_argument("--register", metavar="NAME", help="pipeline flow: register the evaluated "
+                     "model in the MLflow model registry as a version of NAME")
     run.add_argument("--no-compare", action="store_true",
                      help="distill flow: skip the student trained without KD")
     stage_commands = [

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reid import stages
 from reid.config import CfgNode
+from tasks import registry, reports
 from tasks.tracking import Tracker
 
 
@@ -45,12 +46,16 @@ def train(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None, resume: 
 def precise_bn(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None = None) -> dict:
     with _stage_run(tracker, parent_id, "precise_bn", cfg) as run_id:
         tracker.log_config(run_id, cfg)
+        tracker.log_dataset(run_id, cfg)
         result = stages.precise_bn(cfg, weights)
         tracker.log_artifact(run_id, result["checkpoint"], "checkpoints")
     return result
 
 
-def evaluate(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None = None) -> dict:
+def evaluate(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None = None,
+             register: str | None = None) -> dict:
+    """Evaluate; with ``register`` set, also register ``weights`` as a version of that model
+    in the MLflow model registry (``tasks/registry.py``: aliases and promotion rule)."""
     with _stage_run(tracker, parent_id, "evaluate", cfg) as run_id:
         tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
@@ -60,4 +65,8 @@ def evaluate(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None
         roc_dir = Path(cfg.OUTPUT_DIR) / "roc"
         if cfg.TEST.ROC_ENABLED and roc_dir.is_dir():
             tracker.client.log_artifacts(run_id, str(roc_dir), "roc")
+        result["visual"] = reports.log_evaluation_report(tracker, run_id, cfg, parent_id,
+                                                         result["results"])
+        if register:
+            result["registered"] = registry.register(tracker, run_id, register, cfg, weights)
     return result

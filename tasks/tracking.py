@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT = "reid"
 PARENT_TAG = "mlflow.parentRunId"
+RECIPE_TAG = "reid.recipe"  # the recipe file a run was configured from
+DATA_TAG = "dvc.data.md5"  # the DVC hash of the datasets root a run read
 MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
@@ -89,6 +91,8 @@ class Tracker:
         for start in range(0, len(params), MAX_BATCH):
             self.client.log_batch(run_id, params=params[start:start + MAX_BATCH])
         self.client.log_text(run_id, cfg.dump(), "config.yaml")
+        if config_file is not None:
+            self.client.set_tag(run_id, RECIPE_TAG, str(config_file))  # `reid compare` shows it
         if config_file is not None and Path(config_file).is_file():
             self.client.log_artifact(run_id, str(config_file), "recipe")
 
@@ -121,5 +125,5 @@ class Tracker:
                           source=str(Path(cfg.DATASETS.ROOT).resolve()))
         self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context",
                                                                          "training")])])
-        self.client.set_tag(run_id, "dvc.data.md5", digest)
+        self.client.set_tag(run_id, DATA_TAG, digest)
         self.client.set_tag(run_id, "dvc.file", str(dvc_file))

@@ -245,6 +245,9 @@ _C.TEST.FLIP_ENABLED = False
 _C.TEST.PROTOCOL = ""
 # (reid) false accept rates at which TAR is reported when ROC_ENABLED
 _C.TEST.ROC_FARS = [1e-4, 1e-3, 1e-2]
+# (reid) Keep the best / worst rank lists and sampled pair distances at evaluation
+# (OUTPUT_DIR/examples/<test set>.json) for the evaluate stage's visual report.
+_C.TEST.VISUALIZE = True
 
 _C.TEST.AQE = CN()
 _C.TEST.AQE.ENABLED = False

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from reid.errors import ReidError
+from reid.evaluation.examples import ExampleCollector, write_examples
 from reid.evaluation.extract import extract_features
 from reid.evaluation.features import evaluate_features
 from reid.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
@@ -43,6 +44,7 @@ class EvalOptions:
     roc: bool = False
     fars: tuple[float, ...] = DEFAULT_FARS
     protocol: str | None = None   # None: each test set's own ``eval_protocol``
+    examples: bool = False        # keep best/worst rank lists and pair distances for plots
 
     @classmethod
     def from_config(cls, cfg) -> "EvalOptions":
@@ -51,11 +53,11 @@ class EvalOptions:
                     qe_k=int(test.AQE.QE_K)) if test.AQE.ENABLED else None)
         rerank = (dict(k1=int(test.RERANK.K1), k2=int(test.RERANK.K2),
                        lambda_value=float(test.RERANK.LAMBDA)) if test.RERANK.ENABLED else None)
-        # TEST.PROTOCOL and TEST.ROC_FARS are proposed keys; read with defaults until they exist.
-        protocol = getattr(test, "PROTOCOL", "") or None
-        fars = tuple(float(f) for f in getattr(test, "ROC_FARS", DEFAULT_FARS))
+        protocol = test.PROTOCOL or None
+        fars = tuple(float(f) for f in test.ROC_FARS)
+        examples = bool(test.VISUALIZE)
         return cls(metric=test.METRIC, flip=bool(test.FLIP_ENABLED), aqe=aqe, rerank=rerank,
-                   roc=bool(test.ROC_ENABLED), fars=fars, protocol=protocol)
+                   roc=bool(test.ROC_ENABLED), fars=fars, protocol=protocol, examples=examples)
 
 
 def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.device | str,
@@ -63,11 +65,14 @@ def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.
                    protocol: str = DEFAULT_PROTOCOL, aqe: dict | None = None,
                    rerank: dict | None = None, roc: bool = False,
                    fars: tuple[float, ...] = DEFAULT_FARS,
-                   roc_path: str | Path | None = None) -> dict[str, float]:
+                   roc_path: str | Path | None = None,
+                   examples_path: str | Path | None = None) -> dict[str, float]:
     """Metrics in percent on one test loader whose first ``num_query`` items are the queries.
 
     ``roc_path`` (a path without suffix): where the main process writes the ROC curve
     (``.csv``, and ``.png`` when matplotlib is installed) when ``roc`` is true.
+    ``examples_path``: where the main process writes the retrieval examples (JSON: the best
+    and worst queries' top-k, sampled pair distances; :mod:`reid.evaluation.examples`).
     """
     feats, pids, camids = extract_features(model, data_loader, device, flip=flip)
     total = len(pids)
@@ -76,11 +81,19 @@ def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.
                         f"a non-empty gallery, got num_query={num_query}")
 
     def compute() -> dict[str, float]:
+        collector = (ExampleCollector(pids[:num_query], pids[num_query:], camids[:num_query],
+                                      camids[num_query:]) if examples_path is not None else None)
         metrics = evaluate_features(
             feats[:num_query], feats[num_query:], pids[:num_query], pids[num_query:],
             camids[:num_query], camids[num_query:], metric=metric, max_rank=max_rank,
             protocol=protocol, rerank=rerank, aqe=aqe, roc=roc, fars=fars,
-            device=_distance_device(device))
+            device=_distance_device(device),
+            observe=collector.observe if collector is not None else None)
+        if collector is not None:
+            paths = _item_paths(data_loader)
+            q_paths, g_paths = (paths[:num_query], paths[num_query:]) if paths else (None, None)
+            examples = collector.report(metrics["AP"], q_paths=q_paths, g_paths=g_paths)
+            write_examples({**examples, "metric": metric}, examples_path)
         return report(metrics, roc_path)
 
     results = _on_main_process(compute)
@@ -88,6 +101,12 @@ def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.
                 ", flip test" if flip else "",
                 ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
     return results
+
+
+def _item_paths(data_loader) -> list[str] | None:
+    """Image paths of the loader's items in order (None when its dataset has no records)."""
+    records = getattr(getattr(data_loader, "dataset", None), "records", None)
+    return [str(record[0]) for record in records] if records is not None else None
 
 
 def report(metrics: dict, roc_path: str | Path | None = None) -> dict[str, float]:
@@ -108,7 +127,8 @@ class Evaluator:
     ``build_loader(cfg, name) -> (loader, num_query)`` defaults to the data layer's
     ``build_test_loader``; loaders are built once and reused across ``evaluate`` calls (a
     trainer hook evaluates the same sets many times). ROC curves go to
-    ``output_dir/roc/<test set>.csv|png``.
+    ``output_dir/roc/<test set>.csv|png``, retrieval examples (unless TEST.VISUALIZE is false)
+    to ``output_dir/examples/<test set>.json``.
     """
 
     def __init__(self, cfg, output_dir: str | Path | None = None,
@@ -130,10 +150,13 @@ class Evaluator:
             options = self.options
             roc_path = (self.output_dir / "roc" / name
                         if options.roc and self.output_dir is not None else None)
+            examples_path = (self.output_dir / "examples" / f"{name}.json"
+                             if options.examples and self.output_dir is not None else None)
             results[name] = evaluate_model(
                 model, loader, num_query, device, metric=options.metric, flip=options.flip,
                 max_rank=options.max_rank, protocol=self.protocol_of(name), aqe=options.aqe,
-                rerank=options.rerank, roc=options.roc, fars=options.fars, roc_path=roc_path)
+                rerank=options.rerank, roc=options.roc, fars=options.fars, roc_path=roc_path,
+                examples_path=examples_path)
             logger.info("%s: %s", name, ", ".join(f"{k} {v:.2f}" for k, v in results[name].items()))
         return results
 

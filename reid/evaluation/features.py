@@ -14,7 +14,7 @@ reuses the buffer for the next block. Optional steps, with FastReID's semantics:
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,7 +41,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
                       protocol: str = DEFAULT_PROTOCOL, rerank: dict | None = None,
                       aqe: dict | None = None, roc: bool = False,
                       block_size: int | None = None, device: str | torch.device | None = None,
-                      fars: tuple[float, ...] = DEFAULT_FARS) -> dict:
+                      fars: tuple[float, ...] = DEFAULT_FARS,
+                      observe: Callable[[int, np.ndarray], None] | None = None) -> dict:
     """CMC, mAP, mINP, per-query AP and INP (and TAR@FAR, ROC) from features.
 
     Args:
@@ -54,6 +55,9 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
         roc: also compute TAR at each FAR of ``fars`` and the ROC curve.
         block_size: query rows per distance block (default: about 128 MiB of distances).
         device: where distances are computed (default: CUDA when available, else CPU).
+        observe: called as ``observe(start, rows)`` with every block of distance rows (the
+            ones the metrics use) before it is ranked; the buffer is reused afterwards, so
+            copy what you keep (e.g. :class:`reid.evaluation.examples.ExampleCollector`).
 
     Returns:
         ``{"cmc", "mAP", "mINP", "AP", "INP"}`` (fractions; ``AP``/``INP`` one per valid
@@ -76,6 +80,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
         progress = tqdm(blocks, total=-(-len(q_feats) // rows), desc="evaluate", unit="block",
                         leave=False, disable=not comm.is_main_process() or len(q_feats) <= rows)
         for start, _, distances in progress:
+            if observe is not None:
+                observe(start, distances)
             evaluation.add(start, distances)
         return evaluation.result().as_dict()
 

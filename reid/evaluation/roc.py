@@ -177,24 +177,12 @@ def write_roc(result: RocResult, path_stem: str | Path) -> list[Path]:
 
 def _plot(result: RocResult, path: Path) -> Path | None:
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401  (optional: checked here, used by reid.visualize)
+
+        from reid.visualize import plot_roc  # the one ROC figure, shared with the reports
     except ImportError:
         logger.info("matplotlib is not installed: ROC curve written as CSV only")
         return None
-    curve = result.curve
-    shown = curve.far > 0  # a log axis cannot show FAR = 0
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(curve.far[shown], curve.tar[shown], lw=1.5)
-    for far, tar in result.tar_at_far.items():
-        ax.scatter([far], [tar], s=12, zorder=3)
-        ax.annotate(f"{tar * 100:.1f}%", (far, tar), textcoords="offset points", xytext=(4, -10),
-                    fontsize=8)
-    ax.set(xscale="log", xlabel="FAR (impostor pairs accepted)",
-           ylabel="TAR (genuine pairs accepted)", ylim=(0, 1.01), title="ROC")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    note = f"{result.num_genuine:,} genuine, {result.num_impostors:,} impostor pairs"
+    return plot_roc(result.curve.far, result.curve.tar, path, tar_at_far=result.tar_at_far,
+                    note=note)

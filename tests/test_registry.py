@@ -1,0 +1,161 @@
+"""MLflow model registry: aliases, the promotion rule, a registered model loads back exactly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import RECIPE
+from reid.cli import main
+from reid.config import load_config
+from reid.errors import ReidError
+from reid.modeling import build_model
+from tasks.registry import (CANDIDATE, CHAMPION, Standing, load_registered, register,
+                            should_promote)
+from tasks.tracking import Tracker
+
+TEST_SET = "SyntheticMarket1501"
+OVERRIDES = ["MODEL.DEVICE", "cpu", "INPUT.SIZE_TEST", "[64, 32]", "MODEL.HEADS.NUM_CLASSES", "4",
+             "MODEL.BACKBONE.PRETRAIN", "False"]
+DATA_V1, DATA_V2 = "11111111111111111111111111111111.dir", "22222222222222222222222222222222.dir"
+
+
+# --------------------------------------------------------------------------- the rule alone
+@pytest.mark.parametrize("candidate, champion, promoted, why", [
+    (Standing(TEST_SET, DATA_V1, 40.0), None, True, "no champion yet"),
+    (Standing(TEST_SET, DATA_V1, 50.0), Standing(TEST_SET, DATA_V1, 40.0), True, "beats"),
+    (Standing(TEST_SET, DATA_V1, 40.0), Standing(TEST_SET, DATA_V1, 40.0), False,
+     "does not beat"),
+    (Standing(TEST_SET, DATA_V1, 30.0), Standing(TEST_SET, DATA_V1, 40.0), False,
+     "does not beat"),
+    (Standing(TEST_SET, DATA_V2, 90.0), Standing(TEST_SET, DATA_V1, 40.0), False,
+     "data version"),
+    (Standing("Market1501", DATA_V1, 90.0), Standing(TEST_SET, DATA_V1, 40.0), False,
+     "evaluated on Market1501"),
+    (Standing(TEST_SET, "untracked", 90.0), Standing(TEST_SET, "untracked", 40.0), False,
+     "unknown"),
+])
+def test_promotion_rule(candidate, champion, promoted, why):
+    decision, reason = should_promote(candidate, champion)
+    assert decision is promoted and why in reason
+
+
+# --------------------------------------------------------------------------- registry
+@pytest.fixture(scope="module")
+def cfg():
+    torch.set_num_threads(1)
+    return load_config(RECIPE, OVERRIDES)
+
+
+def checkpoint_model(path) -> torch.nn.Module:
+    """The reference: a model built from the config with the checkpoint's state dict loaded
+    by plain PyTorch, in eval mode."""
+    model = build_model(load_config(RECIPE, OVERRIDES))
+    model.load_state_dict(torch.load(path, weights_only=True)["model"])
+    return model.eval()
+
+
+def tiny_checkpoint(path, seed: int, with_optimizer: bool = False):
+    torch.manual_seed(seed)
+    model = build_model(load_config(RECIPE, OVERRIDES))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+    data = {"model": model.state_dict()}
+    if with_optimizer:  # what model_final.pth holds besides the weights
+        data["optimizer"] = {"state": {}, "param_groups": []}
+    torch.save(data, path)
+    return path
+
+
+def evaluated_run(tracker: Tracker, tmp_path, mAP: float, data_md5: str) -> str:
+    """An MLflow run carrying what tasks.tracked.evaluate logs: results and the data hash."""
+    dvc_file = tmp_path / f"{data_md5}.dvc"
+    dvc_file.write_text(f"outs:\n- md5: {data_md5}\n  path: data\n")
+    with tracker.run("evaluate") as run_id:
+        tracker.log_dataset(run_id, load_config(RECIPE, OVERRIDES), dvc_file)
+        tracker.log_results(run_id, {TEST_SET: {"mAP": mAP, "Rank-1": mAP + 10}})
+    return run_id
+
+
+def features(model: torch.nn.Module, batch: int) -> torch.Tensor:
+    images = torch.rand(batch, 3, 64, 32, generator=torch.Generator().manual_seed(batch)) * 255
+    with torch.no_grad():
+        return model(images)
+
+
+def aliases(client: MlflowClient, name: str) -> dict:
+    return {alias: int(client.get_model_version_by_alias(name, alias).version)
+            for alias in (CANDIDATE, CHAMPION)}
+
+
+def test_aliases_follow_the_promotion_rule_and_the_champion_loads_exactly(tmp_path, cfg,
+                                                                         mlflow_uri):
+    tracker, client = Tracker(), MlflowClient(mlflow_uri)
+    first = tiny_checkpoint(tmp_path / "a.pth", seed=0, with_optimizer=True)
+    better = tiny_checkpoint(tmp_path / "b.pth", seed=1)
+    other_data = tiny_checkpoint(tmp_path / "c.pth", seed=2)
+
+    out = register(tracker, evaluated_run(tracker, tmp_path, 40.0, DATA_V1), "tiny", cfg, first)
+    assert (out["version"], out["promoted"]) == (1, True)
+    assert aliases(client, "tiny") == {CANDIDATE: 1, CHAMPION: 1}
+    artifact = client.download_artifacts(client.get_model_version("tiny", "1").run_id,
+                                         "registered_model/model.pth", str(tmp_path / "v1"))
+    assert set(torch.load(artifact, weights_only=True)) == {"model"}  # no optimizer state
+
+    out = register(tracker, evaluated_run(tracker, tmp_path, 50.0, DATA_V1), "tiny", cfg, better)
+    assert (out["version"], out["promoted"]) == (2, True)
+    assert aliases(client, "tiny") == {CANDIDATE: 2, CHAMPION: 2}
+
+    # A higher mAP on another data version does not take the title.
+    out = register(tracker, evaluated_run(tracker, tmp_path, 90.0, DATA_V2), "tiny", cfg,
+                   other_data)
+    assert (out["version"], out["promoted"]) == (3, False) and "data version" in out["reason"]
+    assert aliases(client, "tiny") == {CANDIDATE: 3, CHAMPION: 2}
+    tags = client.get_model_version("tiny", "3").tags
+    assert (tags["reid.test_set"], float(tags["reid.mAP"]), tags["dvc.data.md5"]) == (
+        TEST_SET, 90.0, DATA_V2)
+
+    # The registered champion is the checkpoint of version 2, feature for feature, any batch.
+    champion = load_registered("tiny")
+    reference = checkpoint_model(better)
+    assert not champion.training
+    for batch in (1, 3):
+        assert torch.equal(features(champion, batch), features(reference, batch))
+    candidate = load_registered("tiny", CANDIDATE, tracking_uri=mlflow_uri)
+    assert torch.equal(features(candidate, 2),
+                       features(checkpoint_model(other_data), 2))
+    assert not torch.equal(features(candidate, 2), features(champion, 2))
+
+
+def test_registration_errors_name_the_problem(tmp_path, cfg, mlflow_uri):
+    tracker = Tracker()
+    weights = tiny_checkpoint(tmp_path / "a.pth", seed=0)
+    with tracker.run("train") as run_id:  # no evaluation results on this run
+        pass
+    with pytest.raises(ReidError, match=f"run {run_id} has no metric {TEST_SET}.mAP"):
+        register(tracker, run_id, "tiny", cfg, weights)
+    with pytest.raises(ReidError, match="needs a name"):
+        register(tracker, run_id, " ", cfg, weights)
+    with pytest.raises(ReidError, match="no version of registered model 'absent' holds the "
+                                        "alias 'champion'"):
+        load_registered("absent")
+
+
+# --------------------------------------------------------------------------- through the CLI
+def test_reid_eval_register_registers_the_evaluated_weights(tmp_path, tiny_overrides, mlflow_uri,
+                                                            monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the run's data version comes from ./data.dvc
+    (tmp_path / "data.dvc").write_text(f"outs:\n- md5: {DATA_V1}\n  path: data\n")
+    weights = tiny_checkpoint(tmp_path / "w.pth", seed=3)
+    argv = ["eval", "--config", str(RECIPE), "--weights", str(weights), *tiny_overrides]
+    assert main([*argv, "--register", "reid-tiny"]) == 0
+    assert "registered reid-tiny version 1 as candidate and champion" in capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    version = MlflowClient(mlflow_uri).get_model_version_by_alias("reid-tiny", CHAMPION)
+    assert float(version.tags["reid.mAP"]) == pytest.approx(results[TEST_SET]["mAP"])
+    assert version.tags["dvc.data.md5"] == DATA_V1
+    assert main([*argv, "--no-track", "--register", "reid-tiny"]) == 2
+    assert "--register needs MLflow: drop --no-track" in capsys.readouterr().err
