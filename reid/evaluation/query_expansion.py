@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from reid.errors import ReidError
-from reid.evaluation.neighbors import METRIC_SPACES, pick_device, query_gallery_features
-from reid.evaluation.screened_knn import cosine_knn
+from reid.evaluation.neighbors import (METRIC_SPACES, all_pairs_knn, pick_device,
+                                       query_gallery_features)
 
 # Elements of the gathered ``rows x qe_k x D`` neighbour features held at once.
 _GATHER_ELEMENTS = 1 << 24
@@ -54,7 +54,7 @@ def _expand_once(feats: torch.Tensor, alpha: float, qe_k: int) -> torch.Tensor:
     """One round: each row becomes the mean of ``sim ** alpha * feature`` over its top ``qe_k``."""
     cosine = METRIC_SPACES.get("cosine")
     unit = cosine.prepare(feats)
-    neighbours = cosine_knn(unit, qe_k, _KNN_BLOCK).indices
+    neighbours = all_pairs_knn(unit, qe_k, cosine.block, _KNN_BLOCK).indices
     expanded = torch.empty_like(feats)
     rows = max(1, _GATHER_ELEMENTS // (qe_k * feats.shape[1]))
     for lo in range(0, feats.shape[0], rows):

@@ -38,7 +38,6 @@ import torch
 from reid.errors import ReidError
 from reid.evaluation.neighbors import (METRIC_SPACES, MetricSpace, all_pairs_knn, pick_device,
                                        query_gallery_features)
-from reid.evaluation.screened_knn import cosine_knn
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +95,7 @@ class ReRanker:
 
     def _search(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Step 1: each item's ``k`` nearest items and distances ``d``; sets the row maxima."""
-        if self._space is METRIC_SPACES.get("cosine"):
-            nbrs = cosine_knn(self._feats, k, _KNN_BLOCK)
-        else:
-            nbrs = all_pairs_knn(self._feats, k, self._space.block, _KNN_BLOCK)
+        nbrs = all_pairs_knn(self._feats, k, self._space.block, _KNN_BLOCK)
         # D = d ** 2 is increasing in d >= 0, so the row maximum of D is the farthest d squared.
         self._row_max = nbrs.farthest.double().cpu().numpy() ** 2
         if not np.all(self._row_max > 0):
