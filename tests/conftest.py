@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic dataset, tiny training overrides, isolated MLflow/Prefect."""
+"""Shared fixtures and helpers: a tiny synthetic dataset, tiny training overrides, isolated
+MLflow/Prefect, config files written by tests, single-threaded torch, an offline torch hub."""
 from __future__ import annotations
 
 import os
@@ -43,17 +44,33 @@ def as_overrides(values: dict) -> list[str]:
     return out
 
 
-def as_yaml(values: dict) -> str:
-    """Dotted keys as a nested YAML mapping (for recipe files written by tests)."""
-    import yaml
-    nested: dict = {}
-    for key, value in values.items():
+def nested(dotted: dict) -> dict:
+    """{"A.B.C": v} -> {"A": {"B": {"C": v}}}: an independent nesting of dotted config keys."""
+    out: dict = {}
+    for key, value in dotted.items():
         *parents, leaf = key.split(".")
-        node = nested
+        node = out
         for name in parents:
             node = node.setdefault(name, {})
         node[leaf] = value
-    return yaml.safe_dump(nested)
+    return out
+
+
+def as_yaml(values: dict) -> str:
+    """Dotted keys as a nested YAML mapping (for recipe files written by tests)."""
+    import yaml
+    return yaml.safe_dump(nested(values))
+
+
+def write_file(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def flat(cfg) -> dict:
+    """A config as {"A.B.C": value}."""
+    return dict(cfg.flatten())
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +104,31 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``):
+    tiny convolutions run faster on one thread, and on a loaded 2-core machine (tests running
+    in parallel) OpenMP threads wait on each other: a training step went from 0.2 s to 3 s."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path) -> Path:
+    """An empty torch hub cache (returned) and downloads that fail: no test touches the network."""
+    import torch
+    from reid.modeling.backbones import pretrained
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(pretrained, "download", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return hub

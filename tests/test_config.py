@@ -4,21 +4,12 @@ import pickle
 from pathlib import Path
 
 import pytest
+from conftest import flat, write_file
 
 from reid.config import get_cfg, load_config, save_config
 from reid.errors import ReidError
 
 DOC = Path(__file__).resolve().parents[1] / ".." / "shared" / "seed" / "fastreid-docs.txt"
-
-
-def flat(cfg):
-    return dict(cfg.flatten())
-
-
-def write(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 # --------------------------------------------------------------------------- defaults
@@ -119,13 +110,13 @@ def test_load_config_returns_frozen_defaults():
 
 def test_base_inheritance_is_relative_to_the_including_file(tmp_path, monkeypatch):
     configs = tmp_path / "configs"
-    write(configs / "common" / "root.yml",
-          "SOLVER:\n  MAX_EPOCH: 10\n  GAMMA: 0.5\nOUTPUT_DIR: from_root\n")
+    write_file(configs / "common" / "root.yml",
+               "SOLVER:\n  MAX_EPOCH: 10\n  GAMMA: 0.5\nOUTPUT_DIR: from_root\n")
     # mid.yml names root.yml relative to ITS directory (configs/mid), not to the child's.
-    write(configs / "mid" / "mid.yml",
-          "_BASE_: ../common/root.yml\nSOLVER:\n  GAMMA: 0.25\nTEST:\n  METRIC: euclidean\n")
-    child = write(configs / "market" / "deep" / "child.yml",
-                  "_BASE_: ../../mid/mid.yml\nOUTPUT_DIR: from_child\n")
+    write_file(configs / "mid" / "mid.yml",
+               "_BASE_: ../common/root.yml\nSOLVER:\n  GAMMA: 0.25\nTEST:\n  METRIC: euclidean\n")
+    child = write_file(configs / "market" / "deep" / "child.yml",
+                       "_BASE_: ../../mid/mid.yml\nOUTPUT_DIR: from_child\n")
     # A working directory unrelated to the files: relative paths must not resolve from here.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -140,15 +131,15 @@ def test_base_inheritance_is_relative_to_the_including_file(tmp_path, monkeypatc
 
 
 def test_base_list_applies_in_order(tmp_path):
-    write(tmp_path / "a.yml", "SOLVER:\n  MAX_EPOCH: 1\n  GAMMA: 0.5\n")
-    write(tmp_path / "b.yml", "SOLVER:\n  MAX_EPOCH: 2\n")
-    child = write(tmp_path / "c.yml", "_BASE_: [a.yml, b.yml]\n")
+    write_file(tmp_path / "a.yml", "SOLVER:\n  MAX_EPOCH: 1\n  GAMMA: 0.5\n")
+    write_file(tmp_path / "b.yml", "SOLVER:\n  MAX_EPOCH: 2\n")
+    child = write_file(tmp_path / "c.yml", "_BASE_: [a.yml, b.yml]\n")
     cfg = load_config(child)
     assert (cfg.SOLVER.MAX_EPOCH, cfg.SOLVER.GAMMA) == (2, 0.5)
 
 
 def test_missing_base_file_is_an_error(tmp_path):
-    child = write(tmp_path / "c.yml", "_BASE_: nowhere.yml\n")
+    child = write_file(tmp_path / "c.yml", "_BASE_: nowhere.yml\n")
     with pytest.raises(ReidError, match=r"config file not found: .*nowhere\.yml"):
         load_config(child)
 
@@ -156,7 +147,7 @@ def test_missing_base_file_is_an_error(tmp_path):
 # --------------------------------------------------------------------------- overrides
 
 def test_overrides_are_yaml_literals_and_win_over_the_file(tmp_path):
-    path = write(tmp_path / "c.yml", "SOLVER:\n  STEPS: [1, 2]\n  MAX_EPOCH: 5\n")
+    path = write_file(tmp_path / "c.yml", "SOLVER:\n  STEPS: [1, 2]\n  MAX_EPOCH: 5\n")
     cfg = load_config(path, ["SOLVER.STEPS", "[10, 20]", "SOLVER.MAX_EPOCH", "7",
                              "SOLVER.GAMMA", "0.5", "TEST.FLIP_ENABLED", "True",
                              "MODEL.BACKBONE.DEPTH", "101x"])
@@ -184,8 +175,8 @@ def test_overrides_must_come_in_pairs():
 
 
 def test_fastreid_tuple_strings(tmp_path):
-    path = write(tmp_path / "c.yml",
-                 'DATASETS:\n  NAMES: ("Market1501",)\n  TESTS: ("DukeMTMC", "MSMT17")\n')
+    path = write_file(tmp_path / "c.yml",
+                      'DATASETS:\n  NAMES: ("Market1501",)\n  TESTS: ("DukeMTMC", "MSMT17")\n')
     cfg = load_config(path)
     assert cfg.DATASETS.NAMES == ("Market1501",)
     assert cfg.DATASETS.TESTS == ("DukeMTMC", "MSMT17")
@@ -197,9 +188,9 @@ def test_fastreid_tuple_strings(tmp_path):
 # --------------------------------------------------------------------------- aliases
 
 def test_fastreid_14_key_aliases_in_a_file(tmp_path):
-    path = write(tmp_path / "c.yml",
-                 "SOLVER:\n  AMP:\n    ENABLED: true\n"
-                 "INPUT:\n  PADDING:\n    ENABLED: false\n    SIZE: 6\n    MODE: edge\n")
+    path = write_file(tmp_path / "c.yml",
+                      "SOLVER:\n  AMP:\n    ENABLED: true\n"
+                      "INPUT:\n  PADDING:\n    ENABLED: false\n    SIZE: 6\n    MODE: edge\n")
     cfg = load_config(path)
     assert cfg.SOLVER.FP16_ENABLED is True
     assert cfg.INPUT.PADDING == 6
@@ -223,7 +214,7 @@ def test_unknown_key_names_the_closest_key():
 
 
 def test_unknown_key_in_a_file_names_the_file(tmp_path):
-    path = write(tmp_path / "c.yml", "MODEL:\n  BACKBONE:\n    DEPHT: 50x\n")
+    path = write_file(tmp_path / "c.yml", "MODEL:\n  BACKBONE:\n    DEPHT: 50x\n")
     with pytest.raises(ReidError, match=r"unknown config key MODEL\.BACKBONE\.DEPHT "
                                         r"\(.*c\.yml\); did you mean MODEL\.BACKBONE\.DEPTH\?"):
         load_config(path)
@@ -242,7 +233,7 @@ def test_wrong_type_is_an_error(key, value, expected):
 
 
 def test_wrong_type_in_a_file_names_the_file(tmp_path):
-    path = write(tmp_path / "bad.yml", "MODEL:\n  BACKBONE:\n    DEPTH: 50\n")
+    path = write_file(tmp_path / "bad.yml", "MODEL:\n  BACKBONE:\n    DEPTH: 50\n")
     with pytest.raises(ReidError, match=r"MODEL\.BACKBONE\.DEPTH expects a string, got 50 .*bad\.yml"):
         load_config(path)
 
@@ -253,7 +244,7 @@ def test_value_outside_the_allowed_choices_is_an_error():
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):
-    path = write(tmp_path / "broken.yml", "SOLVER:\n  MAX_EPOCH: [1, 2\n")
+    path = write_file(tmp_path / "broken.yml", "SOLVER:\n  MAX_EPOCH: [1, 2\n")
     with pytest.raises(ReidError, match=r"invalid YAML in .*broken\.yml at line \d"):
         load_config(path)
 
@@ -306,7 +297,7 @@ def test_config_survives_pickle():
 @pytest.mark.parametrize("where", ["file", "command line"])
 def test_exponent_floats_without_a_dot(tmp_path, where):
     if where == "file":
-        cfg = load_config(write(tmp_path / "c.yml", "SOLVER:\n  BASE_LR: 1e-3\n"))
+        cfg = load_config(write_file(tmp_path / "c.yml", "SOLVER:\n  BASE_LR: 1e-3\n"))
     else:
         cfg = load_config(None, ["SOLVER.BASE_LR", "1e-3"])
     assert cfg.SOLVER.BASE_LR == pytest.approx(1e-3)

@@ -2,6 +2,7 @@
 string-or-list keys; one-line errors naming the key and the expected type."""
 import pytest
 import yaml
+from conftest import flat, nested, write_file
 
 from reid.config import load_config, read_yaml, save_config
 from reid.config.defaults import KEY_ALIASES
@@ -49,33 +50,11 @@ NATIVE_14_KEYS = {
 }
 
 
-def flat(cfg):
-    return dict(cfg.flatten())
-
-
-def write(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def nested(dotted: dict) -> dict:
-    """{"A.B.C": v} -> {"A": {"B": {"C": v}}} (an independent YAML nesting of dotted keys)."""
-    out: dict = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return out
-
-
 def yaml_file(path, dotted: dict, base=None):
     data = nested(dotted)
     if base:
         data = {"_BASE_": base, **data}
-    return write(path, yaml.safe_dump(data))
+    return write_file(path, yaml.safe_dump(data))
 
 
 def test_the_alias_table_is_the_one_tested_here():
@@ -121,14 +100,15 @@ def test_fastreid_14_keys_in_a_file_and_as_overrides(tmp_path, key):
 
 def test_padding_group_and_padding_number_mix_across_base_files(tmp_path):
     # 1.4 base disables padding; a seed-style child changes only the size.
-    write(tmp_path / "b.yml",
-          "INPUT:\n  PADDING:\n    ENABLED: False\n    SIZE: 4\n    MODE: edge\n")
-    child = write(tmp_path / "c.yml", "_BASE_: b.yml\nINPUT:\n  PADDING: 6\n")
+    write_file(tmp_path / "b.yml",
+               "INPUT:\n  PADDING:\n    ENABLED: False\n    SIZE: 4\n    MODE: edge\n")
+    child = write_file(tmp_path / "c.yml", "_BASE_: b.yml\nINPUT:\n  PADDING: 6\n")
     cfg = load_config(child)
     assert (cfg.INPUT.DO_PAD, cfg.INPUT.PADDING, cfg.INPUT.PADDING_MODE) == (False, 6, "edge")
     # seed-style base; a 1.4 child turns padding on and keeps the base's size
-    write(tmp_path / "b2.yml", "INPUT:\n  PADDING: 6\n  DO_PAD: False\n")
-    child = write(tmp_path / "c2.yml", "_BASE_: b2.yml\nINPUT:\n  PADDING:\n    ENABLED: True\n")
+    write_file(tmp_path / "b2.yml", "INPUT:\n  PADDING: 6\n  DO_PAD: False\n")
+    child = write_file(tmp_path / "c2.yml",
+                       "_BASE_: b2.yml\nINPUT:\n  PADDING:\n    ENABLED: True\n")
     cfg = load_config(child)
     assert (cfg.INPUT.DO_PAD, cfg.INPUT.PADDING) == (True, 6)
     # override in either spelling on top
@@ -193,8 +173,8 @@ TEST:
 
 
 def test_both_styles_give_one_internal_config(tmp_path):
-    new = load_config(write(tmp_path / "new.yml", FASTREID_14_STYLE))
-    old = load_config(write(tmp_path / "old.yml", SEED_STYLE))
+    new = load_config(write_file(tmp_path / "new.yml", FASTREID_14_STYLE))
+    old = load_config(write_file(tmp_path / "old.yml", SEED_STYLE))
     assert flat(new) == flat(old)
     assert {k: type(v) for k, v in flat(new).items()} == {k: type(v) for k, v in flat(old).items()}
     assert new.MODEL.LOSSES.NAME == ("CrossEntropyLoss", "TripletLoss")
@@ -214,7 +194,7 @@ def test_both_styles_give_one_internal_config(tmp_path):
     ("CrossEntropyLoss", ("CrossEntropyLoss",)),
 ])
 def test_loss_names_from_tuple_strings(tmp_path, text, expected):
-    path = write(tmp_path / "c.yml", f"MODEL:\n  LOSSES:\n    NAME: {text}\n")
+    path = write_file(tmp_path / "c.yml", f"MODEL:\n  LOSSES:\n    NAME: {text}\n")
     assert load_config(path).MODEL.LOSSES.NAME == expected
     assert load_config(None, ["MODEL.LOSSES.NAME", text]).MODEL.LOSSES.NAME == expected
 
@@ -252,7 +232,7 @@ def test_wrong_alias_value_names_both_spellings(tmp_path):
                                         r"expects an integer, got 'wide' \(str\) "
                                         r"\(command line\)$"):
         load_config(None, ["INPUT.PADDING.SIZE", "wide"])
-    path = write(tmp_path / "bad.yml", "SOLVER:\n  AMP:\n    ENABLED: maybe\n")
+    path = write_file(tmp_path / "bad.yml", "SOLVER:\n  AMP:\n    ENABLED: maybe\n")
     with pytest.raises(ReidError, match=r"SOLVER\.AMP\.ENABLED \(= SOLVER\.FP16_ENABLED\) "
                                         r"expects true or false, got 'maybe' .*bad\.yml"):
         load_config(path)
@@ -280,8 +260,8 @@ def test_clip_type_must_be_value_or_norm():
     ("[]", []),
 ])
 def test_kd_model_config_is_a_string_or_a_list_of_strings(tmp_path, yaml_value, expected):
-    path = write(tmp_path / "c.yml", f"KD:\n  MODEL_CONFIG: {yaml_value}\n"
-                                     f"  MODEL_WEIGHTS: {yaml_value}\n")
+    path = write_file(tmp_path / "c.yml", f"KD:\n  MODEL_CONFIG: {yaml_value}\n"
+                                          f"  MODEL_WEIGHTS: {yaml_value}\n")
     cfg = load_config(path)
     assert cfg.KD.MODEL_CONFIG == expected and type(cfg.KD.MODEL_CONFIG) is type(expected)
     assert cfg.KD.MODEL_WEIGHTS == expected and type(cfg.KD.MODEL_WEIGHTS) is type(expected)
@@ -298,7 +278,7 @@ def test_kd_lists_survive_save_and_load(tmp_path):
 
 @pytest.mark.parametrize("yaml_value", ["7", "true", "[a.yml, 3]", "(1,)"])
 def test_kd_model_config_rejects_other_types(tmp_path, yaml_value):
-    path = write(tmp_path / "kd.yml", f"KD:\n  MODEL_CONFIG: {yaml_value}\n")
+    path = write_file(tmp_path / "kd.yml", f"KD:\n  MODEL_CONFIG: {yaml_value}\n")
     with pytest.raises(ReidError, match=r"^config key KD\.MODEL_CONFIG expects a string or a list "
                                         r"of strings, got .*kd\.yml\)$"):
         load_config(path)
@@ -307,15 +287,15 @@ def test_kd_model_config_rejects_other_types(tmp_path, yaml_value):
 # --------------------------------------------------------------------------- _BASE_ details
 
 def test_a_bad_key_in_a_base_file_names_the_base_file(tmp_path):
-    write(tmp_path / "base.yml", "SOLVER:\n  BASE_LRR: 0.1\n")
-    child = write(tmp_path / "child.yml", "_BASE_: base.yml\nOUTPUT_DIR: x\n")
+    write_file(tmp_path / "base.yml", "SOLVER:\n  BASE_LRR: 0.1\n")
+    child = write_file(tmp_path / "child.yml", "_BASE_: base.yml\nOUTPUT_DIR: x\n")
     with pytest.raises(ReidError, match=r"unknown config key SOLVER\.BASE_LRR \(.*base\.yml\)"):
         load_config(child)
 
 
 def test_a_base_chain_that_loops_is_an_error(tmp_path):
-    write(tmp_path / "a.yml", "_BASE_: b.yml\n")
-    write(tmp_path / "b.yml", "_BASE_: a.yml\n")
+    write_file(tmp_path / "a.yml", "_BASE_: b.yml\n")
+    write_file(tmp_path / "b.yml", "_BASE_: a.yml\n")
     with pytest.raises(ReidError, match=r"config _BASE_ chain loops: .*a\.yml -> .*b\.yml -> "
                                         r".*a\.yml"):
         load_config(tmp_path / "a.yml")

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import bicubic_chw, with_changes
 from PIL import Image
 
 from reid.config import get_cfg
@@ -55,13 +56,7 @@ def make_cfg(root: Path, **changes):
     cfg.DATALOADER.NUM_INSTANCE = 4
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.TEST.IMS_PER_BATCH = 5
-    for key, value in changes.items():
-        node = cfg
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg.freeze()
+    return with_changes(cfg, changes)
 
 
 def pid_of(path: str) -> int:
@@ -70,8 +65,7 @@ def pid_of(path: str) -> int:
 
 def reference_image(path: str) -> torch.Tensor:
     """Independent reference of the test-time pipeline: PIL bicubic resize, CHW float 0..255."""
-    arr = np.asarray(Image.open(path).convert("RGB").resize((W, H), Image.BICUBIC), np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    return bicubic_chw(Image.open(path).convert("RGB"), H, W)
 
 
 def test_train_batches(root):

@@ -1,7 +1,7 @@
 """Transforms: float32 CHW in 0..255, each INPUT.* switch does what it says."""
-import numpy as np
 import pytest
 import torch
+from data_helpers import bicubic_chw, picture, with_changes
 from PIL import Image
 
 from reid.config import get_cfg
@@ -15,24 +15,12 @@ def make_cfg(**changes):
     cfg = get_cfg()
     cfg.INPUT.SIZE_TRAIN = [H, W]
     cfg.INPUT.SIZE_TEST = [H, W]
-    for key, value in changes.items():
-        node = cfg
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg.freeze()
-
-
-def picture(seed=0, size=(20, 44)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    return with_changes(cfg, changes)
 
 
 def reference(img: Image.Image) -> torch.Tensor:
-    """Independent test-time reference: PIL bicubic resize, HWC -> CHW, float, unscaled."""
-    arr = np.asarray(img.resize((W, H), Image.BICUBIC), dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    """The test-time pipeline's expected output: the bicubic resize to H x W only."""
+    return bicubic_chw(img, H, W)
 
 
 def plain_train(**changes):

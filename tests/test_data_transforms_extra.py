@@ -1,8 +1,8 @@
 """FastReID 1.4 augmentations: INPUT.CROP (random resized crop / test center crop), INPUT.AFFINE,
 INPUT.AUTOAUG, INPUT.AUGMIX; outputs stay float32 CHW in 0..255."""
-import numpy as np
 import pytest
 import torch
+from data_helpers import bicubic_chw, picture
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -19,15 +19,9 @@ def cfg_with(*overrides):
     return load_config(None, BASE + list(overrides))
 
 
-def picture(seed=0, size=(20, 44)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
 def resized(img: Image.Image) -> torch.Tensor:
-    """Independent reference of the resize to SIZE_TRAIN: PIL bicubic, CHW float 0..255."""
-    arr = np.asarray(img.resize((W, H), Image.BICUBIC), dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    """The resize to SIZE_TRAIN alone."""
+    return bicubic_chw(img, H, W)
 
 
 def check_image(out, shape):

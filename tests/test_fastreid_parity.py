@@ -36,6 +36,7 @@ def load_harness():
 
 
 harness = load_harness()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,14 +49,6 @@ def our_model(path: Path) -> torch.nn.Module:
     spec = manifest(path)
     cfg = load_config(REPO / spec["params_config"], spec["overrides"])
     return build_model(cfg).eval()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- manifests

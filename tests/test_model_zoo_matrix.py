@@ -6,8 +6,8 @@ backward, and every trainable parameter of backbone and head must receive a fini
 """
 import pytest
 import torch
+from modeling_helpers import backbone_cfg
 
-from reid.config import get_cfg
 from reid.modeling import BACKBONE_REGISTRY, CLS_LAYER_REGISTRY, build_backbone, build_heads
 from reid.modeling.losses import build_losses
 
@@ -30,28 +30,18 @@ BACKBONES = [
 CLS_LAYERS = ["linear", "arcSoftmax", "circleSoftmax", "cosSoftmax"]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def make_cfg(name, depth, feat_dim, extra, cls_layer="linear"):
-    cfg = get_cfg()
+    cfg = backbone_cfg(NAME=name, DEPTH=depth, FEAT_DIM=feat_dim, **extra)
     cfg.INPUT.SIZE_TRAIN = [64, 32]
     cfg.INPUT.SIZE_TEST = [64, 32]
-    backbone = cfg.MODEL.BACKBONE
-    backbone.NAME, backbone.DEPTH, backbone.FEAT_DIM = name, depth, feat_dim
-    backbone.PRETRAIN = False
-    for key, value in extra.items():
-        backbone[key] = value
     cfg.MODEL.HEADS.NUM_CLASSES = NUM_CLASSES
     cfg.MODEL.HEADS.CLS_LAYER = cls_layer
     cfg.MODEL.HEADS.SCALE, cfg.MODEL.HEADS.MARGIN = 16, 0.2
     cfg.MODEL.LOSSES.NAME = ("CrossEntropyLoss", "TripletLoss")
     return cfg
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_matrix_covers_every_registered_backbone_and_classifier():

@@ -6,23 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from modeling_helpers import backbone_cfg, error_message
 
-from reid.config import get_cfg
 from reid.errors import ReidError
 from reid.modeling import build_backbone, wants_sync_bn
 from reid.modeling.backbones import pretrained
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FEAT_DIMS = {"18x": 512, "34x": 512, "50x": 2048}
 
 
 def make_cfg(depth="18x", **backbone):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.DEPTH = depth
-    cfg.MODEL.BACKBONE.FEAT_DIM = FEAT_DIMS.get(depth, 512)
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in backbone.items():
-        cfg.MODEL.BACKBONE[key] = value
-    return cfg
+    return backbone_cfg(**{"DEPTH": depth, "FEAT_DIM": FEAT_DIMS.get(depth, 512), **backbone})
 
 
 # 64 x 32 input: stride 16 (LAST_STRIDE 1) -> 4 x 2 map, stride 32 (LAST_STRIDE 2) -> 2 x 1
@@ -57,11 +53,9 @@ def test_state_dict_matches_torchvision_without_fc(depth, tv_builder):
 
 
 def test_feat_dim_mismatch_tells_the_value_to_set():
-    cfg = make_cfg("18x", FEAT_DIM=2048)
-    with pytest.raises(ReidError) as err:
-        build_backbone(cfg)
-    assert str(err.value) == ("MODEL.BACKBONE.FEAT_DIM is 2048 but resnet 18x outputs 512 "
-                              "channels; set MODEL.BACKBONE.FEAT_DIM 512")
+    assert error_message(build_backbone, make_cfg("18x", FEAT_DIM=2048)) == (
+        "MODEL.BACKBONE.FEAT_DIM is 2048 but resnet 18x outputs 512 channels; "
+        "set MODEL.BACKBONE.FEAT_DIM 512")
 
 
 def test_sync_bn_builds_plain_bn_and_is_flagged():
@@ -88,20 +82,6 @@ def assert_loaded(backbone, state):
     for key, value in state.items():
         if not key.startswith("fc."):
             assert torch.equal(ours[key], value), key
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """An empty torch hub cache and a download that fails: the test never touches the network."""
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(pretrained, "download", no_network)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return hub
 
 
 def test_pretrain_path_loads_torchvision_weights_and_drops_fc(offline, tmp_path):

@@ -1,11 +1,10 @@
 """Distiller: frozen eval-mode teacher outside the student's state, and the KD loss by hand."""
-import math
-
 import pytest
 import torch
 import yaml
+from modeling_helpers import backbone_cfg, hand_js, hand_kl, identity_batch
 
-from reid.config import get_cfg, load_config
+from reid.config import load_config
 from reid.errors import ReidError
 from reid.modeling import Baseline, build_model
 
@@ -13,14 +12,7 @@ NUM_CLASSES = 4
 TEACHER_YAML = {"MODEL": {"BACKBONE": {"DEPTH": "18x", "FEAT_DIM": 512, "PRETRAIN": False},
                           "HEADS": {"NUM_CLASSES": 0}}}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convolutions: one thread is faster and immune to a loaded machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_teacher(tmp_path, num_classes=NUM_CLASSES, seed=7, name="teacher"):
@@ -40,11 +32,8 @@ def save_teacher(tmp_path, num_classes=NUM_CLASSES, seed=7, name="teacher"):
 
 
 def student_cfg(config, weights, loss="kl"):
-    cfg = get_cfg()
+    cfg = backbone_cfg(DEPTH="18x", FEAT_DIM=512)
     cfg.MODEL.META_ARCHITECTURE = "Distiller"
-    cfg.MODEL.BACKBONE.DEPTH = "18x"
-    cfg.MODEL.BACKBONE.FEAT_DIM = 512
-    cfg.MODEL.BACKBONE.PRETRAIN = False
     cfg.MODEL.HEADS.NUM_CLASSES = NUM_CLASSES
     cfg.KD.MODEL_CONFIG = str(config)
     cfg.KD.MODEL_WEIGHTS = str(weights)
@@ -55,9 +44,7 @@ def student_cfg(config, weights, loss="kl"):
 
 
 def make_batch():
-    g = torch.Generator().manual_seed(0)
-    targets = torch.arange(NUM_CLASSES).repeat_interleave(2)
-    return {"images": torch.rand(len(targets), 3, 64, 32, generator=g) * 255, "targets": targets}
+    return identity_batch(NUM_CLASSES)
 
 
 @pytest.fixture
@@ -95,30 +82,6 @@ def test_moving_the_student_moves_the_teacher(setup):
     model = setup[0].double()
     assert model.teacher.heads.weight.dtype == torch.float64
     assert model.teacher.pixel_mean.dtype == torch.float64
-
-
-def hand_kl(student, teacher, t):
-    total = 0.0
-    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
-        p = [math.exp(v / t) for v in t_row]
-        q = [math.exp(v / t) for v in s_row]
-        p = [v / sum(p) for v in p]
-        q = [v / sum(q) for v in q]
-        total += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
-    return total / len(student) * t * t
-
-
-def hand_js(student, teacher, t):
-    total = 0.0
-    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
-        p = [math.exp(v / t) for v in t_row]
-        q = [math.exp(v / t) for v in s_row]
-        p = [v / sum(p) for v in p]
-        q = [v / sum(q) for v in q]
-        m = [(a + b) / 2 for a, b in zip(p, q)]
-        total += 0.5 * sum(a * math.log(a / c) for a, c in zip(p, m))
-        total += 0.5 * sum(b * math.log(b / c) for b, c in zip(q, m))
-    return total / len(student) * t * t
 
 
 @pytest.mark.parametrize("loss, reference", [("kl", hand_kl), ("js", hand_js)])

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from modeling_helpers import backbone_cfg, hand_kl, identity_batch
 from torch import nn
 
-from reid.config import get_cfg, merge_overrides
+from reid.config import merge_overrides
 from reid.engine.checkpoint import Checkpointer
 from reid.errors import ReidError
 from reid.modeling import Baseline, build_model
@@ -19,21 +20,11 @@ from reid.modeling.meta_arch.distiller import (build_connector, last_block, path
 NUM_CLASSES = 4
 FEAT_DIM = {"18x": 512, "50x": 2048}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_cfg(depth="18x", last_stride=1):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.DEPTH = depth
-    cfg.MODEL.BACKBONE.FEAT_DIM = FEAT_DIM[depth]
-    cfg.MODEL.BACKBONE.LAST_STRIDE = last_stride
-    cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg = backbone_cfg(DEPTH=depth, FEAT_DIM=FEAT_DIM[depth], LAST_STRIDE=last_stride)
     cfg.MODEL.HEADS.NUM_CLASSES = NUM_CLASSES
     return cfg
 
@@ -83,20 +74,7 @@ def distiller_cfg(configs="", weights="", **kd):
 
 
 def make_batch():
-    g = torch.Generator().manual_seed(0)
-    targets = torch.arange(NUM_CLASSES).repeat_interleave(2)
-    return {"images": torch.rand(len(targets), 3, 64, 32, generator=g) * 255, "targets": targets}
-
-
-def hand_kl(student, teacher, t):
-    total = 0.0
-    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
-        p = [math.exp(v / t) for v in t_row]
-        q = [math.exp(v / t) for v in s_row]
-        p = [v / sum(p) for v in p]
-        q = [v / sum(q) for v in q]
-        total += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
-    return total / len(student) * t * t
+    return identity_batch(NUM_CLASSES)
 
 
 # --- overhaul: margins and partial L2 by brute force --------------------------------------------

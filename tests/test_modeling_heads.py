@@ -3,20 +3,19 @@ import math
 
 import pytest
 import torch
+from modeling_helpers import backbone_cfg
 
-from reid.config import get_cfg
 from reid.errors import ReidError
 from reid.modeling import POOLING_REGISTRY, build_heads
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FEAT_DIM, NUM_CLASSES = 8, 5
 
 
 def make_cfg(**heads):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.FEAT_DIM = FEAT_DIM
-    cfg.MODEL.HEADS.NUM_CLASSES = NUM_CLASSES
-    for key, value in heads.items():
-        cfg.MODEL.HEADS[key] = value
+    cfg = backbone_cfg(FEAT_DIM=FEAT_DIM)
+    cfg.MODEL.HEADS.update(NUM_CLASSES=NUM_CLASSES, **heads)
     return cfg
 
 

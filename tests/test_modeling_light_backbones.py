@@ -4,13 +4,14 @@ import logging
 import pytest
 import torch
 import torchvision
+from modeling_helpers import backbone_cfg, error_message, num_params
 from torch import nn
 
-from reid.config import get_cfg
 from reid.errors import ReidError
-from reid.modeling.backbones import pretrained
 from reid.modeling.backbones.build import build_backbone
 from reid.modeling.backbones import mobilenetv2, mobilenetv3, osnet, shufflenetv2  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 OSNET, MNV2, MNV3, SHUFFLE = ("build_osnet_backbone", "build_mobilenetv2_backbone",
                               "build_mobilenetv3_backbone", "build_shufflenetv2_backbone")
@@ -28,27 +29,8 @@ CASES = [
 GRID = {OSNET: (4, 2), MNV2: (2, 1), MNV3: (2, 1), SHUFFLE: (2, 1)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_cfg(name, depth, feat_dim, **backbone):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.NAME = name
-    cfg.MODEL.BACKBONE.DEPTH = depth
-    cfg.MODEL.BACKBONE.FEAT_DIM = feat_dim
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in backbone.items():
-        cfg.MODEL.BACKBONE[key] = value
-    return cfg
-
-
-def num_params(module):
-    return sum(p.numel() for p in module.parameters())
+    return backbone_cfg(NAME=name, DEPTH=depth, FEAT_DIM=feat_dim, **backbone)
 
 
 @pytest.mark.parametrize("name, depth, feat_dim", CASES)
@@ -82,20 +64,16 @@ def test_last_stride_is_ignored_as_in_fastreid(name, depth, feat_dim):
     (SHUFFLE, "a ShuffleNetV2 size", "50x", "0.5x, 1.0x, 1.5x, 2.0x"),
 ])
 def test_bad_depth_names_the_accepted_values(name, family, bad, accepted):
-    with pytest.raises(ReidError) as err:
-        build_backbone(make_cfg(name, bad, 512))
-    assert str(err.value) == (f"MODEL.BACKBONE.DEPTH {bad!r} is not {family}; "
-                              f"expected one of {accepted}")
+    assert error_message(build_backbone, make_cfg(name, bad, 512)) == (
+        f"MODEL.BACKBONE.DEPTH {bad!r} is not {family}; expected one of {accepted}")
 
 
 @pytest.mark.parametrize("name, depth, key", [
     (OSNET, "x1_0", "WITH_SE"), (OSNET, "x1_0", "WITH_NL"), (MNV2, "1.0x", "WITH_IBN"),
     (MNV3, "Large", "WITH_SE"), (SHUFFLE, "1.0x", "WITH_NL")])
 def test_unsupported_options_fail_clearly(name, depth, key):
-    with pytest.raises(ReidError) as err:
-        build_backbone(make_cfg(name, depth, 512, **{key: True}))
-    assert str(err.value) == (f"MODEL.BACKBONE.{key} True is not supported by {name}; "
-                              "set it to False")
+    assert error_message(build_backbone, make_cfg(name, depth, 512, **{key: True})) == (
+        f"MODEL.BACKBONE.{key} True is not supported by {name}; set it to False")
 
 
 def test_feat_dim_mismatch_names_the_right_value():
@@ -213,20 +191,6 @@ def test_mobilenetv3_features_have_torchvision_names_and_shapes(depth):
     assert actual == expected
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """An empty torch hub cache and a download that fails: the test never touches the network."""
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(pretrained, "download", no_network)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return hub
-
-
 def randomise_norms(model):
     """Non-trivial norm statistics, so a mis-mapped key would change the output."""
     torch.manual_seed(3)
@@ -239,15 +203,23 @@ def randomise_norms(model):
     return model
 
 
-def test_mobilenetv2_loads_torchvision_file_and_computes_the_same(offline, tmp_path):
-    reference = randomise_norms(tv_mobilenet_v2(0.5)).eval()
-    path = tmp_path / "mobilenet_v2.pth"
-    torch.save(reference.state_dict(), path)
-    ours = build_backbone(make_cfg(MNV2, "0.5x", 1280, PRETRAIN=True,
-                                   PRETRAIN_PATH=str(path))).eval()
+def built_from_file(saved, path, name, depth, feat_dim):
+    """Our backbone with MODEL.BACKBONE.PRETRAIN_PATH pointing at ``saved`` written to ``path``."""
+    torch.save(saved, path)
+    return build_backbone(make_cfg(name, depth, feat_dim, PRETRAIN=True, PRETRAIN_PATH=str(path)))
+
+
+def assert_same_output(ours, reference):
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), reference.features(x))
+        torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_mobilenetv2_loads_torchvision_file_and_computes_the_same(offline, tmp_path):
+    reference = randomise_norms(tv_mobilenet_v2(0.5)).eval()
+    ours = built_from_file(reference.state_dict(), tmp_path / "mobilenet_v2.pth",
+                           MNV2, "0.5x", 1280)
+    assert_same_output(ours.eval(), reference.features)
 
 
 def test_mobilenetv2_torchvision_keys_renamed_under_a_prefix():
@@ -267,9 +239,8 @@ def test_mobilenetv2_torchvision_keys_renamed_under_a_prefix():
 
 def test_mobilenetv2_fastreid_checkpoint_loads_unchanged(offline, tmp_path):
     source = randomise_norms(build_backbone(make_cfg(MNV2, "0.35x", 1280)))
-    path = tmp_path / "model_final.pth"
-    torch.save({"model": {f"backbone.{k}": v for k, v in source.state_dict().items()}}, path)
-    loaded = build_backbone(make_cfg(MNV2, "0.35x", 1280, PRETRAIN=True, PRETRAIN_PATH=str(path)))
+    checkpoint = {"model": {f"backbone.{k}": v for k, v in source.state_dict().items()}}
+    loaded = built_from_file(checkpoint, tmp_path / "model_final.pth", MNV2, "0.35x", 1280)
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
@@ -280,13 +251,9 @@ def test_mobilenetv3_loads_torchvision_file_by_name(offline, tmp_path):
     for module in reference.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.eps = 1e-5
-    path = tmp_path / "mobilenet_v3_small.pth"
-    torch.save(reference.state_dict(), path)
-    ours = build_backbone(make_cfg(MNV3, "Small", 1024, PRETRAIN=True,
-                                   PRETRAIN_PATH=str(path))).eval()
-    x = torch.randn(2, 3, 64, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(ours.features(x), reference.features(x))
+    ours = built_from_file(reference.state_dict(), tmp_path / "mobilenet_v3_small.pth",
+                           MNV3, "Small", 1024)
+    assert_same_output(ours.eval().features, reference.features)
 
 
 def test_mobilenetv2_without_weights_warns(offline, caplog):
@@ -354,19 +321,18 @@ def test_shufflenetv2_loads_megvii_file(offline, tmp_path):
     source = randomise_norms(build_backbone(make_cfg(SHUFFLE, "0.5x", 1024)))
     megvii = {f"module.{k}": v for k, v in source.state_dict().items()}
     megvii["module.classifier.0.weight"] = torch.zeros(1000, 1024)
-    path = tmp_path / "ShuffleNetV2.0.5x.pth.tar"
-    torch.save({"state_dict": megvii}, path)
-    loaded = build_backbone(make_cfg(SHUFFLE, "0.5x", 1024, PRETRAIN=True, PRETRAIN_PATH=str(path)))
+    loaded = built_from_file({"state_dict": megvii}, tmp_path / "ShuffleNetV2.0.5x.pth.tar",
+                             SHUFFLE, "0.5x", 1024)
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_shufflenetv2_rejects_torchvision_weights(offline, tmp_path):
-    path = tmp_path / "shufflenetv2_x0.5.pth"
-    torch.save(torchvision.models.shufflenet_v2_x0_5().state_dict(), path)
+    torchvision_state = torchvision.models.shufflenet_v2_x0_5().state_dict()
     with pytest.raises(ReidError, match=r"^torchvision's ShuffleNetV2 weights do not fit "
                                         r"FastReID's \(Megvii's\) ShuffleNetV2 layout"):
-        build_backbone(make_cfg(SHUFFLE, "0.5x", 1024, PRETRAIN=True, PRETRAIN_PATH=str(path)))
+        built_from_file(torchvision_state, tmp_path / "shufflenetv2_x0.5.pth", SHUFFLE, "0.5x",
+                        1024)
 
 
 def test_shufflenetv2_without_path_warns(offline, caplog):

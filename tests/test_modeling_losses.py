@@ -10,6 +10,8 @@ from reid.modeling import build_losses
 from reid.modeling.losses import (cross_entropy_loss, distillation_loss, focal_loss,
                                   pairwise_circle_loss, pairwise_cosface_loss, triplet_loss)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def log_softmax_row(row):
     lse = math.log(sum(math.exp(v) for v in row))

@@ -1,40 +1,26 @@
 """Baseline model: FastReID key names, normalisation inside the model, losses, a training step."""
 import pytest
 import torch
+from modeling_helpers import backbone_cfg, identity_batch
 
-from reid.config import get_cfg
 from reid.errors import ReidError
 from reid.modeling import Baseline, build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_CLASSES = 4
 
 
 def make_cfg(**model):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.DEPTH = "18x"
-    cfg.MODEL.BACKBONE.FEAT_DIM = 512
-    cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg = backbone_cfg(DEPTH="18x", FEAT_DIM=512)
     cfg.MODEL.HEADS.NUM_CLASSES = NUM_CLASSES
     cfg.MODEL.LOSSES.NAME = ("CrossEntropyLoss", "TripletLoss")
-    for key, value in model.items():
-        cfg.MODEL[key] = value
+    cfg.MODEL.update(model)
     return cfg
 
 
-def make_batch(seed=0, per_id=2):
-    g = torch.Generator().manual_seed(seed)
-    targets = torch.arange(NUM_CLASSES).repeat_interleave(per_id)
-    return {"images": torch.rand(len(targets), 3, 64, 32, generator=g) * 255, "targets": targets}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread, and a loaded 2-core machine (tests running in
-    parallel) makes OpenMP threads wait on each other: a step went from 0.2 s to 3 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def make_batch(seed=0):
+    return identity_batch(NUM_CLASSES, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from modeling_helpers import backbone_cfg, identity_batch
 from torch import nn
 
-from reid.config import get_cfg
 from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
 from reid.modeling.meta_arch.build import build_model
@@ -18,32 +18,20 @@ DIM = 512  # ResNet-18
 HEAD_NAMES = ["b1", "b2", "b21", "b22", "b3", "b31", "b32", "b33"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cfg(arch: str, **heads):
-    cfg = get_cfg()
+    cfg = backbone_cfg(DEPTH="18x", FEAT_DIM=DIM)
     cfg.MODEL.META_ARCHITECTURE = arch
-    cfg.MODEL.BACKBONE.DEPTH = "18x"
-    cfg.MODEL.BACKBONE.FEAT_DIM = DIM
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    cfg.MODEL.HEADS.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.HEADS.update(NUM_CLASSES=NUM_CLASSES, **heads)
     cfg.MODEL.LOSSES.NAME = ("CrossEntropyLoss", "TripletLoss")
-    for key, value in heads.items():
-        cfg.MODEL.HEADS[key] = value
     return cfg
 
 
-def make_batch(height=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    targets = torch.tensor([0, 0, 1, 1, 2, 2])
-    return {"images": torch.rand(len(targets), 3, height, 32, generator=g) * 255,
-            "targets": targets}
+def make_batch(height=96):
+    """Two images of each of identities 0, 1, 2."""
+    return identity_batch(3, height=height)
 
 
 def brute_force_hard_triplet(features, targets, margin):

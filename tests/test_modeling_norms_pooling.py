@@ -2,9 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from modeling_helpers import backbone_cfg
 from torch import nn
 
-from reid.config import get_cfg
 from reid.errors import ReidError
 from reid.modeling.backbones.resnet import build_resnet_backbone
 from reid.modeling.heads import build_heads
@@ -14,12 +14,7 @@ from reid.modeling.layers.pooling import POOLING_REGISTRY
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise_affine(bn: nn.Module, seed: int = 0) -> None:
@@ -160,12 +155,7 @@ def test_frozen_bn_is_left_alone_by_sync_bn_conversion():
 
 
 def resnet_cfg(norm: str):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.DEPTH = "18x"
-    cfg.MODEL.BACKBONE.FEAT_DIM = 512
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    cfg.MODEL.BACKBONE.NORM = norm
-    return cfg
+    return backbone_cfg(DEPTH="18x", FEAT_DIM=512, NORM=norm)
 
 
 def test_frozen_bn_resnet_loads_a_bn_checkpoint_by_name():
@@ -207,8 +197,7 @@ def test_group_norm_channels_must_divide_into_groups():
 
 @pytest.mark.parametrize("norm", ["FrozenBN", "GN", "GhostBN"])
 def test_heads_build_with_every_norm(norm):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.FEAT_DIM = 64
+    cfg = backbone_cfg(FEAT_DIM=64)
     cfg.MODEL.HEADS.NUM_CLASSES = 3
     cfg.MODEL.HEADS.NORM = norm
     head = build_heads(cfg).eval()

@@ -4,10 +4,12 @@ import functools
 import pytest
 import torch
 import torchvision
+from modeling_helpers import backbone_cfg, error_message, num_params
 
-from reid.config import get_cfg
-from reid.errors import ReidError, one_line
+from reid.errors import ReidError
 from reid.modeling.backbones import effnet, regnet, repvgg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BUILDERS = {"regnet": regnet.build_regnet_backbone, "effnet": effnet.build_effnet_backbone,
             "repvgg": repvgg.build_repvgg_backbone}
@@ -15,25 +17,8 @@ FAMILY_SPECS = {"regnet": regnet.SPECS, "effnet": effnet.SPECS, "repvgg": repvgg
 ALL_DEPTHS = [(family, depth) for family, specs in FAMILY_SPECS.items() for depth in specs]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def make_cfg(depth, **backbone):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.DEPTH = depth
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in backbone.items():
-        cfg.MODEL.BACKBONE[key] = value
-    return cfg
-
-
 def build(family, depth, **backbone):
-    return BUILDERS[family](make_cfg(depth, **backbone))
+    return BUILDERS[family](backbone_cfg(DEPTH=depth, **backbone))
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,10 +26,6 @@ def build_on_meta(family, depth):
     """Shapes only, no memory and no init cost (B3 has 120M parameters); shared, do not modify."""
     with torch.device("meta"):
         return build(family, depth)
-
-
-def count(module, skip=()):
-    return sum(p.numel() for name, p in module.named_parameters() if not name.startswith(skip))
 
 
 def test_fastreid_depth_names_are_all_there():
@@ -69,7 +50,7 @@ OUT_CHANNELS = {
 def test_every_depth_builds(family, depth):
     model = build_on_meta(family, depth)
     assert model.out_channels == OUT_CHANNELS[depth]
-    assert count(model) > 0
+    assert num_params(model) > 0
 
 
 # pycls' model zoo tables (per-stage depths, widths, group width), written out independently
@@ -107,13 +88,13 @@ def test_regnet_stages_match_pycls_model_zoo(depth):
 def test_regnet_parameter_count_matches_torchvision(depth, reference):
     # same design (simple stem, bottleneck multiplier 1, SE width from the block input);
     # torchvision's regnet_y_800mf rounds its widths differently from pycls, so 1.6GF is used
-    assert count(build_on_meta("regnet", depth)) == count(reference(), skip=("fc.",))
+    assert num_params(build_on_meta("regnet", depth)) == num_params(reference(), skip=("fc.",))
 
 
 # pycls-paper sizes with a 1000-class classifier, in millions: RegNetX-800MF 7.3, Y-800MF 6.3
 @pytest.mark.parametrize("depth, millions, fc_in", [("800x", 7.3, 672), ("800y", 6.3, 768)])
 def test_regnet_800mf_matches_published_size(depth, millions, fc_in):
-    total = count(build_on_meta("regnet", depth)) + fc_in * 1000 + 1000
+    total = num_params(build_on_meta("regnet", depth)) + fc_in * 1000 + 1000
     assert round(total / 1e6, 1) == millions
 
 
@@ -121,7 +102,8 @@ def test_regnet_800mf_matches_published_size(depth, millions, fc_in):
 def test_effnet_parameter_count_matches_torchvision(depth):
     with torch.device("meta"):
         reference = getattr(torchvision.models, f"efficientnet_{depth}")()
-    assert count(build_on_meta("effnet", depth)) == count(reference, skip=("classifier.",))
+    expected = num_params(reference, skip=("classifier.",))
+    assert num_params(build_on_meta("effnet", depth)) == expected
 
 
 def repvgg_train_parameters(spec):
@@ -144,7 +126,7 @@ def repvgg_train_parameters(spec):
 @pytest.mark.parametrize("depth", ["A0", "B1g2", "B3g4"])
 def test_repvgg_parameter_count_matches_layer_formula(depth):
     model = build_on_meta("repvgg", depth)
-    assert count(model) == repvgg_train_parameters(repvgg.SPECS[depth])
+    assert num_params(model) == repvgg_train_parameters(repvgg.SPECS[depth])
 
 
 # RepVGG paper, Table 3: inference-time parameters with the 1000-class classifier, in
@@ -154,7 +136,7 @@ def test_repvgg_parameter_count_matches_layer_formula(depth):
 def test_repvgg_deployed_size_matches_paper(depth, hundredths_of_millions):
     with torch.device("meta"):
         model = build("repvgg", depth).deploy()
-    total = count(model) + model.out_channels * 1000 + 1000
+    total = num_params(model) + model.out_channels * 1000 + 1000
     assert total // 10_000 == hundredths_of_millions
 
 
@@ -265,9 +247,7 @@ def test_repvgg_deploy_cannot_be_undone():
                      "A2, B0, B1, B1g2, B1g4, B2, B2g2, B2g4, B3, B3g2, B3g4"),
 ])
 def test_bad_depth_is_one_clear_line(family, bad, expected):
-    with pytest.raises(ReidError) as info:
-        build(family, bad)
-    assert one_line(info.value) == str(info.value) == expected
+    assert error_message(build, family, bad) == expected
 
 
 @pytest.mark.parametrize("family, depth", [("regnet", "800x"), ("effnet", "b0"),

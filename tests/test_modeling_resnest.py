@@ -5,17 +5,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from modeling_helpers import backbone_cfg, error_message
 
-from reid.config import get_cfg, load_config
+from reid.config import load_config
 from reid.errors import ReidError
 from reid.modeling import build_backbone, build_model
-from reid.modeling.backbones import pretrained
 from reid.modeling.backbones import resnest  # registers build_resnest_backbone
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
 from reid.modeling.layers.norm import FrozenBatchNorm
 from reid.modeling.layers.splat import SplitAttentionConv2d, radix_softmax
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BLOCKS = {"50x": (3, 4, 6, 3), "101x": (3, 4, 23, 3), "200x": (3, 24, 36, 3),
           "269x": (3, 30, 48, 8)}
@@ -25,13 +25,7 @@ PUBLISHED_MILLIONS = {"50x": 27.5, "101x": 48.3, "200x": 70.2, "269x": 110.9}
 
 
 def make_cfg(depth="50x", **backbone):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.NAME = "build_resnest_backbone"
-    cfg.MODEL.BACKBONE.DEPTH = depth
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in backbone.items():
-        cfg.MODEL.BACKBONE[key] = value
-    return cfg
+    return backbone_cfg(NAME="build_resnest_backbone", DEPTH=depth, **backbone)
 
 
 # --- the layout written out from the ResNeSt recipe, independently of the module ----------------
@@ -188,10 +182,8 @@ def test_fastreids_bot_s50_config_builds_a_model_with_its_key_names(tmp_path):
 # --- errors -------------------------------------------------------------------------------------
 
 def test_bad_depth_is_one_clear_line():
-    with pytest.raises(ReidError) as err:
-        build_backbone(make_cfg("34x"))
-    assert str(err.value) == ("MODEL.BACKBONE.DEPTH '34x' is not a ResNeSt depth; "
-                              "expected one of 50x, 101x, 200x, 269x")
+    assert error_message(build_backbone, make_cfg("34x")) == (
+        "MODEL.BACKBONE.DEPTH '34x' is not a ResNeSt depth; expected one of 50x, 101x, 200x, 269x")
 
 
 def test_depth_without_x_is_accepted():
@@ -199,10 +191,8 @@ def test_depth_without_x_is_accepted():
 
 
 def test_group_norm_is_refused():
-    with pytest.raises(ReidError) as err:
-        build_backbone(make_cfg(NORM="GN"))
-    assert str(err.value).startswith("MODEL.BACKBONE.NORM 'GN' does not work with ResNeSt")
-    assert "\n" not in str(err.value)
+    message = error_message(build_backbone, make_cfg(NORM="GN"))  # one line
+    assert message.startswith("MODEL.BACKBONE.NORM 'GN' does not work with ResNeSt")
 
 
 def test_with_se_is_refused():
@@ -342,20 +332,6 @@ def test_non_local_starts_as_the_identity():
 
 
 # --- ImageNet weights ---------------------------------------------------------------------------
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """An empty torch hub cache and a download that fails: the test never touches the network."""
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(pretrained, "download", no_network)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return hub
-
 
 def release_file(path):
     """A file shaped like resnest50-528c19ca.pth: FastReID's names plus the ImageNet ``fc``."""

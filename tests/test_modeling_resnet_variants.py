@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from modeling_helpers import backbone_cfg, error_message, num_params
 
-from reid.config import get_cfg
 from reid.errors import ReidError
-from reid.modeling.backbones import pretrained
 from reid.modeling.backbones.resnet import build_resnet_backbone
 from reid.modeling.backbones.resnext import build_resnext_backbone
 from reid.modeling.layers.ibn import IBN
@@ -26,25 +25,11 @@ VARIANTS = {"plain": {}, "ibn": {"WITH_IBN": True}, "se": {"WITH_SE": True},
             "nl": {"WITH_NL": True}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cfg(depth="50x", **backbone):
-    cfg = get_cfg()
-    cfg.MODEL.BACKBONE.DEPTH = depth
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in backbone.items():
-        cfg.MODEL.BACKBONE[key] = value
-    return cfg
-
-
-def num_params(module):
-    return sum(p.numel() for p in module.parameters())
+    return backbone_cfg(DEPTH=depth, **backbone)
 
 
 def build(builder, depth, **options):
@@ -324,25 +309,20 @@ def test_fresh_nonlocal_block_is_an_identity():
 # --- errors and warnings -----------------------------------------------------------------------
 
 def test_bad_resnet_depth_is_one_clear_line():
-    with pytest.raises(ReidError) as err:
-        build_resnet_backbone(make_cfg("20x"))
-    assert str(err.value) == ("MODEL.BACKBONE.DEPTH '20x' is not a ResNet depth; "
-                              "expected one of 18x, 34x, 50x, 101x, 152x")
+    assert error_message(build_resnet_backbone, make_cfg("20x")) == (
+        "MODEL.BACKBONE.DEPTH '20x' is not a ResNet depth; "
+        "expected one of 18x, 34x, 50x, 101x, 152x")
 
 
 def test_bad_resnext_depth_is_one_clear_line():
-    with pytest.raises(ReidError) as err:
-        build_resnext_backbone(make_cfg("18x"))
-    assert str(err.value) == ("MODEL.BACKBONE.DEPTH '18x' is not a ResNeXt depth; "
-                              "expected one of 50x, 101x")
+    assert error_message(build_resnext_backbone, make_cfg("18x")) == (
+        "MODEL.BACKBONE.DEPTH '18x' is not a ResNeXt depth; expected one of 50x, 101x")
 
 
 def test_nonlocal_on_152x_has_no_layout():
-    with pytest.raises(ReidError) as err:
-        build_resnet_backbone(make_cfg("152x", WITH_NL=True))
-    assert str(err.value) == ("MODEL.BACKBONE.WITH_NL True has no non-local layout for "
-                              "resnet 152x (nl) (FastReID defines one for 50x and 101x); "
-                              "set it to False")
+    assert error_message(build_resnet_backbone, make_cfg("152x", WITH_NL=True)) == (
+        "MODEL.BACKBONE.WITH_NL True has no non-local layout for resnet 152x (nl) "
+        "(FastReID defines one for 50x and 101x); set it to False")
 
 
 def test_bad_last_stride():
@@ -365,19 +345,6 @@ def test_resnext_ignores_se_with_a_warning(caplog):
 
 
 # --- ImageNet weights --------------------------------------------------------------------------
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """An empty torch hub cache and no network."""
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(pretrained, "download", no_network)
-    return hub
-
 
 def save_weights_like(builder, cfg, path, wrap=lambda state: state):
     """Random weights of the backbone ``cfg`` builds, plus an ImageNet ``fc``, saved to ``path``."""

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from modeling_helpers import backbone_cfg
 
-from reid.config import get_cfg
 from reid.errors import ReidError
 from reid.modeling.backbones import vit
 from reid.modeling.backbones.build import build_backbone
@@ -14,7 +14,7 @@ from reid.modeling.backbones.timm_backbone import build_timm_backbone
 from reid.modeling.backbones.vit import (DropPath, ViTArch, VisionTransformer, build_vit_backbone,
                                          infer_grid, resize_pos_embed)
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM = 768  # FastReID's small and base are both 768 wide
 # a narrow stand-in registered as depth "tiny" so behaviour tests run in milliseconds; only the
@@ -30,15 +30,10 @@ def tiny_depth(monkeypatch):
 
 
 def vit_cfg(depth="tiny", size=(64, 32), stride=(16, 16), **backbone):
-    cfg = get_cfg()
+    cfg = backbone_cfg(**{"NAME": "build_vit_backbone", "DEPTH": depth,
+                          "FEAT_DIM": TINY_DIM if depth == "tiny" else DIM,
+                          "STRIDE_SIZE": list(stride), **backbone})
     cfg.INPUT.SIZE_TRAIN = list(size)
-    cfg.MODEL.BACKBONE.NAME = "build_vit_backbone"
-    cfg.MODEL.BACKBONE.DEPTH = depth
-    cfg.MODEL.BACKBONE.FEAT_DIM = TINY_DIM if depth == "tiny" else DIM
-    cfg.MODEL.BACKBONE.STRIDE_SIZE = list(stride)
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in backbone.items():
-        cfg.MODEL.BACKBONE[key] = value
     return cfg
 
 
@@ -366,12 +361,8 @@ def timm():
 
 
 def timm_cfg(name, size=(64, 32), **backbone):
-    cfg = get_cfg()
+    cfg = backbone_cfg(NAME=f"timm:{name}", **backbone)
     cfg.INPUT.SIZE_TRAIN = list(size)
-    cfg.MODEL.BACKBONE.NAME = f"timm:{name}"
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    for key, value in backbone.items():
-        cfg.MODEL.BACKBONE[key] = value
     return cfg
 
 

@@ -133,7 +133,9 @@ class Steep(nn.Module):
         return {"loss": 100 * (self.w * x).sum() + 0.1 * self.b.sum()}
 
 
-def run_one_step(clipper):
+def run_one_step(clipper, loss_scale=None):
+    """One plain SGD step (lr 1, no momentum or decay) of ``Steep``; with ``loss_scale`` the
+    trainer's scaler multiplies the loss as AMP does."""
     model = Steep()
     cfg = solver_cfg(OPT="SGD", BASE_LR=1.0, MOMENTUM=0.0, NESTEROV=False, WEIGHT_DECAY=0.0,
                      WEIGHT_DECAY_BIAS=0.0, WEIGHT_DECAY_NORM=0.0, WARMUP_ITERS=0)
@@ -142,6 +144,8 @@ def run_one_step(clipper):
     batch = {"images": torch.tensor([0.3, -0.4, 1.2]), "targets": torch.zeros(1)}
     trainer = Trainer(model, [batch], optimizer, scheduler, max_epoch=1, iters_per_epoch=1,
                       device="cpu", grad_clipper=clipper)
+    if loss_scale is not None:
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale, enabled=True)
     trainer.train()
     return model
 
@@ -161,15 +165,6 @@ def test_trainer_clips_before_the_optimizer_step():
 def test_with_loss_scaling_the_true_gradient_is_clipped():
     # A loss scaler (as AMP uses) multiplies the gradients by 1024; clipping must see them
     # unscaled, so the step is the same as without scaling.
-    model = Steep()
-    cfg = solver_cfg(OPT="SGD", BASE_LR=1.0, MOMENTUM=0.0, NESTEROV=False, WEIGHT_DECAY=0.0,
-                     WEIGHT_DECAY_BIAS=0.0, WEIGHT_DECAY_NORM=0.0, WARMUP_ITERS=0)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch=1)
-    batch = {"images": torch.tensor([0.3, -0.4, 1.2]), "targets": torch.zeros(1)}
-    trainer = Trainer(model, [batch], optimizer, scheduler, max_epoch=1, iters_per_epoch=1,
-                      device="cpu", grad_clipper=GradientClipper("norm", clip_value=2.0))
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
-    trainer.train()
+    model = run_one_step(GradientClipper("norm", clip_value=2.0), loss_scale=1024.0)
     expected = -100 * torch.tensor([0.3, -0.4, 1.2]) * (2.0 / (130.0 + 1e-6))
     assert torch.allclose(model.w.detach(), expected, atol=1e-6)

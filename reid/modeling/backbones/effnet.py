@@ -9,16 +9,17 @@ LAST_STRIDE, as in FastReID: stride 16 with LAST_STRIDE 1, 32 with 2.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
-from reid.modeling.backbones.pretrained import load_pretrained
+from reid.modeling.backbones.common import (VARIANT_SWITCHES, finish_backbone,
+                                            init_conv_norm_weights, parse_depth, pycls_he_normal,
+                                            reject_switches, stripped)
 from reid.modeling.layers.norm import get_norm
+from reid.modeling.layers.se import ConvSELayer
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +59,6 @@ SPECS = {
 }
 
 
-class SqueezeExcitation(nn.Module):
-    """AvgPool, 1x1 conv, Swish, 1x1 conv, sigmoid gate."""
-
-    def __init__(self, channels: int, squeezed: int) -> None:
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.f_ex = nn.Sequential(nn.Conv2d(channels, squeezed, 1), nn.SiLU(),
-                                  nn.Conv2d(squeezed, channels, 1), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.f_ex(self.avg_pool(x))
-
-
 class MBConv(nn.Module):
     """Inverted bottleneck: [1x1 expand] -> depthwise kxk -> SE -> 1x1 project [+ x]."""
 
@@ -87,7 +75,7 @@ class MBConv(nn.Module):
                                bias=False)
         self.dwise_bn = get_norm(norm, w_exp)
         self.dwise_swish = nn.SiLU()
-        self.se = SqueezeExcitation(w_exp, int(w_in * SE_RATIO))
+        self.se = ConvSELayer(w_exp, int(w_in * SE_RATIO), nn.SiLU)  # Swish
         self.lin_proj = nn.Conv2d(w_exp, w_out, 1, bias=False)
         self.lin_proj_bn = get_norm(norm, w_out)
         # the projection is linear, so the residual is a plain sum (MobileNetV2 style)
@@ -128,7 +116,9 @@ class Head(nn.Module):
         return self.conv_swish(self.conv_bn(self.conv(x)))
 
 
-class EffNet(nn.Module):
+class EffNet(nn.Sequential):
+    """Stem, stages s1..s7 and head, run in that order."""
+
     def __init__(self, spec: EffNetSpec, last_stride: int = 1, norm: str = "BN") -> None:
         super().__init__()
         self.stem = Stem(spec.stem_width, norm)
@@ -145,48 +135,13 @@ class EffNet(nn.Module):
             self.add_module(f"s{index + 1}", stage)
         self.head = Head(w_in, spec.head_width, norm)
         self.out_channels = spec.head_width
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # pycls' init: N(0, sqrt(2 / fan_out)) convs, BN gamma 1 / beta 0
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.children():
-            x = module(x)
-        return x
-
-
-def parse_depth(depth: str) -> str:
-    key = str(depth).strip()
-    if key not in SPECS:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not an EfficientNet depth; "
-                        f"expected one of {', '.join(SPECS)}")
-    return key
-
-
-def check_unsupported(cfg) -> None:
-    for key in ("WITH_IBN", "WITH_SE", "WITH_NL"):
-        if cfg.MODEL.BACKBONE[key]:
-            raise ReidError(f"MODEL.BACKBONE.{key} True is not supported by EfficientNet; set "
-                            "it to False (its blocks always have SE)")
+        init_conv_norm_weights(self, pycls_he_normal)
 
 
 @BACKBONE_REGISTRY.register()
 def build_effnet_backbone(cfg) -> EffNet:
-    check_unsupported(cfg)
-    depth = parse_depth(cfg.MODEL.BACKBONE.DEPTH)
-    spec = SPECS[depth]
-    model = EffNet(spec, cfg.MODEL.BACKBONE.LAST_STRIDE, cfg.MODEL.BACKBONE.NORM)
-    model.description = f"efficientnet {depth}"
-    if cfg.MODEL.BACKBONE.PRETRAIN:
-        load_pretrained(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH, [spec.url])
-    return model
+    options = cfg.MODEL.BACKBONE
+    reject_switches(options, VARIANT_SWITCHES, "EfficientNet", "its blocks always have SE")
+    depth = parse_depth(options.DEPTH, SPECS, "an EfficientNet depth", stripped)
+    model = EffNet(SPECS[depth], options.LAST_STRIDE, options.NORM)
+    return finish_backbone(model, options, f"efficientnet {depth}", lambda: [SPECS[depth].url])

@@ -17,9 +17,10 @@ import re
 import torch
 from torch import nn
 
-from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
-from reid.modeling.backbones.pretrained import load_pretrained
+from reid.modeling.backbones.common import (VARIANT_SWITCHES, finish_backbone,
+                                            init_conv_norm_weights, parse_depth, reject_switches,
+                                            torchvision_urls)
 from reid.modeling.layers.norm import get_norm
 
 logger = logging.getLogger(__name__)
@@ -89,16 +90,8 @@ class MobileNetV2(nn.Module):
             else LAST_CHANNELS
         self.conv = nn.Sequential(*conv_norm(channels, last, 1, 1, norm))
         self.out_channels = last
-        self._init_weights()
+        init_conv_norm_weights(self)
         self.register_load_state_dict_pre_hook(rename_torchvision_keys)
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.features(x))
@@ -147,38 +140,12 @@ def rename_torchvision_keys(model: MobileNetV2, state_dict: dict, prefix: str, *
     logger.info("renamed torchvision MobileNetV2 keys to FastReID's layout")
 
 
-def parse_depth(depth: str) -> str:
-    if depth not in WIDTHS:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not a MobileNetV2 width; "
-                        f"expected one of {', '.join(WIDTHS)}")
-    return depth
-
-
-def check_unsupported(cfg) -> None:
-    for key in ("WITH_IBN", "WITH_SE", "WITH_NL"):
-        if cfg.MODEL.BACKBONE[key]:
-            raise ReidError(f"MODEL.BACKBONE.{key} True is not supported by "
-                            "build_mobilenetv2_backbone; set it to False")
-
-
-def torchvision_urls(width_mult: float) -> list[str]:
-    """torchvision's ImageNet files (IMAGENET1K_V1 first); it publishes only width 1.0."""
-    if width_mult != 1.0:
-        return []
-    try:
-        from torchvision.models import get_model_weights
-        return [weights.url for weights in get_model_weights("mobilenet_v2")]
-    except Exception:  # noqa: BLE001 - torchvision missing or renamed: no known files
-        logger.debug("torchvision has no weights listed for mobilenet_v2")
-        return []
-
-
 @BACKBONE_REGISTRY.register()
 def build_mobilenetv2_backbone(cfg) -> MobileNetV2:
-    check_unsupported(cfg)
-    depth = parse_depth(cfg.MODEL.BACKBONE.DEPTH)
-    model = MobileNetV2(WIDTHS[depth], cfg.MODEL.BACKBONE.NORM)
-    model.description = f"mobilenetv2 {depth}"
-    if cfg.MODEL.BACKBONE.PRETRAIN:
-        load_pretrained(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH, torchvision_urls(WIDTHS[depth]))
-    return model
+    options = cfg.MODEL.BACKBONE
+    reject_switches(options, VARIANT_SWITCHES, "build_mobilenetv2_backbone")
+    depth = parse_depth(options.DEPTH, WIDTHS, "a MobileNetV2 width")
+    model = MobileNetV2(WIDTHS[depth], options.NORM)
+    # torchvision publishes ImageNet weights for width 1.0 only
+    return finish_backbone(model, options, f"mobilenetv2 {depth}", lambda: torchvision_urls(
+        "mobilenet_v2" if WIDTHS[depth] == 1.0 else None))

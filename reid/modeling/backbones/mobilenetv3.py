@@ -18,10 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
+from reid.modeling.backbones.common import (VARIANT_SWITCHES, finish_backbone,
+                                            init_conv_norm_weights, parse_depth, reject_switches,
+                                            torchvision_urls)
 from reid.modeling.backbones.mobilenetv2 import make_divisible
-from reid.modeling.backbones.pretrained import load_pretrained
 from reid.modeling.layers.norm import get_norm
 
 logger = logging.getLogger(__name__)
@@ -134,54 +135,18 @@ class MobileNetV3(nn.Module):
                                   get_norm(norm, arch.last_channels),
                                   nn.ReLU6(inplace=True))
         self.out_channels = arch.last_channels
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_norm_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.features(x))
 
 
-def parse_depth(depth: str) -> str:
-    if depth not in ARCHS:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not a MobileNetV3 size; "
-                        f"expected one of {', '.join(ARCHS)}")
-    return depth
-
-
-def check_unsupported(cfg) -> None:
-    for key in ("WITH_IBN", "WITH_SE", "WITH_NL"):
-        if cfg.MODEL.BACKBONE[key]:
-            raise ReidError(f"MODEL.BACKBONE.{key} True is not supported by "
-                            "build_mobilenetv3_backbone; set it to False")
-
-
-def torchvision_urls(name: str) -> list[str]:
-    """torchvision's ImageNet files for ``name``, IMAGENET1K_V1 (FastReID's) first."""
-    try:
-        from torchvision.models import get_model_weights
-        return [weights.url for weights in get_model_weights(name)]
-    except Exception:  # noqa: BLE001 - torchvision missing or renamed: no known files
-        logger.debug("torchvision has no weights listed for %s", name)
-        return []
-
-
 @BACKBONE_REGISTRY.register()
 def build_mobilenetv3_backbone(cfg) -> MobileNetV3:
-    check_unsupported(cfg)
-    depth = parse_depth(cfg.MODEL.BACKBONE.DEPTH)
+    options = cfg.MODEL.BACKBONE
+    reject_switches(options, VARIANT_SWITCHES, "build_mobilenetv3_backbone")
+    depth = parse_depth(options.DEPTH, ARCHS, "a MobileNetV3 size")
     arch = ARCHS[depth]
-    model = MobileNetV3(arch, cfg.MODEL.BACKBONE.NORM)
-    model.description = f"mobilenetv3 {depth}"
-    if cfg.MODEL.BACKBONE.PRETRAIN:
-        load_pretrained(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH,
-                        torchvision_urls(arch.torchvision_name))
-    return model
+    model = MobileNetV3(arch, options.NORM)
+    return finish_backbone(model, options, f"mobilenetv3 {depth}",
+                           lambda: torchvision_urls(arch.torchvision_name))

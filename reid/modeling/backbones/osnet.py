@@ -14,8 +14,8 @@ import logging
 import torch
 from torch import nn
 
-from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
+from reid.modeling.backbones.common import init_conv_norm_weights, parse_depth, reject_switches
 from reid.modeling.backbones.pretrained import hub_checkpoint_dir, load_pretrained
 from reid.modeling.layers.norm import get_norm
 
@@ -162,18 +162,7 @@ class OSNet(nn.Module):
         self.conv4 = make_stage(c3, c4, norm, reduce_size=False)
         self.conv5 = Conv1x1(c4, c4, norm)
         self.out_channels = c4
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.InstanceNorm2d)):
-                if module.affine:
-                    nn.init.ones_(module.weight)
-                    nn.init.zeros_(module.bias)
+        init_conv_norm_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(x))
@@ -181,20 +170,6 @@ class OSNet(nn.Module):
         x = self.conv3(x)
         x = self.conv4(x)
         return self.conv5(x)
-
-
-def parse_depth(depth: str) -> str:
-    if depth not in STAGE_CHANNELS:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not an OSNet depth; "
-                        f"expected one of {', '.join(STAGE_CHANNELS)}")
-    return depth
-
-
-def check_unsupported(cfg) -> None:
-    for key in ("WITH_SE", "WITH_NL"):
-        if cfg.MODEL.BACKBONE[key]:
-            raise ReidError(f"MODEL.BACKBONE.{key} True is not supported by "
-                            "build_osnet_backbone; set it to False")
 
 
 def release_file_name(depth: str, with_ibn: bool) -> str:
@@ -218,12 +193,12 @@ def load_imagenet_weights(model: OSNet, pretrain_path: str, file_name: str) -> b
 
 @BACKBONE_REGISTRY.register()
 def build_osnet_backbone(cfg) -> OSNet:
-    check_unsupported(cfg)
-    depth = parse_depth(cfg.MODEL.BACKBONE.DEPTH)
-    with_ibn = bool(cfg.MODEL.BACKBONE.WITH_IBN)
-    model = OSNet(STAGE_CHANNELS[depth], cfg.MODEL.BACKBONE.NORM, with_ibn)
+    options = cfg.MODEL.BACKBONE
+    reject_switches(options, ("WITH_SE", "WITH_NL"), "build_osnet_backbone")
+    depth = parse_depth(options.DEPTH, STAGE_CHANNELS, "an OSNet depth")
+    with_ibn = bool(options.WITH_IBN)
+    model = OSNet(STAGE_CHANNELS[depth], options.NORM, with_ibn)
     model.description = f"osnet{'_ibn' if with_ibn else ''} {depth}"
-    if cfg.MODEL.BACKBONE.PRETRAIN:
-        load_imagenet_weights(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH,
-                              release_file_name(depth, with_ibn))
+    if options.PRETRAIN:
+        load_imagenet_weights(model, options.PRETRAIN_PATH, release_file_name(depth, with_ibn))
     return model

@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
-from reid.modeling.backbones.pretrained import load_pretrained
+from reid.modeling.backbones.common import (VARIANT_SWITCHES, finish_backbone,
+                                            init_conv_norm_weights, parse_depth, pycls_he_normal,
+                                            reject_switches, stripped)
 from reid.modeling.layers.norm import get_norm
+from reid.modeling.layers.se import ConvSELayer
 
 logger = logging.getLogger(__name__)
 
@@ -99,17 +102,6 @@ def regnet_stages(spec: RegNetSpec) -> list[Stage]:
     return stages
 
 
-class SqueezeExcitation(nn.Module):
-    def __init__(self, channels: int, squeezed: int) -> None:
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.f_ex = nn.Sequential(nn.Conv2d(channels, squeezed, 1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(squeezed, channels, 1), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.f_ex(self.avg_pool(x))
-
-
 class BottleneckTransform(nn.Module):
     """1x1 -> grouped 3x3 (strided) -> [SE] -> 1x1, bottleneck multiplier 1 as in RegNet."""
 
@@ -123,7 +115,8 @@ class BottleneckTransform(nn.Module):
         self.b_bn = get_norm(norm, w_out)
         self.b_relu = nn.ReLU(inplace=True)
         # the squeeze width follows the block's input width, not the bottleneck's
-        self.se = SqueezeExcitation(w_out, int(round(w_in * SE_RATIO))) if se else None
+        self.se = (ConvSELayer(w_out, int(round(w_in * SE_RATIO)), partial(nn.ReLU, inplace=True))
+                   if se else None)
         self.c = nn.Conv2d(w_out, w_out, 1, bias=False)
         self.c_bn = get_norm(norm, w_out)
 
@@ -164,7 +157,9 @@ class SimpleStem(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
-class RegNet(nn.Module):
+class RegNet(nn.Sequential):
+    """Stem and stages s1..s4, run in that order."""
+
     def __init__(self, spec: RegNetSpec, last_stride: int = 1, norm: str = "BN") -> None:
         super().__init__()
         self.stem = SimpleStem(STEM_WIDTH, norm)
@@ -175,7 +170,7 @@ class RegNet(nn.Module):
             self.add_module(f"s{index}", self._make_stage(w_in, stage, stride, spec.se, norm))
             w_in = stage.width
         self.out_channels = w_in
-        self._init_weights()
+        init_conv_norm_weights(self, pycls_he_normal)
 
     @staticmethod
     def _make_stage(w_in: int, stage: Stage, stride: int, se: bool, norm: str) -> nn.Sequential:
@@ -187,47 +182,12 @@ class RegNet(nn.Module):
                 stage.group_width, se, norm))
         return blocks
 
-    def _init_weights(self) -> None:
-        # pycls' ResNet-style init: N(0, sqrt(2 / fan_out)) convs, BN gamma 1 / beta 0
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.children():
-            x = module(x)
-        return x
-
-
-def parse_depth(depth: str) -> str:
-    key = str(depth).strip()
-    if key not in SPECS:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not a RegNet depth; "
-                        f"expected one of {', '.join(SPECS)}")
-    return key
-
-
-def check_unsupported(cfg) -> None:
-    # SE is part of the DEPTH name (the "y" models), so WITH_SE is not consulted either
-    for key in ("WITH_IBN", "WITH_SE", "WITH_NL"):
-        if cfg.MODEL.BACKBONE[key]:
-            raise ReidError(f"MODEL.BACKBONE.{key} True is not supported by RegNet; set it to "
-                            "False (SE comes with the 'y' depths)")
-
 
 @BACKBONE_REGISTRY.register()
 def build_regnet_backbone(cfg) -> RegNet:
-    check_unsupported(cfg)
-    depth = parse_depth(cfg.MODEL.BACKBONE.DEPTH)
-    spec = SPECS[depth]
-    model = RegNet(spec, cfg.MODEL.BACKBONE.LAST_STRIDE, cfg.MODEL.BACKBONE.NORM)
-    model.description = f"regnet {depth}"
-    if cfg.MODEL.BACKBONE.PRETRAIN:
-        load_pretrained(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH, [spec.url])
-    return model
+    options = cfg.MODEL.BACKBONE
+    # SE is part of the DEPTH name (the "y" models), so WITH_SE is refused too
+    reject_switches(options, VARIANT_SWITCHES, "RegNet", "SE comes with the 'y' depths")
+    depth = parse_depth(options.DEPTH, SPECS, "a RegNet depth", stripped)
+    model = RegNet(SPECS[depth], options.LAST_STRIDE, options.NORM)
+    return finish_backbone(model, options, f"regnet {depth}", lambda: [SPECS[depth].url])

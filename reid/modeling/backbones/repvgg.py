@@ -17,7 +17,8 @@ from torch import nn
 
 from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
-from reid.modeling.backbones.pretrained import load_pretrained
+from reid.modeling.backbones.common import (VARIANT_SWITCHES, finish_backbone, parse_depth,
+                                            reject_switches, stripped)
 from reid.modeling.layers.norm import get_norm
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,9 @@ class RepVGGBlock(nn.Module):
         self.deploying = True
 
 
-class RepVGG(nn.Module):
+class RepVGG(nn.Sequential):
+    """stage0..stage4, run in that order."""
+
     def __init__(self, spec: RepVGGSpec, last_stride: int = 1, norm: str = "BN") -> None:
         super().__init__()
         self.deploying = False
@@ -163,34 +166,12 @@ class RepVGG(nn.Module):
         self.deploying = True
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.children():
-            x = module(x)
-        return x
-
-
-def parse_depth(depth: str) -> str:
-    key = str(depth).strip()
-    if key not in SPECS:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not a RepVGG depth; "
-                        f"expected one of {', '.join(SPECS)}")
-    return key
-
-
-def check_unsupported(cfg) -> None:
-    for key in ("WITH_IBN", "WITH_SE", "WITH_NL"):
-        if cfg.MODEL.BACKBONE[key]:
-            raise ReidError(f"MODEL.BACKBONE.{key} True is not supported by RepVGG; "
-                            "set it to False")
-
 
 @BACKBONE_REGISTRY.register()
 def build_repvgg_backbone(cfg) -> RepVGG:
-    check_unsupported(cfg)
-    depth = parse_depth(cfg.MODEL.BACKBONE.DEPTH)
-    model = RepVGG(SPECS[depth], cfg.MODEL.BACKBONE.LAST_STRIDE, cfg.MODEL.BACKBONE.NORM)
-    model.description = f"repvgg {depth}"
-    if cfg.MODEL.BACKBONE.PRETRAIN:
-        # RepVGG's ImageNet weights are not on a stable URL; FastReID reads them from a path too
-        load_pretrained(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH, [])
-    return model
+    options = cfg.MODEL.BACKBONE
+    reject_switches(options, VARIANT_SWITCHES, "RepVGG")
+    depth = parse_depth(options.DEPTH, SPECS, "a RepVGG depth", stripped)
+    model = RepVGG(SPECS[depth], options.LAST_STRIDE, options.NORM)
+    # RepVGG's ImageNet weights are not on a stable URL; FastReID reads them from a path too
+    return finish_backbone(model, options, f"repvgg {depth}")

@@ -17,7 +17,8 @@ from torch import nn
 
 from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
-from reid.modeling.backbones.pretrained import load_pretrained
+from reid.modeling.backbones.common import (finish_backbone, init_conv_norm_weights, parse_depth,
+                                            reject_switches, with_x_suffix)
 from reid.modeling.layers.ibn import IBN
 from reid.modeling.layers.non_local import NonLocal
 from reid.modeling.layers.norm import get_norm
@@ -120,7 +121,8 @@ class ResNeSt(nn.Module):
             setattr(self, f"layer{index + 1}", layer)
             in_channels = width * EXPANSION
         self.out_channels = in_channels
-        self._init_weights()
+        # conv weights only: the split-attention fc biases keep PyTorch's default init
+        init_conv_norm_weights(self, zero_conv_bias=False)
         # stage index -> {block index: index into NL_<stage>}; indices rather than module
         # references, so replicas (DataParallel, deepcopy) look up their own modules
         self._non_local_after: list[dict[int, int]] = [{} for _ in STAGE_WIDTHS]
@@ -135,14 +137,6 @@ class ResNeSt(nn.Module):
             setattr(self, f"NL_{index + 1}", modules)
             positions = non_local_positions(blocks, count)
             self._non_local_after[index] = {block: j for j, block in enumerate(positions)}
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -166,26 +160,15 @@ def make_stage(in_channels: int, width: int, blocks: int, stride: int, norm: str
     return nn.Sequential(*layers)
 
 
-def parse_depth(depth: str) -> str:
-    """"50x", "50" -> "50x"; an unknown depth is the user's error."""
-    key = str(depth).strip()
-    key = key if key.endswith("x") else f"{key}x"
-    if key not in ARCHS:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not a ResNeSt depth; "
-                        f"expected one of {', '.join(ARCHS)}")
-    return key
-
-
 def release_urls(arch: Arch) -> list[str]:
     return [url.format(arch.release_file) for url in RELEASE_URLS]
 
 
 def check_supported(backbone_cfg) -> None:
     """Refuse the options that would silently build another model or fail mid-forward."""
-    if backbone_cfg.WITH_SE:
-        # FastReID ignores the key here; saying so beats silently training another model
-        raise ReidError("MODEL.BACKBONE.WITH_SE True is not supported by build_resnest_backbone "
-                        "(its split attention replaces SE); set it to False")
+    # FastReID ignores WITH_SE here; saying so beats silently training another model
+    reject_switches(backbone_cfg, ("WITH_SE",), "build_resnest_backbone",
+                    "its split attention replaces SE")
     if backbone_cfg.NORM == "GN":
         # the attention branch is 1x1 with 32 channels in stage 1: GroupNorm(32) would
         # normalise single values (torch refuses; FastReID fails at the first forward)
@@ -197,11 +180,8 @@ def check_supported(backbone_cfg) -> None:
 def build_resnest_backbone(cfg) -> ResNeSt:
     backbone_cfg = cfg.MODEL.BACKBONE
     check_supported(backbone_cfg)
-    depth = parse_depth(backbone_cfg.DEPTH)
+    depth = parse_depth(backbone_cfg.DEPTH, ARCHS, "a ResNeSt depth", with_x_suffix)
     arch = ARCHS[depth]
     model = ResNeSt(arch, backbone_cfg.LAST_STRIDE, backbone_cfg.NORM,
                     backbone_cfg.WITH_IBN, backbone_cfg.WITH_NL)
-    model.description = f"resnest {depth}"
-    if backbone_cfg.PRETRAIN:
-        load_pretrained(model, backbone_cfg.PRETRAIN_PATH, release_urls(arch))
-    return model
+    return finish_backbone(model, backbone_cfg, f"resnest {depth}", lambda: release_urls(arch))

@@ -23,7 +23,8 @@ from torch import nn
 
 from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
-from reid.modeling.backbones.pretrained import load_pretrained
+from reid.modeling.backbones.common import (finish_backbone, init_conv_norm_weights, parse_depth,
+                                            torchvision_urls, with_x_suffix)
 from reid.modeling.layers.ibn import IBN
 from reid.modeling.layers.non_local import NonLocal
 from reid.modeling.layers.norm import get_norm
@@ -133,7 +134,7 @@ class ResNet(nn.Module):
             setattr(self, f"layer{stage}", layer)
             stage_channels.append(self._in_channels)
         self.out_channels = self._in_channels
-        self._init_weights()
+        init_conv_norm_weights(self)
         # built after the init above, as FastReID does: their convs keep PyTorch's default
         # init and their output norm stays zero (the block starts as an identity)
         self._add_nonlocal_blocks(nl_layers, stage_channels, norm)
@@ -159,14 +160,6 @@ class ResNet(nn.Module):
             if count:
                 setattr(self, f"NL_{stage}",
                         nn.ModuleList(NonLocal(channels, norm) for _ in range(count)))
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def _run_stage(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         blocks = getattr(self, f"layer{stage}")
@@ -214,16 +207,6 @@ IBN_NET_FILES = {
 }
 
 
-def parse_depth(depth: str, archs: dict[str, Arch] = ARCHS, family: str = "ResNet") -> str:
-    """"50x", "50" -> "50x"; an unknown depth is the user's error."""
-    key = str(depth).strip()
-    key = key if key.endswith("x") else f"{key}x"
-    if key not in archs:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not a {family} depth; "
-                        f"expected one of {', '.join(archs)}")
-    return key
-
-
 def check_last_stride(last_stride: int) -> None:
     if last_stride not in (1, 2):
         raise ReidError(f"MODEL.BACKBONE.LAST_STRIDE must be 1 or 2; got {last_stride!r}")
@@ -249,34 +232,19 @@ def describe(family: str, depth: str, with_ibn: bool, with_se: bool, with_nl: bo
     return f"{family} {depth}" + (f" ({', '.join(variants)})" if variants else "")
 
 
-def torchvision_urls(name: str | None) -> list[str]:
-    """torchvision's ImageNet files for ``name``, oldest (IMAGENET1K_V1, FastReID's) first."""
-    if name is None:
-        return []
-    try:
-        from torchvision.models import get_model_weights
-        return [weights.url for weights in get_model_weights(name)]
-    except Exception:  # noqa: BLE001 - torchvision missing or renamed: no known files
-        logger.debug("torchvision has no weights listed for %s", name)
-        return []
-
-
-def resnet_weight_urls(arch: Arch, depth: str, with_ibn: bool, with_se: bool) -> list[str]:
-    """ImageNet files for this variant: IBN-Net's for IBN, else torchvision's.
-
-    torchvision's files have no SE layers: with WITH_SE those start from their init (the
-    loader names them as missing) and everything else from ImageNet.
-    """
+def imagenet_urls(with_ibn: bool, ibn_net_file: str | None,
+                  torchvision_name: str | None) -> list[str]:
+    """ImageNet files for a ResNet-style variant: IBN-Net's release file for IBN, else
+    torchvision's; None where that source has no file for the variant."""
     if with_ibn:
-        name = IBN_NET_FILES.get((depth, with_se))
-        return [IBN_NET_RELEASE + name] if name else []
-    return torchvision_urls(arch.torchvision_name)
+        return [IBN_NET_RELEASE + ibn_net_file] if ibn_net_file else []
+    return torchvision_urls(torchvision_name)
 
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_backbone(cfg) -> ResNet:
     options = cfg.MODEL.BACKBONE
-    depth = parse_depth(options.DEPTH)
+    depth = parse_depth(options.DEPTH, ARCHS, "a ResNet depth", with_x_suffix)
     check_last_stride(options.LAST_STRIDE)
     arch = ARCHS[depth]
     description = describe("resnet", depth, options.WITH_IBN, options.WITH_SE, options.WITH_NL)
@@ -284,8 +252,7 @@ def build_resnet_backbone(cfg) -> ResNet:
                    ibn_layers=RESNET_IBN_LAYERS if options.WITH_IBN else (),
                    with_se=options.WITH_SE,
                    nl_layers=nonlocal_layout(arch, description, options.WITH_NL))
-    model.description = description
-    if options.PRETRAIN:
-        urls = resnet_weight_urls(arch, depth, options.WITH_IBN, options.WITH_SE)
-        load_pretrained(model, options.PRETRAIN_PATH, urls)
-    return model
+    # torchvision's files have no SE layers: with WITH_SE those start from their init (the
+    # loader names them as missing) and everything else from ImageNet
+    return finish_backbone(model, options, description, lambda: imagenet_urls(
+        options.WITH_IBN, IBN_NET_FILES.get((depth, options.WITH_SE)), arch.torchvision_name))

@@ -14,10 +14,9 @@ import logging
 from torch import nn
 
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
-from reid.modeling.backbones.pretrained import load_pretrained
+from reid.modeling.backbones.common import finish_backbone, parse_depth, with_x_suffix
 from reid.modeling.backbones.resnet import (
-    IBN_NET_RELEASE, Arch, Bottleneck, ResNet, check_last_stride, describe, nonlocal_layout,
-    parse_depth, torchvision_urls)
+    Arch, Bottleneck, ResNet, check_last_stride, describe, imagenet_urls, nonlocal_layout)
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +42,10 @@ RESNEXT_IBN_LAYERS = (1, 2, 3, 4)
 IBN_NET_FILES = {"101x": "resnext101_ibn_a-6ace051d.pth"}
 
 
-def resnext_weight_urls(arch: Arch, depth: str, with_ibn: bool) -> list[str]:
-    """IBN-Net's file for IBN (101x only), else torchvision's (50x only)."""
-    if with_ibn:
-        name = IBN_NET_FILES.get(depth)
-        return [IBN_NET_RELEASE + name] if name else []
-    return torchvision_urls(arch.torchvision_name)
-
-
 @BACKBONE_REGISTRY.register()
 def build_resnext_backbone(cfg) -> ResNet:
     options = cfg.MODEL.BACKBONE
-    depth = parse_depth(options.DEPTH, RESNEXT_ARCHS, "ResNeXt")
+    depth = parse_depth(options.DEPTH, RESNEXT_ARCHS, "a ResNeXt depth", with_x_suffix)
     check_last_stride(options.LAST_STRIDE)
     arch = RESNEXT_ARCHS[depth]
     description = describe("resnext", depth, options.WITH_IBN, False, options.WITH_NL)
@@ -66,8 +57,6 @@ def build_resnext_backbone(cfg) -> ResNet:
                    ibn_layers=RESNEXT_IBN_LAYERS if options.WITH_IBN else (),
                    nl_layers=nonlocal_layout(arch, description, options.WITH_NL),
                    maxpool=nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    model.description = description
-    if options.PRETRAIN:
-        load_pretrained(model, options.PRETRAIN_PATH,
-                        resnext_weight_urls(arch, depth, options.WITH_IBN))
-    return model
+    # IBN-Net has a file for 101x only, torchvision for 50x only
+    return finish_backbone(model, options, description, lambda: imagenet_urls(
+        options.WITH_IBN, IBN_NET_FILES.get(depth), arch.torchvision_name))

@@ -21,6 +21,7 @@ from torch import nn
 
 from reid.errors import ReidError
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
+from reid.modeling.backbones.common import VARIANT_SWITCHES, parse_depth, reject_switches
 from reid.modeling.backbones.pretrained import load_pretrained
 from reid.modeling.layers.norm import get_norm
 
@@ -42,6 +43,18 @@ def split_even_odd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, 0::2], x[:, 1::2]
 
 
+def depthwise_pointwise(in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                        norm: str) -> list[nn.Module]:
+    """Depthwise kxk conv + norm (linear), then 1x1 conv + norm + ReLU: the tail both branches
+    share, as a flat list so each branch keeps Megvii's flat indices."""
+    return [nn.Conv2d(in_channels, in_channels, kernel_size, stride, kernel_size // 2,
+                      groups=in_channels, bias=False),
+            get_norm(norm, in_channels),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            get_norm(norm, out_channels),
+            nn.ReLU(inplace=True)]
+
+
 class ShuffleV2Block(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int, stride: int,
                  norm: str, kernel_size: int = 3) -> None:
@@ -49,27 +62,16 @@ class ShuffleV2Block(nn.Module):
         if stride not in (1, 2):
             raise ValueError(f"ShuffleV2Block stride must be 1 or 2, got {stride}")
         self.stride = stride
-        pad = kernel_size // 2
-        main_out = out_channels - in_channels
         self.branch_main = nn.Sequential(
             nn.Conv2d(in_channels, mid_channels, 1, bias=False),
             get_norm(norm, mid_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(mid_channels, mid_channels, kernel_size, stride, pad, groups=mid_channels,
-                      bias=False),
-            get_norm(norm, mid_channels),
-            nn.Conv2d(mid_channels, main_out, 1, bias=False),
-            get_norm(norm, main_out),
-            nn.ReLU(inplace=True))
+            *depthwise_pointwise(mid_channels, out_channels - in_channels, kernel_size, stride,
+                                 norm))
         # a stride-1 block passes half its input through untouched; a stride-2 block must
         # downsample that half too, with its own depthwise + pointwise pair
         self.branch_proj = None if stride == 1 else nn.Sequential(
-            nn.Conv2d(in_channels, in_channels, kernel_size, stride, pad, groups=in_channels,
-                      bias=False),
-            get_norm(norm, in_channels),
-            nn.Conv2d(in_channels, in_channels, 1, bias=False),
-            get_norm(norm, in_channels),
-            nn.ReLU(inplace=True))
+            *depthwise_pointwise(in_channels, in_channels, kernel_size, stride, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.branch_proj is None:
@@ -132,30 +134,17 @@ def reject_torchvision_layout(model: nn.Module, state_dict: dict, prefix: str, *
                         "ShuffleNetV2 layout; use Megvii's ShuffleNetV2 ImageNet file")
 
 
-def parse_depth(depth: str) -> str:
-    if depth not in CHANNELS:
-        raise ReidError(f"MODEL.BACKBONE.DEPTH {depth!r} is not a ShuffleNetV2 size; "
-                        f"expected one of {', '.join(CHANNELS)}")
-    return depth
-
-
-def check_unsupported(cfg) -> None:
-    for key in ("WITH_IBN", "WITH_SE", "WITH_NL"):
-        if cfg.MODEL.BACKBONE[key]:
-            raise ReidError(f"MODEL.BACKBONE.{key} True is not supported by "
-                            "build_shufflenetv2_backbone; set it to False")
-
-
 @BACKBONE_REGISTRY.register()
 def build_shufflenetv2_backbone(cfg) -> ShuffleNetV2:
-    check_unsupported(cfg)
-    depth = parse_depth(cfg.MODEL.BACKBONE.DEPTH)
-    model = ShuffleNetV2(CHANNELS[depth], cfg.MODEL.BACKBONE.NORM)
+    options = cfg.MODEL.BACKBONE
+    reject_switches(options, VARIANT_SWITCHES, "build_shufflenetv2_backbone")
+    depth = parse_depth(options.DEPTH, CHANNELS, "a ShuffleNetV2 size")
+    model = ShuffleNetV2(CHANNELS[depth], options.NORM)
     model.description = f"shufflenetv2 {depth}"
-    if cfg.MODEL.BACKBONE.PRETRAIN:
-        if not cfg.MODEL.BACKBONE.PRETRAIN_PATH:
+    if options.PRETRAIN:
+        if not options.PRETRAIN_PATH:
             logger.warning("ShuffleNetV2 ImageNet weights come only from "
                            "MODEL.BACKBONE.PRETRAIN_PATH (Megvii's file); training from scratch")
         else:
-            load_pretrained(model, cfg.MODEL.BACKBONE.PRETRAIN_PATH, [])
+            load_pretrained(model, options.PRETRAIN_PATH, [])
     return model
