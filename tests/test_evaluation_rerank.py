@@ -190,3 +190,21 @@ def test_bad_features_raise():
         rerank_distance(np.ones((3, 4)), np.ones((5, 4)), k1=3, metric="euclidean")
     with pytest.raises(ReidError, match="block_size must be >= 1"):
         next(ReRanker(q, g, k1=3).blocks(0))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("knn_block", [7, 13, 100])
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 30])
+def test_kept_and_recomputed_query_gallery_distances_agree(monkeypatch, metric, knn_block,
+                                                           keep_bytes):
+    """Small search tiles straddle the query/gallery boundary and are used transposed: the
+    distances kept from them, or recomputed per block (budget 0), give the dense numbers."""
+    from reid.evaluation import rerank as rerank_module
+    monkeypatch.setattr(rerank_module, "_KNN_BLOCK", knn_block)
+    monkeypatch.setattr(rerank_module, "_KEEP_DISTANCES_BYTES", keep_bytes)
+    q, g, _, _ = clustered_problem(11, 15, 6, 23)
+    reranker = ReRanker(q, g, k1=6, k2=3, lambda_value=0.4, metric=metric)
+    assert (reranker._kept is not None) == (keep_bytes > 0)
+    got = np.concatenate([dist for _, _, dist in reranker.blocks(5)])
+    expected = dense_rerank(q, g, 6, 3, 0.4, metric)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)

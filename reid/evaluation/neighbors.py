@@ -26,6 +26,8 @@ from reid.utils import comm
 from reid.utils.registry import Registry
 
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A block distance that can write into a given contiguous ``A x B`` tensor: ``fn(a, b, out=t)``.
+BlockDistanceFn = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,13 @@ class MetricSpace:
     """A distance of ``reid.evaluation.distance`` split so that its per-row work is done once.
 
     ``prepare`` maps features into the space once (e.g. L2 normalisation); on prepared rows,
-    ``block(A, B)`` is the ``A x B`` distance matrix and ``paired(A, B)`` the distance of
-    ``A[i]`` to ``B[i]`` for each ``i``. The numbers are those of ``DISTANCE_METRICS``.
+    ``block(A, B, out=None)`` is the ``A x B`` distance matrix (written into ``out`` when
+    given) and ``paired(A, B)`` the distance of ``A[i]`` to ``B[i]`` for each ``i``. The
+    numbers are those of ``DISTANCE_METRICS``.
     """
 
     prepare: Callable[[torch.Tensor], torch.Tensor]
-    block: DistanceFn
+    block: BlockDistanceFn
     paired: DistanceFn
 
 
@@ -47,15 +50,19 @@ METRIC_SPACES = Registry("neighbour-search metric")
 METRIC_SPACES.register(MetricSpace(
     prepare=lambda feats: F.normalize(feats, p=2, dim=1),
     # 1 - a @ b.T in one pass over the output.
-    block=lambda a, b: torch.addmm(a.new_ones(1, 1), a, b.t(), alpha=-1.0),
+    block=lambda a, b, out=None: torch.addmm(a.new_ones(1, 1), a, b.t(), alpha=-1.0, out=out),
     paired=lambda a, b: 1.0 - (a * b).sum(dim=1),
 ), name="cosine")
 
 METRIC_SPACES.register(MetricSpace(
     prepare=lambda feats: feats,
-    block=DISTANCE_METRICS.get("euclidean"),
+    block=lambda a, b, out=None: _written(DISTANCE_METRICS.get("euclidean")(a, b), out),
     paired=lambda a, b: (a - b).pow(2).sum(dim=1),
 ), name="euclidean")
+
+
+def _written(values: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return values if out is None else out.copy_(values)
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,10 @@ class Neighbours:
     farthest: torch.Tensor   # N, the largest distance from the item to any item
 
 
-def all_pairs_knn(feats: torch.Tensor, k: int, distance: DistanceFn,
-                  block_size: int = 2048) -> Neighbours:
+def all_pairs_knn(feats: torch.Tensor, k: int, distance: BlockDistanceFn,
+                  block_size: int = 2048,
+                  on_tile: Callable[[int, int, torch.Tensor], None] | None = None
+                  ) -> Neighbours:
     """The ``k`` nearest items of every row of ``feats`` among all rows (itself included).
 
     Args:
@@ -77,12 +86,21 @@ def all_pairs_knn(feats: torch.Tensor, k: int, distance: DistanceFn,
         distance: a symmetric block distance ``(A x D, B x D) -> A x B`` (smaller = closer),
             e.g. ``METRIC_SPACES.get(name).block`` on prepared features.
         block_size: rows per tile; memory is about ``block_size**2`` floats plus ``N x k``.
+        on_tile: called as ``on_tile(row_start, col_start, tile)`` with every computed tile
+            (those on and above the diagonal; valid only during the call), e.g. to keep some
+            of the distances.
     """
     num = feats.shape[0]
     best = RunningBest(num, k, feats.device)
+    # One reused output buffer: a fresh 64 MB tile per product costs page faults every time.
+    scratch = feats.new_empty(min(block_size, num) ** 2)
     with torch.no_grad():
         for a, b in symmetric_tiles(num, block_size, "neighbour search"):
-            tile = distance(feats[a:a + block_size], feats[b:b + block_size])
+            rows, cols = feats[a:a + block_size], feats[b:b + block_size]
+            out = scratch[:len(rows) * len(cols)].view(len(rows), len(cols))
+            tile = distance(rows, cols, out=out)
+            if on_tile is not None:
+                on_tile(a, b, tile)
             best.absorb(a, tile, b)
             if a != b:
                 best.absorb(b, tile.t(), a)

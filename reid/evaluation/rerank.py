@@ -45,6 +45,10 @@ logger = logging.getLogger(__name__)
 _CHUNK_ELEMENTS = 1 << 22
 _PAIR_CHUNK_ROWS = 1 << 14
 _KNN_BLOCK = 4096
+# The neighbour search computes every query x gallery distance anyway; they are kept for the
+# final combination when they fit in this many bytes (Market-sized: 214 MB), and recomputed
+# per query block otherwise (MSMT17-sized: 3.8 GB would break the memory bound).
+_KEEP_DISTANCES_BYTES = 1 << 30
 
 
 def rerank_distance(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
@@ -95,7 +99,11 @@ class ReRanker:
 
     def _search(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Step 1: each item's ``k`` nearest items and distances ``d``; sets the row maxima."""
-        nbrs = all_pairs_knn(self._feats, k, self._space.block, _KNN_BLOCK)
+        kept = None
+        if self.num_query * self.num_gallery * 4 <= _KEEP_DISTANCES_BYTES:
+            kept = _QueryGalleryTiles(self.num_query, self.num_gallery, self._feats.device)
+        nbrs = all_pairs_knn(self._feats, k, self._space.block, _KNN_BLOCK, on_tile=kept)
+        self._kept = kept
         # D = d ** 2 is increasing in d >= 0, so the row maximum of D is the farthest d squared.
         self._row_max = nbrs.farthest.double().cpu().numpy() ** 2
         if not np.all(self._row_max > 0):
@@ -126,12 +134,19 @@ class ReRanker:
         out = np.empty((stop - start, self.num_gallery), dtype=np.float32)
         original = self._normalised_distance(start, stop) if lam > 0 else None
         for lo, hi in _bounded_row_ranges(self._queries, self._gallery_columns, start, stop):
+            # In place: at Market size a block is ~1,000 x 16,000 cells, and every temporary
+            # array of that size costs more in page faults than in arithmetic.
             overlap = self._overlap(lo, hi)
-            jaccard = 1.0 - overlap / (2.0 - overlap)
-            rows = slice(lo - start, hi - start)
-            if original is not None:
-                jaccard = (1.0 - lam) * jaccard + lam * original[rows]
-            out[rows] = jaccard
+            jaccard = np.subtract(2.0, overlap)
+            np.divide(overlap, jaccard, out=jaccard)
+            np.subtract(1.0, jaccard, out=jaccard)  # 1 - m / (2 - m)
+            rows = out[lo - start:hi - start]
+            if original is None:
+                rows[...] = jaccard
+            else:
+                jaccard *= 1.0 - lam
+                np.multiply(original[lo - start:hi - start], lam, out=rows)
+                rows += jaccard
         return out
 
     def _overlap(self, start: int, stop: int) -> np.ndarray:
@@ -150,8 +165,12 @@ class ReRanker:
         """float32 ``D(q, g) = d(q, g) ** 2 / max_j D(q, j)`` for queries ``start..stop-1``."""
         row_max = torch.from_numpy(self._row_max[start:stop, None]).to(self._feats.device)
         with torch.no_grad():
-            dist = self._space.block(self._feats[start:stop], self._feats[self.num_query:])
-            dist = dist.pow_(2).div_(row_max.float())
+            if self._kept is not None:
+                dist = self._kept.dist[start:stop].square()
+            else:
+                dist = self._space.block(self._feats[start:stop],
+                                         self._feats[self.num_query:]).pow_(2)
+            dist = dist.div_(row_max.float())
         return dist.cpu().numpy()
 
     def _pair_distances(self, rows: np.ndarray, cols: np.ndarray, ranked: np.ndarray,
@@ -246,6 +265,24 @@ def _average_rows(encoding: "_Csr", neighbours: np.ndarray) -> "_Csr":
         vals.append(np.bincount(inverse, weights=encoding.data[positions]) / k2)
     return _Csr.from_sorted_pairs(np.concatenate(rows), np.concatenate(cols),
                                   np.concatenate(vals), num)
+
+
+class _QueryGalleryTiles:
+    """Collects the query x gallery part of the neighbour search's distance tiles."""
+
+    def __init__(self, num_query: int, num_gallery: int, device: torch.device) -> None:
+        self.num_query = num_query
+        self.dist = torch.empty(num_query, num_gallery, device=device)
+
+    def __call__(self, row_start: int, col_start: int, tile: torch.Tensor) -> None:
+        # Items are queries then gallery, so a query x gallery pair (row < col) always lies on
+        # or above the diagonal: in the tiles as computed, never only in their transposes.
+        q = self.num_query
+        row_stop = min(row_start + tile.shape[0], q)
+        col_first, col_stop = max(col_start, q), col_start + tile.shape[1]
+        if row_start < row_stop and col_first < col_stop:
+            self.dist[row_start:row_stop, col_first - q:col_stop - q] = \
+                tile[:row_stop - row_start, col_first - col_start:]
 
 
 @dataclass(frozen=True)
