@@ -137,3 +137,10 @@ def test_download_uses_a_short_socket_timeout_and_restores_it(monkeypatch, tmp_p
         pretrained.download("https://example.invalid/w.pth", tmp_path / "w.pth", timeout_s=3.0)
     assert seen["timeout"] == 3.0
     assert socket.getdefaulttimeout() == before
+
+
+def test_unknown_backbone_names_the_closest_and_the_timm_form():
+    message = error_message(lambda: build_backbone(backbone_cfg(NAME="build_resnet50")))
+    assert message.startswith("unknown backbone 'build_resnet50'; "
+                              "did you mean 'build_resnet_backbone'?")
+    assert message.endswith("or any timm model as 'timm:<model name>'")

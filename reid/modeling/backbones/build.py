@@ -14,10 +14,17 @@ def build_backbone(cfg) -> nn.Module:
     """Build MODEL.BACKBONE.NAME and check that it outputs MODEL.BACKBONE.FEAT_DIM channels."""
     name = cfg.MODEL.BACKBONE.NAME
     # "timm:<model>" wraps any timm model; every other name is a registered builder.
-    builder = build_timm_backbone if name.startswith(TIMM_PREFIX) else BACKBONE_REGISTRY.get(name)
+    builder = build_timm_backbone if name.startswith(TIMM_PREFIX) else _registered(name)
     backbone = builder(cfg)
     check_feat_dim(cfg, backbone)
     return backbone
+
+
+def _registered(name: str):
+    try:
+        return BACKBONE_REGISTRY.get(name)
+    except ReidError as exc:
+        raise ReidError(f"{exc}; or any timm model as '{TIMM_PREFIX}<model name>'") from None
 
 
 def check_feat_dim(cfg, backbone: nn.Module) -> None:
