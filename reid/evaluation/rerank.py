@@ -132,7 +132,9 @@ class ReRanker:
     def _block(self, start: int, stop: int) -> np.ndarray:
         lam = self.lambda_value
         out = np.empty((stop - start, self.num_gallery), dtype=np.float32)
-        original = self._normalised_distance(start, stop) if lam > 0 else None
+        # Without kept distances, one product for the whole block (GEMM likes big blocks).
+        computed = (self._normalised_distance(start, stop)
+                    if lam > 0 and self._kept is None else None)
         for lo, hi in _bounded_row_ranges(self._queries, self._gallery_columns, start, stop):
             # In place: at Market size a block is ~1,000 x 16,000 cells, and every temporary
             # array of that size costs more in page faults than in arithmetic.
@@ -141,13 +143,28 @@ class ReRanker:
             np.divide(overlap, jaccard, out=jaccard)
             np.subtract(1.0, jaccard, out=jaccard)  # 1 - m / (2 - m)
             rows = out[lo - start:hi - start]
-            if original is None:
+            if lam == 0:
                 rows[...] = jaccard
+                continue
+            if computed is not None:
+                np.multiply(computed[lo - start:hi - start], lam, out=rows)
             else:
-                jaccard *= 1.0 - lam
-                np.multiply(original[lo - start:hi - start], lam, out=rows)
-                rows += jaccard
+                self._kept_original_into(rows, lo, hi, lam)
+            jaccard *= 1.0 - lam
+            rows += jaccard
         return out
+
+    def _kept_original_into(self, rows: np.ndarray, start: int, stop: int, lam: float) -> None:
+        """``rows = lam * D(q, g)`` for queries ``start..stop-1`` from the kept distances."""
+        dist = self._kept.dist[start:stop]
+        scale = torch.from_numpy(lam / self._row_max[start:stop, None]).float()
+        target = torch.from_numpy(rows)
+        with torch.no_grad():
+            if dist.device.type == "cpu":
+                torch.mul(dist, dist, out=target)
+            else:
+                target.copy_(dist.square().cpu())
+            target.mul_(scale)
 
     def _overlap(self, start: int, stop: int) -> np.ndarray:
         """``m = sum_k min(V(q, k), V(g, k))`` through the gallery's inverted index."""
