@@ -20,7 +20,7 @@ from prefect import flow
 from flows.pipeline import prefect_run_tags, publish_results, result_rows, run_stages
 from reid.config import CfgNode, load_config, merge_overrides
 from reid.errors import ReidError
-from reid.modeling.meta_arch.distiller import paths_override, teacher_paths
+from reid.modeling.meta_arch.teachers import paths_override, teacher_paths
 from tasks.pipeline_tasks import evaluate_task
 from tasks.tracking import Tracker
 

@@ -14,8 +14,8 @@ from reid.engine.checkpoint import Checkpointer
 from reid.errors import ReidError
 from reid.modeling import Baseline, build_model
 from reid.modeling.losses.distillation import bn_margins, overhaul_distillation
-from reid.modeling.meta_arch.distiller import (build_connector, last_block, paths_override,
-                                               teacher_paths)
+from reid.modeling.meta_arch.overhaul import build_connector, last_block
+from reid.modeling.meta_arch.teachers import paths_override, teacher_paths
 
 NUM_CLASSES = 4
 FEAT_DIM = {"18x": 512, "50x": 2048}
