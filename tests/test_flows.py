@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
@@ -43,6 +44,11 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
         results["SyntheticMarket1501"]["mAP"])
     inputs = parent.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == dvc_digest(ROOT / "data.dvc")[:36]
+    # The MLflow run names the Prefect flow run behind it.
+    from prefect.client.orchestration import get_client
+    with get_client(sync_client=True) as prefect_client:
+        flow_run = prefect_client.read_flow_run(UUID(parent.data.tags["prefect.flow_run_id"]))
+        assert prefect_client.read_flow(flow_run.flow_id).name == "reid-pipeline"
 
     stages = children(client, parent.info.run_id)
     assert set(stages) == STAGES
