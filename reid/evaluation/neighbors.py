@@ -103,14 +103,16 @@ def all_pairs_knn(feats: torch.Tensor, k: int, distance: BlockDistanceFn,
                 on_tile(a, b, tile)
             best.absorb(a, tile, b)
             if a != b:
-                best.absorb(b, tile.t(), a)
+                best.absorb_transposed(b, tile, a)
     return best.result()
 
 
 def symmetric_tiles(num: int, block_size: int, desc: str):
-    """The ``(row_start, col_start)`` tiles on and above the diagonal, with a progress bar."""
+    """The ``(row_start, col_start)`` tiles on and above the diagonal, with a progress bar;
+    the diagonal ones first, so every row has a full list (a threshold) before the rest."""
     starts = list(range(0, num, block_size))
-    tiles = [(a, b) for i, a in enumerate(starts) for b in starts[i:]]
+    tiles = [(a, a) for a in starts] + [(a, b) for i, a in enumerate(starts)
+                                        for b in starts[i + 1:]]
     return tqdm(tiles, desc=desc, unit="tile", leave=False,
                 disable=not comm.is_main_process() or len(tiles) < 16)
 
@@ -130,13 +132,48 @@ class RunningBest:
         """Merge a tile of distances from rows ``row_start...`` to columns ``col_start...``."""
         rows = slice(row_start, row_start + tile.shape[0])
         new_dist, new_index = tile.topk(min(self.k, tile.shape[1]), dim=1, largest=False)
+        self._merge(rows, new_dist, new_index + col_start)
+        if self.track_farthest:
+            self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=1))
+
+    def absorb_transposed(self, row_start: int, tile: torch.Tensor, col_start: int) -> None:
+        """``absorb(row_start, tile.t(), col_start)``, without a top-k over strided rows.
+
+        Only entries below a row's current k-th distance can enter its list, and once every
+        row has a full list (the diagonal tiles come first) they are few: they are found with
+        one contiguous comparison and merged. Rows without a full list, or too many entries
+        at once, take the plain path.
+        """
+        rows = slice(row_start, row_start + tile.shape[1])
+        threshold = self.dist[rows, -1]
+        if not bool(torch.isfinite(threshold).all()):
+            return self.absorb(row_start, tile.t(), col_start)
+        # One contiguous comparison (broadcast along the tile's rows) finds the candidates.
+        source, target = (tile < threshold).nonzero(as_tuple=True)  # tile row, tile column
+        counts = torch.bincount(target, minlength=tile.shape[1])
+        width = int(counts.max()) if target.numel() else 0
+        if width > 4 * self.k:
+            return self.absorb(row_start, tile.t(), col_start)
+        if self.track_farthest:
+            self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=0))
+        if width == 0:
+            return
+        target, order = target.sort(stable=True)
+        source = source[order]
+        slot = torch.arange(target.numel(), device=tile.device) - \
+            (counts.cumsum(0) - counts)[target]
+        cand_dist = torch.full((tile.shape[1], width), float("inf"), device=tile.device)
+        cand_index = torch.zeros((tile.shape[1], width), dtype=torch.int64, device=tile.device)
+        cand_dist[target, slot] = tile[source, target]
+        cand_index[target, slot] = source + col_start
+        self._merge(rows, cand_dist, cand_index)
+
+    def _merge(self, rows: slice, new_dist: torch.Tensor, new_index: torch.Tensor) -> None:
         dist = torch.cat([self.dist[rows], new_dist], dim=1)
-        index = torch.cat([self.index[rows], new_index + col_start], dim=1)
+        index = torch.cat([self.index[rows], new_index], dim=1)
         keep_dist, keep_pos = dist.topk(self.k, dim=1, largest=False)
         self.dist[rows] = keep_dist
         self.index[rows] = index.gather(1, keep_pos)
-        if self.track_farthest:
-            self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=1))
 
     def result(self) -> Neighbours:
         # Sort by index first, then stably by distance: equal distances end in index order.

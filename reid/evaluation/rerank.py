@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -40,11 +41,15 @@ from reid.evaluation.neighbors import (METRIC_SPACES, MetricSpace, all_pairs_knn
                                        query_gallery_features)
 
 logger = logging.getLogger(__name__)
+T, R = TypeVar("T"), TypeVar("R")
 
 # Work-size bounds (elements) for the vectorised numpy steps; they cap the scratch memory.
 _CHUNK_ELEMENTS = 1 << 22
 _PAIR_CHUNK_ROWS = 1 << 14
-_KNN_BLOCK = 4096
+_KNN_BLOCK = 2048
+# Cells of one part of a query block (its float64 overlap array is 8 MB): small enough for
+# the allocator to reuse freed memory (arrays of 32 MB and more are fresh pages every time).
+_PART_CELLS = 1 << 20
 # The neighbour search computes every query x gallery distance anyway; they are kept for the
 # final combination when they fit in this many bytes (Market-sized: 214 MB), and recomputed
 # per query block otherwise (MSMT17-sized: 3.8 GB would break the memory bound).
@@ -135,9 +140,11 @@ class ReRanker:
         # Without kept distances, one product for the whole block (GEMM likes big blocks).
         computed = (self._normalised_distance(start, stop)
                     if lam > 0 and self._kept is None else None)
-        for lo, hi in _bounded_row_ranges(self._queries, self._gallery_columns, start, stop):
+
+        def fill(part: tuple[int, int]) -> None:
             # In place: at Market size a block is ~1,000 x 16,000 cells, and every temporary
             # array of that size costs more in page faults than in arithmetic.
+            lo, hi = part
             overlap = self._overlap(lo, hi)
             jaccard = np.subtract(2.0, overlap)
             np.divide(overlap, jaccard, out=jaccard)
@@ -145,13 +152,18 @@ class ReRanker:
             rows = out[lo - start:hi - start]
             if lam == 0:
                 rows[...] = jaccard
-                continue
+                return
             if computed is not None:
                 np.multiply(computed[lo - start:hi - start], lam, out=rows)
             else:
                 self._kept_original_into(rows, lo, hi, lam)
             jaccard *= 1.0 - lam
             rows += jaccard
+
+        # Each part writes its own rows of ``out``.
+        max_rows = max(1, _PART_CELLS // self.num_gallery)
+        _in_threads(fill, _bounded_row_ranges(self._queries, self._gallery_columns, start, stop,
+                                              max_rows))
         return out
 
     def _kept_original_into(self, rows: np.ndarray, start: int, stop: int, lam: float) -> None:
@@ -222,12 +234,12 @@ def _expansion_pairs(ranked: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarra
     half = _reciprocal_lists(ranked, int(np.around(k1 / 2.0)) + 1)
     width = reciprocal.shape[1] * (1 + half.shape[1])
     chunk = max(1, _CHUNK_ELEMENTS // (width * reciprocal.shape[1]))
-    rows, cols = [], []
-    for lo in range(0, ranked.shape[0], chunk):
-        merged = _merge_candidates(reciprocal[lo:lo + chunk], half)
-        row_ids, members = _unique_per_row(merged)
-        rows.append(row_ids + lo)
-        cols.append(members)
+
+    def pairs(lo: int) -> tuple[np.ndarray, np.ndarray]:
+        row_ids, members = _unique_per_row(_merge_candidates(reciprocal[lo:lo + chunk], half))
+        return row_ids + lo, members
+
+    rows, cols = zip(*_in_threads(pairs, range(0, ranked.shape[0], chunk)))
     return np.concatenate(rows), np.concatenate(cols)
 
 
@@ -269,17 +281,18 @@ def _average_rows(encoding: "_Csr", neighbours: np.ndarray) -> "_Csr":
     """Step 5: row ``i`` becomes the mean of the rows ``neighbours[i]``."""
     num, k2 = neighbours.shape
     chunk = max(1, _CHUNK_ELEMENTS // (k2 * max(1, encoding.nnz // max(num, 1))))
-    rows, cols, vals = [], [], []
-    for lo in range(0, num, chunk):
+    row_lengths = np.diff(encoding.indptr)
+
+    def averaged(lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         picked = neighbours[lo:lo + chunk].ravel()
-        first, count = encoding.indptr[picked], np.diff(encoding.indptr)[picked]
+        first, count = encoding.indptr[picked], row_lengths[picked]
         positions = _concatenated_ranges(first, count)
         owner = np.repeat(np.repeat(np.arange(lo, lo + len(picked) // k2), k2), count)
         keys, inverse = np.unique(owner * num + encoding.indices[positions],
                                   return_inverse=True)
-        rows.append(keys // num)
-        cols.append(keys % num)
-        vals.append(np.bincount(inverse, weights=encoding.data[positions]) / k2)
+        return keys // num, keys % num, np.bincount(inverse, weights=encoding.data[positions]) / k2
+
+    rows, cols, vals = zip(*_in_threads(averaged, range(0, num, chunk)))
     return _Csr.from_sorted_pairs(np.concatenate(rows), np.concatenate(cols),
                                   np.concatenate(vals), num)
 
@@ -351,9 +364,10 @@ class _InvertedIndex:
         return cls(start, count, rows[order], vals[order])
 
 
-def _bounded_row_ranges(queries: _Csr, index: _InvertedIndex, start: int, stop: int
-                        ) -> Iterator[tuple[int, int]]:
-    """Split query rows ``start..stop-1`` so that each part's overlap work stays bounded."""
+def _bounded_row_ranges(queries: _Csr, index: _InvertedIndex, start: int, stop: int,
+                        max_rows: int) -> Iterator[tuple[int, int]]:
+    """Split query rows ``start..stop-1`` into parts of at most ``max_rows`` rows whose
+    overlap work also stays bounded."""
     work_per_entry = index.count[queries.indices[queries.indptr[start]:queries.indptr[stop]]]
     per_entry_end = np.cumsum(work_per_entry)
     row_ends = queries.indptr[start + 1:stop + 1] - queries.indptr[start]
@@ -362,7 +376,7 @@ def _bounded_row_ranges(queries: _Csr, index: _InvertedIndex, start: int, stop: 
     while lo < stop:
         # At least one row per part; then as many as fit in the budget.
         hi = start + int(np.searchsorted(row_work, done + _CHUNK_ELEMENTS, side="right"))
-        hi = min(max(hi, lo + 1), stop)
+        hi = min(max(hi, lo + 1), stop, lo + max_rows)
         yield lo, hi
         done = row_work[hi - start - 1]
         lo = hi
@@ -373,6 +387,17 @@ def _concatenated_ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
     total = int(count.sum())
     offsets = np.repeat(first - np.cumsum(count) + count, count)
     return offsets + np.arange(total, dtype=np.int64)
+
+
+def _in_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(item) for item in items]`` on as many threads as torch uses: the numpy steps
+    (bincount, ufuncs, sorting) release the GIL, so chunks run in parallel."""
+    items = list(items)
+    workers = min(len(items), torch.get_num_threads())
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def _check_parameters(k1: int, k2: int, lambda_value: float, num: int) -> None:
