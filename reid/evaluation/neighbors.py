@@ -118,12 +118,10 @@ def symmetric_tiles(num: int, block_size: int, desc: str):
 
 
 class RunningBest:
-    """The ``k`` smallest distances seen so far per row, and (optionally) the largest."""
+    """The ``k`` smallest distances seen so far per row, and the largest."""
 
-    def __init__(self, num: int, k: int, device: torch.device,
-                 track_farthest: bool = True) -> None:
+    def __init__(self, num: int, k: int, device: torch.device) -> None:
         self.k = k
-        self.track_farthest = track_farthest
         self.dist = torch.full((num, k), float("inf"), device=device)
         self.index = torch.zeros((num, k), dtype=torch.int64, device=device)
         self.farthest = torch.full((num,), float("-inf"), device=device)
@@ -133,8 +131,7 @@ class RunningBest:
         rows = slice(row_start, row_start + tile.shape[0])
         new_dist, new_index = tile.topk(min(self.k, tile.shape[1]), dim=1, largest=False)
         self._merge(rows, new_dist, new_index + col_start)
-        if self.track_farthest:
-            self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=1))
+        self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=1))
 
     def absorb_transposed(self, row_start: int, tile: torch.Tensor, col_start: int) -> None:
         """``absorb(row_start, tile.t(), col_start)``, without a top-k over strided rows.
@@ -154,8 +151,7 @@ class RunningBest:
         width = int(counts.max()) if target.numel() else 0
         if width > 4 * self.k:
             return self.absorb(row_start, tile.t(), col_start)
-        if self.track_farthest:
-            self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=0))
+        self.farthest[rows] = torch.maximum(self.farthest[rows], tile.amax(dim=0))
         if width == 0:
             return
         target, order = target.sort(stable=True)
