@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -39,6 +38,7 @@ import torch
 from reid.errors import ReidError
 from reid.evaluation.neighbors import (METRIC_SPACES, MetricSpace, all_pairs_knn, pick_device,
                                        query_gallery_features)
+from reid.evaluation.sparse_encoding import Csr, InvertedIndex, concatenated_ranges
 
 logger = logging.getLogger(__name__)
 T, R = TypeVar("T"), TypeVar("R")
@@ -97,7 +97,7 @@ class ReRanker:
         searched = time.perf_counter()
         encoding = self._encode(ranked, ranked_dist, k1, k2)
         self._queries = encoding.row_slice(0, self.num_query)
-        self._gallery_columns = _InvertedIndex.of_rows(encoding, self.num_query, num)
+        self._gallery_columns = InvertedIndex.of_rows(encoding, self.num_query, num)
         logger.debug("re-ranking %d items: neighbour search %.1f s, encoding %.1f s "
                      "(%d non-zeros)", num, searched - started,
                      time.perf_counter() - searched, encoding.nnz)
@@ -116,14 +116,14 @@ class ReRanker:
                             "from every item (all features identical?)")
         return nbrs.indices.cpu().numpy(), nbrs.distances.double().cpu().numpy()
 
-    def _encode(self, ranked: np.ndarray, ranked_dist: np.ndarray, k1: int, k2: int) -> "_Csr":
+    def _encode(self, ranked: np.ndarray, ranked_dist: np.ndarray, k1: int, k2: int) -> Csr:
         """Steps 2-5: the sparse, locally expanded k-reciprocal encoding ``V``."""
         num = ranked.shape[0]
         rows, cols = _expansion_pairs(ranked, k1)
         dist = self._pair_distances(rows, cols, ranked, ranked_dist)
         weights = np.exp(-(dist * dist) / self._row_max[rows])
         weights /= np.bincount(rows, weights=weights, minlength=num)[rows]
-        encoding = _Csr.from_sorted_pairs(rows, cols, weights, num)
+        encoding = Csr.from_sorted_pairs(rows, cols, weights, num)
         return _average_rows(encoding, ranked[:, :k2]) if k2 > 1 else encoding
 
     def blocks(self, block_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -183,7 +183,7 @@ class ReRanker:
         query_rows, query_cols, query_vals = self._queries.entries(start, stop)
         index = self._gallery_columns
         first, count = index.start[query_cols], index.count[query_cols]
-        positions = _concatenated_ranges(first, count)
+        positions = concatenated_ranges(first, count)
         owner = np.repeat(np.arange(query_cols.size), count)
         mins = np.minimum(query_vals[owner], index.values[positions])
         cells = (query_rows[owner] - start) * self.num_gallery + index.rows[positions]
@@ -277,7 +277,7 @@ def _unique_per_row(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return row_ids, values[keep]
 
 
-def _average_rows(encoding: "_Csr", neighbours: np.ndarray) -> "_Csr":
+def _average_rows(encoding: Csr, neighbours: np.ndarray) -> Csr:
     """Step 5: row ``i`` becomes the mean of the rows ``neighbours[i]``."""
     num, k2 = neighbours.shape
     chunk = max(1, _CHUNK_ELEMENTS // (k2 * max(1, encoding.nnz // max(num, 1))))
@@ -286,14 +286,14 @@ def _average_rows(encoding: "_Csr", neighbours: np.ndarray) -> "_Csr":
     def averaged(lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         picked = neighbours[lo:lo + chunk].ravel()
         first, count = encoding.indptr[picked], row_lengths[picked]
-        positions = _concatenated_ranges(first, count)
+        positions = concatenated_ranges(first, count)
         owner = np.repeat(np.repeat(np.arange(lo, lo + len(picked) // k2), k2), count)
         keys, inverse = np.unique(owner * num + encoding.indices[positions],
                                   return_inverse=True)
         return keys // num, keys % num, np.bincount(inverse, weights=encoding.data[positions]) / k2
 
     rows, cols, vals = zip(*_in_threads(averaged, range(0, num, chunk)))
-    return _Csr.from_sorted_pairs(np.concatenate(rows), np.concatenate(cols),
+    return Csr.from_sorted_pairs(np.concatenate(rows), np.concatenate(cols),
                                   np.concatenate(vals), num)
 
 
@@ -315,56 +315,7 @@ class _QueryGalleryTiles:
                 tile[:row_stop - row_start, col_first - col_start:]
 
 
-@dataclass(frozen=True)
-class _Csr:
-    """A sparse ``num x num`` matrix by rows (column indices sorted within each row)."""
-
-    indptr: np.ndarray   # num + 1 offsets into indices / data
-    indices: np.ndarray  # int64 columns
-    data: np.ndarray     # float64 values
-
-    @classmethod
-    def from_sorted_pairs(cls, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
-                          num: int) -> "_Csr":
-        indptr = np.zeros(num + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=num), out=indptr[1:])
-        return cls(indptr, cols.astype(np.int64, copy=False), vals.astype(np.float64))
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indptr[-1])
-
-    def row_slice(self, start: int, stop: int) -> "_Csr":
-        lo, hi = self.indptr[start], self.indptr[stop]
-        return _Csr(self.indptr[start:stop + 1] - lo, self.indices[lo:hi], self.data[lo:hi])
-
-    def entries(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row, col, value) of the entries of rows ``start..stop-1``."""
-        lo, hi = self.indptr[start], self.indptr[stop]
-        rows = np.repeat(np.arange(start, stop), np.diff(self.indptr[start:stop + 1]))
-        return rows, self.indices[lo:hi], self.data[lo:hi]
-
-
-@dataclass(frozen=True)
-class _InvertedIndex:
-    """For each column ``k`` of the encoding, the gallery rows with a non-zero there."""
-
-    start: np.ndarray   # per column: first position in rows / values
-    count: np.ndarray   # per column: number of gallery rows
-    rows: np.ndarray    # gallery row (0-based within the gallery)
-    values: np.ndarray  # V(g, k)
-
-    @classmethod
-    def of_rows(cls, encoding: _Csr, first_row: int, num: int) -> "_InvertedIndex":
-        gallery = encoding.row_slice(first_row, num)
-        rows, cols, vals = gallery.entries(0, num - first_row)
-        order = np.argsort(cols, kind="stable")
-        count = np.bincount(cols, minlength=num)
-        start = np.concatenate([[0], np.cumsum(count)[:-1]])
-        return cls(start, count, rows[order], vals[order])
-
-
-def _bounded_row_ranges(queries: _Csr, index: _InvertedIndex, start: int, stop: int,
+def _bounded_row_ranges(queries: Csr, index: InvertedIndex, start: int, stop: int,
                         max_rows: int) -> Iterator[tuple[int, int]]:
     """Split query rows ``start..stop-1`` into parts of at most ``max_rows`` rows whose
     overlap work also stays bounded."""
@@ -380,13 +331,6 @@ def _bounded_row_ranges(queries: _Csr, index: _InvertedIndex, start: int, stop: 
         yield lo, hi
         done = row_work[hi - start - 1]
         lo = hi
-
-
-def _concatenated_ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(f, f + c) for f, c in zip(first, count)])`` without a loop."""
-    total = int(count.sum())
-    offsets = np.repeat(first - np.cumsum(count) + count, count)
-    return offsets + np.arange(total, dtype=np.int64)
 
 
 def _in_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
