@@ -211,7 +211,7 @@ def case_plain(f: Features) -> dict:
 def case_knn(f: Features) -> dict:
     cosine = METRIC_SPACES.get("cosine")
     feats = torch.from_numpy(np.concatenate([f.q, f.g]))
-    all_pairs_knn(cosine.prepare(feats), RERANK["k1"] + 1, cosine.block, 4096)
+    all_pairs_knn(cosine.prepare(feats), RERANK["k1"] + 1, cosine, 2048)
     return {}
 
 

@@ -154,7 +154,7 @@ def test_rerank_improves_map_on_clustered_data():
 def test_all_pairs_knn_matches_argsort(metric, block_size):
     x = torch.from_numpy(np.random.default_rng(11).standard_normal((150, 8)).astype(np.float32))
     space = METRIC_SPACES.get(metric)
-    nbrs = all_pairs_knn(space.prepare(x), 12, space.block, block_size)
+    nbrs = all_pairs_knn(space.prepare(x), 12, space, block_size)
     full = dense_metric_distance(x.double().numpy(), metric)
     np.testing.assert_array_equal(nbrs.indices.numpy(), np.argsort(full, axis=1)[:, :12])
     np.testing.assert_allclose(nbrs.distances.numpy(), np.sort(full, axis=1)[:, :12], atol=1e-5)

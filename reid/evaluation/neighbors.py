@@ -14,55 +14,59 @@ returned lists are sorted by distance, then by item index.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from reid.errors import ReidError
-from reid.evaluation.distance import DISTANCE_METRICS
+from reid.evaluation.distance import all_finite, matmul_nt
 from reid.utils import comm
 from reid.utils.registry import Registry
 
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# A block distance that can write into a given contiguous ``A x B`` tensor: ``fn(a, b, out=t)``.
-BlockDistanceFn = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
 class MetricSpace:
     """A distance of ``reid.evaluation.distance`` split so that its per-row work is done once.
 
-    ``prepare`` maps features into the space once (e.g. L2 normalisation); on prepared rows,
-    ``block(A, B, out=None)`` is the ``A x B`` distance matrix (written into ``out`` when
-    given) and ``paired(A, B)`` the distance of ``A[i]`` to ``B[i]`` for each ``i``. The
-    numbers are those of ``DISTANCE_METRICS``.
+    ``prepare`` maps features into the space once (e.g. L2 normalisation). On prepared rows,
+    ``operand(A)`` is the left operand of the block products (e.g. ``-A``, so that the bias of
+    the product gives ``1 - a.b`` in one pass), reusable for every block of the same rows;
+    ``block_from(operand(A), B)`` and ``block(A, B)`` are the ``A x B`` distance matrix, and
+    ``paired(A, B)`` the distance of ``A[i]`` to ``B[i]`` for each ``i``. The numbers are
+    those of ``DISTANCE_METRICS`` up to float rounding.
     """
 
     prepare: Callable[[torch.Tensor], torch.Tensor]
-    block: BlockDistanceFn
+    operand: Callable[[torch.Tensor], Any]
+    block_from: Callable[[Any, torch.Tensor], torch.Tensor]
     paired: DistanceFn
+
+    def block(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return self.block_from(self.operand(rows), cols)
 
 
 METRIC_SPACES = Registry("neighbour-search metric")
 
 METRIC_SPACES.register(MetricSpace(
     prepare=lambda feats: F.normalize(feats, p=2, dim=1),
-    # 1 - a @ b.T in one pass over the output.
-    block=lambda a, b, out=None: torch.addmm(a.new_ones(1, 1), a, b.t(), alpha=-1.0, out=out),
+    operand=lambda rows: rows.neg(),
+    # -a.b + 1 in the product's own pass over the output.
+    block_from=lambda neg_rows, cols: matmul_nt(neg_rows, cols, bias=cols.new_ones(len(cols))),
     paired=lambda a, b: 1.0 - (a * b).sum(dim=1),
 ), name="cosine")
 
 METRIC_SPACES.register(MetricSpace(
     prepare=lambda feats: feats,
-    block=lambda a, b, out=None: _written(DISTANCE_METRICS.get("euclidean")(a, b), out),
+    # |a|^2 + |b|^2 - 2 a.b; rounding can make a zero distance slightly negative.
+    operand=lambda rows: (rows * -2.0, rows.pow(2).sum(dim=1, keepdim=True)),
+    block_from=lambda operand, cols: matmul_nt(operand[0], cols, bias=cols.pow(2).sum(dim=1))
+    .add_(operand[1]).clamp_(min=0.0),
     paired=lambda a, b: (a - b).pow(2).sum(dim=1),
 ), name="euclidean")
-
-
-def _written(values: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    return values if out is None else out.copy_(values)
 
 
 @dataclass(frozen=True)
@@ -74,17 +78,17 @@ class Neighbours:
     farthest: torch.Tensor   # N, the largest distance from the item to any item
 
 
-def all_pairs_knn(feats: torch.Tensor, k: int, distance: BlockDistanceFn,
-                  block_size: int = 2048,
+def all_pairs_knn(feats: torch.Tensor, k: int, space: MetricSpace, block_size: int = 2048,
                   on_tile: Callable[[int, int, torch.Tensor], None] | None = None
                   ) -> Neighbours:
     """The ``k`` nearest items of every row of ``feats`` among all rows (itself included).
 
     Args:
-        feats: ``N x D`` features on the device that should do the work.
+        feats: ``N x D`` features, prepared for ``space`` (``space.prepare``), on the device
+            that should do the work.
         k: neighbours per item, ``1 <= k <= N`` (checked by the callers, which know why).
-        distance: a symmetric block distance ``(A x D, B x D) -> A x B`` (smaller = closer),
-            e.g. ``METRIC_SPACES.get(name).block`` on prepared features.
+        space: the metric, e.g. ``METRIC_SPACES.get("cosine")`` (symmetric, smaller =
+            closer).
         block_size: rows per tile; memory is about ``block_size**2`` floats plus ``N x k``.
         on_tile: called as ``on_tile(row_start, col_start, tile)`` with every computed tile
             (those on and above the diagonal; valid only during the call), e.g. to keep some
@@ -92,13 +96,12 @@ def all_pairs_knn(feats: torch.Tensor, k: int, distance: BlockDistanceFn,
     """
     num = feats.shape[0]
     best = RunningBest(num, k, feats.device)
-    # One reused output buffer: a fresh 64 MB tile per product costs page faults every time.
-    scratch = feats.new_empty(min(block_size, num) ** 2)
+    operand_start, operand = None, None
     with torch.no_grad():
         for a, b in symmetric_tiles(num, block_size, "neighbour search"):
-            rows, cols = feats[a:a + block_size], feats[b:b + block_size]
-            out = scratch[:len(rows) * len(cols)].view(len(rows), len(cols))
-            tile = distance(rows, cols, out=out)
+            if a != operand_start:  # tiles come in runs of the same rows
+                operand_start, operand = a, space.operand(feats[a:a + block_size])
+            tile = space.block_from(operand, feats[b:b + block_size])
             if on_tile is not None:
                 on_tile(a, b, tile)
             best.absorb(a, tile, b)
@@ -143,7 +146,7 @@ class RunningBest:
         """
         rows = slice(row_start, row_start + tile.shape[1])
         threshold = self.dist[rows, -1]
-        if not bool(torch.isfinite(threshold).all()):
+        if not all_finite(threshold):
             return self.absorb(row_start, tile.t(), col_start)
         # One contiguous comparison (broadcast along the tile's rows) finds the candidates.
         source, target = (tile < threshold).nonzero(as_tuple=True)  # tile row, tile column
@@ -202,6 +205,6 @@ def _as_features(feats, name: str, what: str) -> torch.Tensor:
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ReidError(f"{what} expects {name} as a non-empty N x D matrix, "
                         f"got shape {tuple(feats.shape)}")
-    if not torch.isfinite(feats).all():
+    if not all_finite(feats):
         raise ReidError(f"{what}: {name} contains NaN or infinite values")
     return feats

@@ -54,7 +54,7 @@ def _expand_once(feats: torch.Tensor, alpha: float, qe_k: int) -> torch.Tensor:
     """One round: each row becomes the mean of ``sim ** alpha * feature`` over its top ``qe_k``."""
     cosine = METRIC_SPACES.get("cosine")
     unit = cosine.prepare(feats)
-    neighbours = all_pairs_knn(unit, qe_k, cosine.block, _KNN_BLOCK).indices
+    neighbours = all_pairs_knn(unit, qe_k, cosine, _KNN_BLOCK).indices
     expanded = torch.empty_like(feats)
     rows = max(1, _GATHER_ELEMENTS // (qe_k * feats.shape[1]))
     for lo in range(0, feats.shape[0], rows):

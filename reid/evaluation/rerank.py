@@ -107,7 +107,7 @@ class ReRanker:
         kept = None
         if self.num_query * self.num_gallery * 4 <= _KEEP_DISTANCES_BYTES:
             kept = _QueryGalleryTiles(self.num_query, self.num_gallery, self._feats.device)
-        nbrs = all_pairs_knn(self._feats, k, self._space.block, _KNN_BLOCK, on_tile=kept)
+        nbrs = all_pairs_knn(self._feats, k, self._space, _KNN_BLOCK, on_tile=kept)
         self._kept = kept
         # D = d ** 2 is increasing in d >= 0, so the row maximum of D is the farthest d squared.
         self._row_max = nbrs.farthest.double().cpu().numpy() ** 2
