@@ -75,3 +75,33 @@ def test_unknown_metric_lists_valid_ones(features):
 def test_mismatched_dimensions_are_an_error():
     with pytest.raises(ReidError, match=r"same D, got \(2, 3\) and \(4, 5\)"):
         compute_distance(torch.zeros(2, 3), torch.zeros(4, 5), "cosine")
+
+
+@pytest.mark.parametrize("fast_kernel", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matmul_nt_matches_float64_products(monkeypatch, fast_kernel, with_bias):
+    # Both kernels (oneDNN where torch has it, torch.mm / addmm otherwise) give a @ b.T + bias.
+    from reid.evaluation import distance
+    if not fast_kernel:
+        monkeypatch.setattr(distance, "_onednn_product_available", lambda: False)
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(37, 300, generator=gen), torch.randn(53, 300, generator=gen)
+    bias = torch.randn(53, generator=gen) if with_bias else None
+    expected = a.double() @ b.double().t() + (0.0 if bias is None else bias.double())
+    got = distance.matmul_nt(a, b, bias)
+    assert got.shape == (37, 53) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), expected, atol=1e-4, rtol=0)
+    # Non-contiguous operands give the same numbers.
+    wide = torch.zeros(53, 600)
+    wide[:, ::2] = b
+    assert torch.allclose(distance.matmul_nt(a, wide[:, ::2], bias), got, atol=1e-5, rtol=0)
+
+
+def test_all_finite_sees_nan_and_both_infinities():
+    from reid.evaluation.distance import all_finite
+    x = torch.randn(200, 30)
+    assert all_finite(x) and all_finite(torch.empty(0, 3))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[123, 7] = bad
+        assert not all_finite(y)
