@@ -199,8 +199,9 @@ def test_kept_and_recomputed_query_gallery_distances_agree(monkeypatch, metric, 
                                                            keep_bytes):
     """Small search tiles straddle the query/gallery boundary and are used transposed: the
     distances kept from them, or recomputed per block (budget 0), give the dense numbers."""
+    from reid.evaluation import neighbors
     from reid.evaluation import rerank as rerank_module
-    monkeypatch.setattr(rerank_module, "_KNN_BLOCK", knn_block)
+    monkeypatch.setattr(neighbors, "SEARCH_TILE", knn_block)
     monkeypatch.setattr(rerank_module, "_KEEP_DISTANCES_BYTES", keep_bytes)
     q, g, _, _ = clustered_problem(11, 15, 6, 23)
     reranker = ReRanker(q, g, k1=6, k2=3, lambda_value=0.4, metric=metric)

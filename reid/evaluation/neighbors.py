@@ -26,6 +26,10 @@ from reid.utils import comm
 from reid.utils.registry import Registry
 
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Rows per search tile (16 MB float32 tiles). Measured on 2 cores, Market-sized (19,281 items,
+# 2048-d): the cosine search takes 4.1 s at 1024 or 2048, 4.7 s at 3072, 4.8 s at 4096; AQE's
+# expansion 6.5 s at 2048 against 7.0-7.4 s at 4096.
+SEARCH_TILE = 2048
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class Neighbours:
     farthest: torch.Tensor   # N, the largest distance from the item to any item
 
 
-def all_pairs_knn(feats: torch.Tensor, k: int, space: MetricSpace, block_size: int = 2048,
+def all_pairs_knn(feats: torch.Tensor, k: int, space: MetricSpace,
+                  block_size: int | None = None,
                   on_tile: Callable[[int, int, torch.Tensor], None] | None = None
                   ) -> Neighbours:
     """The ``k`` nearest items of every row of ``feats`` among all rows (itself included).
@@ -89,12 +94,14 @@ def all_pairs_knn(feats: torch.Tensor, k: int, space: MetricSpace, block_size: i
         k: neighbours per item, ``1 <= k <= N`` (checked by the callers, which know why).
         space: the metric, e.g. ``METRIC_SPACES.get("cosine")`` (symmetric, smaller =
             closer).
-        block_size: rows per tile; memory is about ``block_size**2`` floats plus ``N x k``.
+        block_size: rows per tile (default ``SEARCH_TILE``); memory is about
+            ``block_size**2`` floats plus ``N x k``.
         on_tile: called as ``on_tile(row_start, col_start, tile)`` with every computed tile
             (those on and above the diagonal; valid only during the call), e.g. to keep some
             of the distances.
     """
     num = feats.shape[0]
+    block_size = block_size or SEARCH_TILE
     best = RunningBest(num, k, feats.device)
     operand_start, operand = None, None
     with torch.no_grad():

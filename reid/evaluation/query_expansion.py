@@ -33,7 +33,6 @@ from reid.evaluation.neighbors import (METRIC_SPACES, all_pairs_knn, pick_device
 
 # Elements of the gathered ``rows x qe_k x D`` neighbour features held at once.
 _GATHER_ELEMENTS = 1 << 24
-_KNN_BLOCK = 4096
 
 
 def average_query_expansion(q_feats, g_feats, alpha: float = 3.0, qe_time: int = 1,
@@ -54,7 +53,7 @@ def _expand_once(feats: torch.Tensor, alpha: float, qe_k: int) -> torch.Tensor:
     """One round: each row becomes the mean of ``sim ** alpha * feature`` over its top ``qe_k``."""
     cosine = METRIC_SPACES.get("cosine")
     unit = cosine.prepare(feats)
-    neighbours = all_pairs_knn(unit, qe_k, cosine, _KNN_BLOCK).indices
+    neighbours = all_pairs_knn(unit, qe_k, cosine).indices
     expanded = torch.empty_like(feats)
     rows = max(1, _GATHER_ELEMENTS // (qe_k * feats.shape[1]))
     for lo in range(0, feats.shape[0], rows):

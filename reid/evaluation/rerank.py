@@ -46,7 +46,6 @@ T, R = TypeVar("T"), TypeVar("R")
 # Work-size bounds (elements) for the vectorised numpy steps; they cap the scratch memory.
 _CHUNK_ELEMENTS = 1 << 22
 _PAIR_CHUNK_ROWS = 1 << 14
-_KNN_BLOCK = 2048
 # Cells of one part of a query block (its float64 overlap array is 8 MB): small enough for
 # the allocator to reuse freed memory (arrays of 32 MB and more are fresh pages every time).
 _PART_CELLS = 1 << 20
@@ -107,7 +106,7 @@ class ReRanker:
         kept = None
         if self.num_query * self.num_gallery * 4 <= _KEEP_DISTANCES_BYTES:
             kept = _QueryGalleryTiles(self.num_query, self.num_gallery, self._feats.device)
-        nbrs = all_pairs_knn(self._feats, k, self._space, _KNN_BLOCK, on_tile=kept)
+        nbrs = all_pairs_knn(self._feats, k, self._space, on_tile=kept)
         self._kept = kept
         # D = d ** 2 is increasing in d >= 0, so the row maximum of D is the farthest d squared.
         self._row_max = nbrs.farthest.double().cpu().numpy() ** 2
