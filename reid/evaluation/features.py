@@ -77,12 +77,17 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
                              protocol=protocol, roc=roc, fars=fars) as evaluation:
         blocks = (_reranked_blocks(q_feats, g_feats, rerank, metric, rows, device) if rerank
                   else GalleryDistances(g_feats, metric, device).blocks(q_feats, rows))
-        progress = tqdm(blocks, total=-(-len(q_feats) // rows), desc="evaluate", unit="block",
+        # A progress bar updated by hand: one wrapping the iterator would keep the previous
+        # block alive while the next is computed (two blocks of memory instead of one).
+        progress = tqdm(total=-(-len(q_feats) // rows), desc="evaluate", unit="block",
                         leave=False, disable=not comm.is_main_process() or len(q_feats) <= rows)
-        for start, _, distances in progress:
-            if observe is not None:
-                observe(start, distances)
-            evaluation.add(start, distances)
+        with progress:
+            for start, _, distances in blocks:
+                if observe is not None:
+                    observe(start, distances)
+                evaluation.add(start, distances)
+                del distances
+                progress.update()
         return evaluation.result().as_dict()
 
 
