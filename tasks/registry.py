@@ -11,9 +11,17 @@ no champion yet, or when its mAP strictly beats the champion's on the same test 
 same data version (the DVC hash of ``data/``). An unknown data version never takes the title
 from a champion: set the alias by hand after checking
 (``MlflowClient().set_registered_model_alias(name, "champion", version)``).
+
+Concurrent registrations (a nightly retrain and a distillation run finishing together) read
+the champion, decide and move the alias under an exclusive file lock next to a local store
+(SQLite or a file store), so the better one always ends as champion. MLflow servers offer no
+compare-and-set on aliases: with a remote store the decision is not locked, so schedule
+registrations to the same model name apart (the registry logs every decision).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -143,18 +151,45 @@ def register(tracker: Tracker, run_id: str, name: str, cfg: CfgNode, weights: st
             TAG_COMMIT: run_tags.get(RUN_COMMIT_TAG, "unknown"), TAG_WEIGHTS: str(weights)}
     version = client.create_model_version(name, f"runs:/{run_id}/{ARTIFACT_DIR}", run_id=run_id,
                                           tags=tags).version
-    client.set_registered_model_alias(name, CANDIDATE, version)
-    champion = version_with_alias(client, name, CHAMPION)
-    promoted, reason = should_promote(
-        standing, None if champion is None else version_standing(champion))
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
+    with promotion_lock(client.tracking_uri, name):
+        client.set_registered_model_alias(name, CANDIDATE, version)
+        champion = version_with_alias(client, name, CHAMPION)
+        promoted, reason = should_promote(
+            standing, None if champion is None else version_standing(champion))
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, version)
     logger.info("registered %s version %s (%s mAP %.2f): %s %s", name, version,
                 standing.test_set, standing.mAP,
                 "champion," if promoted else "candidate only,", reason)
     aliases = [CANDIDATE, CHAMPION] if promoted else [CANDIDATE]
     return {"name": name, "version": int(version), "aliases": aliases, "promoted": promoted,
             "reason": reason}
+
+
+@contextlib.contextmanager
+def promotion_lock(tracking_uri: str, name: str):
+    """Exclusive for the registered model ``name`` across processes on this machine, for a
+    local store; a no-op for a remote one (module doc)."""
+    store = local_store_path(tracking_uri)
+    if store is None:
+        yield
+        return
+    lock_file = store.parent / f".{store.name}.registry-{_file_safe(name)}.lock"
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def local_store_path(tracking_uri: str) -> Optional[Path]:
+    """The database file or directory of a local tracking store, None for a server."""
+    for scheme in ("sqlite:///", "file://"):
+        if tracking_uri.startswith(scheme):
+            return Path(tracking_uri[len(scheme):])
+    return None if "://" in tracking_uri else Path(tracking_uri)
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 # --------------------------------------------------------------------------- load

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +160,62 @@ def test_reid_eval_register_registers_the_evaluated_weights(tmp_path, tiny_overr
     assert version.tags["dvc.data.md5"] == DATA_V1
     assert main([*argv, "--no-track", "--register", "reid-tiny"]) == 2
     assert "--register needs MLflow: drop --no-track" in capsys.readouterr().err
+
+
+def test_racing_registrations_leave_the_better_one_champion(tmp_path, cfg, mlflow_uri,
+                                                            monkeypatch):
+    """A decides against the champion it read, then stalls before moving the alias while B
+    registers a better model: under the promotion lock B waits for A and ends champion;
+    unlocked, A's stale decision would overwrite B's title."""
+    import threading
+
+    from tasks import registry
+
+    tracker, client = Tracker(), MlflowClient(mlflow_uri)
+    register(tracker, evaluated_run(tracker, tmp_path, 50.0, DATA_V1), "race", cfg,
+             tiny_checkpoint(tmp_path / "v1.pth", seed=0))
+    run_a = evaluated_run(tracker, tmp_path, 60.0, DATA_V1)
+    run_b = evaluated_run(tracker, tmp_path, 70.0, DATA_V1)
+    a_decided, b_done = threading.Event(), threading.Event()
+    decisions, errors = [], []
+    real_should_promote = registry.should_promote
+
+    def stalling_should_promote(candidate, champion):
+        decision = real_should_promote(candidate, champion)
+        decisions.append((candidate.mAP, champion.mAP, decision[0]))
+        if candidate.mAP == 60.0:
+            a_decided.set()
+            b_done.wait(timeout=1.5)  # B cannot finish while A holds the lock
+        return decision
+
+    monkeypatch.setattr(registry, "should_promote", stalling_should_promote)
+
+    def registering(run_id, mAP, seed, done=None):
+        try:
+            register(Tracker(), run_id, "race", cfg, tiny_checkpoint(
+                tmp_path / f"{seed}.pth", seed=seed))
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            if done is not None:
+                done.set()
+
+    a = threading.Thread(target=registering, args=(run_a, 60.0, 1))
+    a.start()
+    assert a_decided.wait(timeout=60)
+    b = threading.Thread(target=registering, args=(run_b, 70.0, 2, b_done))
+    b.start()
+    a.join(timeout=60)
+    b.join(timeout=60)
+    assert not errors
+    # A judged against v1 (50), B against A's v2 (60): the decisions were serialised.
+    assert decisions == [(60.0, 50.0, True), (70.0, 60.0, True)]
+    assert aliases(client, "race") == {CANDIDATE: 3, CHAMPION: 3}
+
+
+def test_promotion_lock_is_per_local_store(tmp_path):
+    from tasks.registry import local_store_path
+    assert local_store_path(f"sqlite:///{tmp_path}/m.db") == tmp_path / "m.db"
+    assert local_store_path(f"file://{tmp_path}/mlruns") == tmp_path / "mlruns"
+    assert local_store_path("mlruns") == Path("mlruns")
+    assert local_store_path("http://mlflow.example:5000") is None
