@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
@@ -73,6 +74,11 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     tensor = torch.tensor([float(flag)], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item() > 0)
+
+
+# PyTorch's warning when a scheduler steps before its optimizer ever did.
+_SCHEDULER_BEFORE_OPTIMIZER = (r"Detected call of `lr_scheduler\.step\(\)` before "
+                               r"`optimizer\.step\(\)`")
 
 
 def amp_enabled(requested: bool, device: torch.device) -> bool:
@@ -217,9 +223,21 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        self._step_scheduler()
         self.images_seen += batch_size(batch)
         self.metrics = {**values, "lr": lr}
+
+    def _step_scheduler(self) -> None:
+        """The per-iteration LR schedule advances every iteration (as FastReID's), also when
+        AMP's scaler skipped the optimizer step for inf/NaN gradients. A skipped first step
+        makes PyTorch warn that the scheduler stepped before the optimizer: expected with
+        AMP, so that one warning is silenced there (and only there)."""
+        if not self.amp:
+            self.scheduler.step()
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_SCHEDULER_BEFORE_OPTIMIZER)
+            self.scheduler.step()
 
     def _call_hooks(self, stage: str) -> None:
         for hook in self.hooks:
