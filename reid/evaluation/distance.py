@@ -14,9 +14,8 @@ Every product goes through ``matmul_nt``, which picks the fastest float32 kernel
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import functools
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -50,8 +49,11 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
 def _onednn_product_available() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
-    try:  # a private operator (torch.compile's): checked once against torch.mm
-        a, b = torch.randn(3, 5), torch.randn(4, 5)
+    # A private operator (torch.compile's): checked once against torch.mm, on fixed values
+    # (drawing random ones would move the caller's random stream).
+    a = torch.arange(15.0).reshape(3, 5) / 7.0
+    b = torch.arange(20.0).reshape(4, 5) / 11.0 - 1.0
+    try:
         product = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     except (AttributeError, RuntimeError):
         return False

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reid.errors import ReidError
-from reid.evaluation.distance import all_finite, matmul_nt
+from reid.evaluation.distance import DISTANCE_METRICS, all_finite, matmul_nt
 from reid.utils import comm
 from reid.utils.registry import Registry
 
@@ -41,7 +41,7 @@ class MetricSpace:
     the product gives ``1 - a.b`` in one pass), reusable for every block of the same rows;
     ``block_from(operand(A), B)`` and ``block(A, B)`` are the ``A x B`` distance matrix, and
     ``paired(A, B)`` the distance of ``A[i]`` to ``B[i]`` for each ``i``. The numbers are
-    those of ``DISTANCE_METRICS`` up to float rounding.
+    those of ``DISTANCE_METRICS`` (cosine: up to float rounding, from normalised rows).
     """
 
     prepare: Callable[[torch.Tensor], torch.Tensor]
@@ -63,12 +63,11 @@ METRIC_SPACES.register(MetricSpace(
     paired=lambda a, b: 1.0 - (a * b).sum(dim=1),
 ), name="cosine")
 
+_EUCLIDEAN = DISTANCE_METRICS.get("euclidean")
 METRIC_SPACES.register(MetricSpace(
     prepare=lambda feats: feats,
-    # |a|^2 + |b|^2 - 2 a.b; rounding can make a zero distance slightly negative.
-    operand=lambda rows: (rows * -2.0, rows.pow(2).sum(dim=1, keepdim=True)),
-    block_from=lambda operand, cols: matmul_nt(operand[0], cols, bias=cols.pow(2).sum(dim=1))
-    .add_(operand[1]).clamp_(min=0.0),
+    operand=lambda rows: rows,
+    block_from=lambda rows, cols: _EUCLIDEAN.block(rows, cols, _EUCLIDEAN.gallery_terms(cols)),
     paired=lambda a, b: (a - b).pow(2).sum(dim=1),
 ), name="euclidean")
 
