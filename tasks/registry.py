@@ -21,12 +21,16 @@ registrations to the same model name apart (the registry logs every decision).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): registrations are not locked there
+    fcntl = None
 
 import tasks.environment  # noqa: F401  (telemetry off, embedded store) before mlflow loads
 import mlflow.artifacts
@@ -169,9 +173,9 @@ def register(tracker: Tracker, run_id: str, name: str, cfg: CfgNode, weights: st
 @contextlib.contextmanager
 def promotion_lock(tracking_uri: str, name: str):
     """Exclusive for the registered model ``name`` across processes on this machine, for a
-    local store; a no-op for a remote one (module doc)."""
+    local store on a POSIX system; a no-op for a remote store (module doc)."""
     store = local_store_path(tracking_uri)
-    if store is None:
+    if store is None or fcntl is None:
         yield
         return
     lock_file = store.parent / f".{store.name}.registry-{_file_safe(name)}.lock"
