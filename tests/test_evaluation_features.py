@@ -64,10 +64,13 @@ def test_distance_blocks_are_bounded(monkeypatch):
     seen = []
     original = StreamingEvaluation.add
     monkeypatch.setattr(StreamingEvaluation, "add",
-                        lambda self, start, rows: (seen.append((start, rows.shape)),
-                                                   original(self, start, rows)))
+                        lambda self, start, rows, device_rows=None: (
+                            seen.append((start, rows.shape, device_rows)),
+                            original(self, start, rows, device_rows)))
     evaluate_features(q, g, **ids, block_size=6)
-    assert seen == [(0, (6, 70)), (6, (6, 70)), (12, (6, 70)), (18, (5, 70))]
+    # On the CPU no block comes with a GPU copy.
+    assert seen == [(0, (6, 70), None), (6, (6, 70), None), (12, (6, 70), None),
+                    (18, (5, 70), None)]
 
 
 def test_roc_from_features_matches_the_matrix():

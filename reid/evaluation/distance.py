@@ -129,20 +129,38 @@ class GalleryDistances:
 
     def blocks(self, q_feats, block_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(start, stop, distances of queries start..stop)`` for consecutive query blocks."""
+        for start, stop, queries in self._query_blocks(q_feats, block_size):
+            # Yielded without a local name, so no block outlives the consumer's use of it.
+            yield start, stop, self._on_host(self._block(queries))
+
+    def blocks_and_device(self, q_feats, block_size: int
+                          ) -> Iterator[tuple[int, int, np.ndarray, torch.Tensor | None]]:
+        """As ``blocks``, each with the block's tensor on the GPU too (``None`` on the CPU)."""
+        for start, stop, queries in self._query_blocks(q_feats, block_size):
+            out = self._block(queries)
+            yield start, stop, self._on_host(out), out if out.device.type != "cpu" else None
+            del out  # freed before the next block is computed
+
+    def _query_blocks(self, q_feats, block_size: int
+                      ) -> Iterator[tuple[int, int, torch.Tensor]]:
         queries = _as_features(q_feats, "query")
         if queries.shape[1] != self.gallery.shape[1]:
             raise ReidError(f"query features have dimension {queries.shape[1]} but the gallery "
                             f"features {self.gallery.shape[1]}")
         for start in range(0, queries.shape[0], block_size):
             stop = min(start + block_size, queries.shape[0])
-            yield start, stop, self.block(queries[start:stop])
+            yield start, stop, queries[start:stop]
 
-    def block(self, queries: torch.Tensor) -> np.ndarray:
+    def _block(self, queries: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            out = self.metric.block(queries.to(self.device), self.gallery, self.g_terms)
-        if self.device.type == "cpu":
+            return self.metric.block(queries.to(self.device), self.gallery, self.g_terms)
+
+    def _on_host(self, out: torch.Tensor) -> np.ndarray:
+        """The block as numpy: the tensor's own memory on the CPU, a reused pinned buffer
+        from a GPU."""
+        if out.device.type == "cpu":
             return out.numpy()
-        rows = queries.shape[0]
+        rows = out.shape[0]
         if self._host is None or self._host.shape[0] < rows:
             self._host = torch.empty((rows, self.num_gallery), dtype=torch.float32,
                                      pin_memory=True)

@@ -75,30 +75,33 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     rows = block_size or max(1, min(len(q_feats), BLOCK_CELLS // max(len(g_feats), 1)))
     with StreamingEvaluation(q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
                              protocol=protocol, roc=roc, fars=fars) as evaluation:
+        # Plain distances computed on a GPU are ranked there too (``on_device``).
         blocks = (_reranked_blocks(q_feats, g_feats, rerank, metric, rows, device) if rerank
-                  else GalleryDistances(g_feats, metric, device).blocks(q_feats, rows))
+                  else GalleryDistances(g_feats, metric, device).blocks_and_device(q_feats, rows))
         # A progress bar updated by hand: one wrapping the iterator would keep the previous
         # block alive while the next is computed (two blocks of memory instead of one).
         progress = tqdm(total=-(-len(q_feats) // rows), desc="evaluate", unit="block",
                         leave=False, disable=not comm.is_main_process() or len(q_feats) <= rows)
         with progress:
-            for start, _, distances in blocks:
+            for start, _, distances, on_device in blocks:
                 if observe is not None:
                     observe(start, distances)
-                evaluation.add(start, distances)
-                del distances
+                evaluation.add(start, distances, on_device)
+                del distances, on_device
                 progress.update()
         return evaluation.result().as_dict()
 
 
 def _reranked_blocks(q_feats, g_feats, options: dict, metric: str, rows: int,
-                     device: torch.device) -> Iterator[tuple[int, int, np.ndarray]]:
+                     device: torch.device) -> Iterator[tuple[int, int, np.ndarray, None]]:
     from reid.evaluation.rerank import ReRanker  # heavy: only imported when re-ranking
 
     params = _parameters(options, RERANK_KEYS, "rerank")
     logger.info("k-reciprocal re-ranking %s", params)
     reranker = ReRanker(q_feats, g_feats, metric=metric, device=device, **params)
-    yield from reranker.blocks(rows)
+    for start, stop, distances in reranker.blocks(rows):
+        yield start, stop, distances, None  # re-ranked rows are on the CPU
+        del distances  # freed before the next block is computed
 
 
 def _expand_queries(q_feats, g_feats, options: dict, device: torch.device):

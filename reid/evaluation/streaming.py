@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from reid.errors import ReidError
+from reid.evaluation.device_ranks import DeviceRanker
 from reid.evaluation.positive_ranks import (CHUNK_CELLS, MAX_CHUNK_ROWS, RowBlock, SamePidIndex,
                                             rank_block)
 from reid.evaluation.protocols import DEFAULT_PROTOCOL, build_protocol
@@ -62,6 +63,7 @@ class StreamingEvaluation:
         self._inps: list[np.ndarray] = []
         self._hits = np.zeros(self.protocol.length, dtype=np.float64)
         self._next_row = 0
+        self._ranker: DeviceRanker | None = None
 
     @property
     def num_query(self) -> int:
@@ -71,18 +73,28 @@ class StreamingEvaluation:
     def num_gallery(self) -> int:
         return len(self.g_pids)
 
-    def add(self, start: int, rows: np.ndarray) -> None:
-        """Distances of queries ``start .. start + len(rows)`` to the whole gallery."""
+    def add(self, start: int, rows: np.ndarray, device_rows: torch.Tensor | None = None
+            ) -> None:
+        """Distances of queries ``start .. start + len(rows)`` to the whole gallery.
+
+        ``device_rows``: the same distances on a GPU, when they were computed there; the
+        positives are then ranked on the GPU (one sort per block) instead of on the CPU.
+        """
         if rows.ndim != 2 or rows.shape[1] != self.num_gallery:
             raise ReidError(f"expected a block of query rows with {self.num_gallery} gallery "
                             f"columns, got shape {rows.shape}")
         if start != self._next_row or start + rows.shape[0] > self.num_query:
             raise ReidError(f"query rows must arrive in order: expected row {self._next_row}, "
                             f"got rows {start}..{start + rows.shape[0]} of {self.num_query}")
-        step = max(1, min(MAX_CHUNK_ROWS, CHUNK_CELLS // max(self.num_gallery, 1)))
-        chunks = [(start + i, rows[i:i + step]) for i in range(0, rows.shape[0], step)]
-        mapper = self._pool.map if self._pool is not None else map
-        for ap, inp, hits in mapper(self._chunk, chunks):
+        ranker = self._device_ranker(device_rows)
+        if ranker is not None:
+            results = [self._metrics(ranker.rank(start, device_rows, rows))]
+        else:
+            step = max(1, min(MAX_CHUNK_ROWS, CHUNK_CELLS // max(self.num_gallery, 1)))
+            chunks = [(start + i, rows[i:i + step]) for i in range(0, rows.shape[0], step)]
+            mapper = self._pool.map if self._pool is not None else map
+            results = mapper(self._chunk, chunks)
+        for ap, inp, hits in results:
             self._aps.append(ap)
             self._inps.append(inp)
             self._hits += hits
@@ -120,8 +132,22 @@ class StreamingEvaluation:
     def _chunk(self, item: tuple[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start, rows = item
         stop = start + rows.shape[0]
-        block = rank_block(rows, start, self.q_pids[start:stop], self.q_camids[start:stop],
-                           self.g_camids, self.index)
+        return self._metrics(rank_block(rows, start, self.q_pids[start:stop],
+                                        self.q_camids[start:stop], self.g_camids, self.index))
+
+    def _device_ranker(self, device_rows: torch.Tensor | None) -> DeviceRanker | None:
+        """The GPU ranker for blocks on a GPU; None for the CPU path (no device block, or
+        ids that are not numbers, which torch cannot compare)."""
+        ids = (self.q_pids, self.g_pids, self.q_camids, self.g_camids)
+        if device_rows is None or any(i.dtype.kind not in "biuf" for i in ids):
+            return None
+        if self._ranker is None or self._ranker.device != device_rows.device:
+            self._ranker = DeviceRanker(self.q_pids, self.g_pids, self.q_camids, self.g_camids,
+                                        self.index, device_rows.device)
+        return self._ranker
+
+    def _metrics(self, block: RowBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """AP, INP and CMC hits of a ranked block (and its ROC counts)."""
         if self.roc is not None:
             self.roc.add(block)
         ap, inp = average_precision(block)
