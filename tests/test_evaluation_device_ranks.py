@@ -81,3 +81,11 @@ def test_ids_torch_cannot_compare_take_the_cpu_path():
     named = (dist, q_pids.astype(str), g_pids.astype(str), q_cams, g_cams)
     got, expected = evaluate(named, on_device=True), evaluate(problem, on_device=False)
     np.testing.assert_array_equal(got.all_ap, expected.all_ap)
+
+
+def test_a_gpu_copy_of_another_shape_is_an_error():
+    problem, _ = draw(1)
+    dist, q_pids, g_pids, q_cams, g_cams = problem
+    with StreamingEvaluation(q_pids, g_pids, q_cams, g_cams) as evaluation:
+        with pytest.raises(ReidError, match="GPU copy of query rows 0.. has shape"):
+            evaluation.add(0, dist, torch.from_numpy(dist[:, :-1].copy()))

@@ -1,10 +1,12 @@
-"""Rank metrics accumulated over blocks of query rows, on all CPU cores.
+"""Rank metrics accumulated over blocks of query rows, on all CPU cores (or on the GPU).
 
 :class:`StreamingEvaluation` receives the distance rows of consecutive query blocks (from a
 distance matrix, from features, or from re-ranking), cuts them into cache-sized chunks, ranks
 each chunk's positives exactly (:mod:`reid.evaluation.positive_ranks`) on a thread pool, and
 keeps only per-query results: AP, INP, CMC hits (and the ROC accumulator's bounded state).
-Memory is therefore one block of rows plus ``O(Q)``, whatever the gallery size.
+A block that comes with its GPU copy is ranked there instead, whole
+(:mod:`reid.evaluation.device_ranks`). Memory is therefore one block of rows plus ``O(Q)``,
+whatever the gallery size.
 """
 from __future__ import annotations
 
@@ -86,6 +88,9 @@ class StreamingEvaluation:
         if start != self._next_row or start + rows.shape[0] > self.num_query:
             raise ReidError(f"query rows must arrive in order: expected row {self._next_row}, "
                             f"got rows {start}..{start + rows.shape[0]} of {self.num_query}")
+        if device_rows is not None and tuple(device_rows.shape) != rows.shape:
+            raise ReidError(f"the GPU copy of query rows {start}.. has shape "
+                            f"{tuple(device_rows.shape)}, the rows {rows.shape}")
         ranker = self._device_ranker(device_rows)
         if ranker is not None:
             results = [self._metrics(ranker.rank(start, device_rows, rows))]
