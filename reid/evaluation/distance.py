@@ -111,7 +111,8 @@ class GalleryDistances:
 
     The gallery features stay where they are on the CPU (a float32 tensor or array is used
     without a copy); on a GPU they are copied there once. Blocks come back as numpy float32
-    arrays (from a GPU: in a reused host buffer, valid until the next block is requested).
+    arrays (from a GPU: in a reused host buffer, valid until the next block is requested, and
+    with the block's GPU tensor).
     """
 
     def __init__(self, g_feats, metric: str = "cosine", device: str | torch.device = "cpu") -> None:
@@ -127,33 +128,22 @@ class GalleryDistances:
     def num_gallery(self) -> int:
         return self.gallery.shape[0]
 
-    def blocks(self, q_feats, block_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
-        """``(start, stop, distances of queries start..stop)`` for consecutive query blocks."""
-        for start, stop, queries in self._query_blocks(q_feats, block_size):
-            # Yielded without a local name, so no block outlives the consumer's use of it.
-            yield start, stop, self._on_host(self._block(queries))
-
-    def blocks_and_device(self, q_feats, block_size: int
-                          ) -> Iterator[tuple[int, int, np.ndarray, torch.Tensor | None]]:
-        """As ``blocks``, each with the block's tensor on the GPU too (``None`` on the CPU)."""
-        for start, stop, queries in self._query_blocks(q_feats, block_size):
-            out = self._block(queries)
-            yield start, stop, self._on_host(out), out if out.device.type != "cpu" else None
-            del out  # freed before the next block is computed
-
-    def _query_blocks(self, q_feats, block_size: int
-                      ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def blocks(self, q_feats, block_size: int
+               ) -> Iterator[tuple[int, int, np.ndarray, torch.Tensor | None]]:
+        """``(start, stop, distances, on_device)`` for consecutive blocks of queries: the
+        distances of queries ``start..stop`` as numpy, and the same block's tensor when it was
+        computed on a GPU (``None`` on the CPU)."""
         queries = _as_features(q_feats, "query")
         if queries.shape[1] != self.gallery.shape[1]:
             raise ReidError(f"query features have dimension {queries.shape[1]} but the gallery "
                             f"features {self.gallery.shape[1]}")
         for start in range(0, queries.shape[0], block_size):
             stop = min(start + block_size, queries.shape[0])
-            yield start, stop, queries[start:stop]
-
-    def _block(self, queries: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.metric.block(queries.to(self.device), self.gallery, self.g_terms)
+            with torch.no_grad():
+                out = self.metric.block(queries[start:stop].to(self.device), self.gallery,
+                                        self.g_terms)
+            yield start, stop, self._on_host(out), out if out.device.type != "cpu" else None
+            del out  # freed before the next block is computed
 
     def _on_host(self, out: torch.Tensor) -> np.ndarray:
         """The block as numpy: the tensor's own memory on the CPU, a reused pinned buffer

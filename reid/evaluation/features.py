@@ -77,7 +77,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
                              protocol=protocol, roc=roc, fars=fars) as evaluation:
         # Plain distances computed on a GPU are ranked there too (``on_device``).
         blocks = (_reranked_blocks(q_feats, g_feats, rerank, metric, rows, device) if rerank
-                  else GalleryDistances(g_feats, metric, device).blocks_and_device(q_feats, rows))
+                  else GalleryDistances(g_feats, metric, device).blocks(q_feats, rows))
         # A progress bar updated by hand: one wrapping the iterator would keep the previous
         # block alive while the next is computed (two blocks of memory instead of one).
         progress = tqdm(total=-(-len(q_feats) // rows), desc="evaluate", unit="block",
