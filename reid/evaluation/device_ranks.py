@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reid.errors import ReidError
-from reid.evaluation.positive_ranks import RowBlock, SamePidIndex
+from reid.evaluation.positive_ranks import RowBlock, SamePidIndex, non_finite_match
 
 
 class DeviceRanker:
@@ -70,6 +69,4 @@ def _table(row: torch.Tensor, slot: torch.Tensor, values: torch.Tensor, shape: t
 def _check_finite(dist: torch.Tensor, positive: torch.Tensor, start: int) -> None:
     bad = (positive & ~torch.isfinite(dist)).any(dim=1)
     if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ReidError(f"distances must be finite, but query {start + row} has a non-finite "
-                        "distance to one of its true matches")
+        raise non_finite_match(start + int(bad.nonzero()[0, 0]))

@@ -129,9 +129,7 @@ def _sorted_positives(dist: np.ndarray, members: np.ndarray, q_camids: np.ndarra
     positive = valid & (g_camids[safe] != q_camids[:, None])
     bad = positive & ~np.isfinite(member_dist)
     if bad.any():
-        row = int(np.nonzero(bad.any(axis=1))[0][0])
-        raise ReidError(f"distances must be finite, but query {start + row} has a non-finite "
-                        "distance to one of its true matches")
+        raise non_finite_match(start + int(np.nonzero(bad.any(axis=1))[0][0]))
     num_pos = positive.sum(axis=1)
     width = int(num_pos.max()) if num_pos.size else 0
     # Positives first, then by distance; lexsort is stable, so equal distances keep the
@@ -140,6 +138,12 @@ def _sorted_positives(dist: np.ndarray, members: np.ndarray, q_camids: np.ndarra
     pos_dist = np.take_along_axis(member_dist, order, axis=1)
     pos_index = np.take_along_axis(safe, order, axis=1)
     return pos_dist, pos_index, num_pos
+
+
+def non_finite_match(query: int) -> ReidError:
+    """The error for a query whose distance to one of its true matches is NaN or infinite."""
+    return ReidError(f"distances must be finite, but query {query} has a non-finite distance "
+                     "to one of its true matches")
 
 
 def _count_ranks(dist: np.ndarray, members: np.ndarray, pos_dist: np.ndarray,
