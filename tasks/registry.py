@@ -44,7 +44,7 @@ from reid.config import CfgNode, save_config
 from reid.engine.checkpoint import read_checkpoint
 from reid.errors import ReidError
 from reid.utils.io import atomic_torch_save
-from tasks.tracking import DATA_TAG, Tracker
+from tasks.tracking import DATA_TAG, Tracker, local_store_path
 
 logger = logging.getLogger(__name__)
 
@@ -182,14 +182,6 @@ def promotion_lock(tracking_uri: str, name: str):
     with open(lock_file, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
         yield
-
-
-def local_store_path(tracking_uri: str) -> Optional[Path]:
-    """The database file or directory of a local tracking store, None for a server."""
-    for scheme in ("sqlite:///", "file://"):
-        if tracking_uri.startswith(scheme):
-            return Path(tracking_uri[len(scheme):])
-    return None if "://" in tracking_uri else Path(tracking_uri)
 
 
 def _file_safe(name: str) -> str:

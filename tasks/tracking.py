@@ -27,6 +27,7 @@ PARENT_TAG = "mlflow.parentRunId"
 RECIPE_TAG = "reid.recipe"  # the recipe file a run was configured from
 DATA_TAG = "dvc.data.md5"  # the DVC hash of the datasets root a run read
 MAX_BATCH = 100  # MLflow's limit of params per log_batch call
+SQLITE_SCHEME = "sqlite:///"
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -46,6 +47,14 @@ def dvc_digest(dvc_file: str | Path = "data.dvc") -> Optional[str]:
     return outs[0].get("md5")
 
 
+
+def local_store_path(tracking_uri: str) -> Optional[Path]:
+    """The database file or directory of a local tracking store, None for a server."""
+    for scheme in (SQLITE_SCHEME, "file://"):
+        if tracking_uri.startswith(scheme):
+            return Path(tracking_uri[len(scheme):])
+    return None if "://" in tracking_uri else Path(tracking_uri)
+
 class Tracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> None:
         self.client = MlflowClient(tracking_uri)
@@ -57,9 +66,9 @@ class Tracker:
             return found.experiment_id
         uri = self.client.tracking_uri
         location = None
-        if uri.startswith("sqlite:///"):
+        if uri.startswith(SQLITE_SCHEME):
             # Artifacts beside the database, absolute, so any working directory finds them.
-            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+            location = (local_store_path(uri).parent / "mlartifacts").resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
     # ------------------------------------------------------------------ runs

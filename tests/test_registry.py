@@ -214,7 +214,7 @@ def test_racing_registrations_leave_the_better_one_champion(tmp_path, cfg, mlflo
 
 
 def test_promotion_lock_is_per_local_store(tmp_path):
-    from tasks.registry import local_store_path
+    from tasks.tracking import local_store_path
     assert local_store_path(f"sqlite:///{tmp_path}/m.db") == tmp_path / "m.db"
     assert local_store_path(f"file://{tmp_path}/mlruns") == tmp_path / "mlruns"
     assert local_store_path("mlruns") == Path("mlruns")
