@@ -3,6 +3,7 @@ MLflow/Prefect, config files written by tests, single-threaded torch, an offline
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,13 @@ TINY_TRAIN = {
     "TEST.IMS_PER_BATCH": 32,
     "TEST.PRECISE_BN.NUM_ITER": 2,
 }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def as_overrides(values: dict) -> list[str]:

@@ -1,6 +1,5 @@
 """Two CPU ranks (gloo) train through the Trainer and wrap_ddp, each on different data."""
 import os
-import socket
 import time
 
 import pytest
@@ -12,16 +11,11 @@ from reid.engine.launch import destroy, init_distributed, seed_everything, wrap_
 from reid.engine.trainer import Trainer, TrainingDiverged
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
+from conftest import free_port
 from test_engine_toys import ToyReidNet, make_loader, solver_cfg
 
 WORLD_SIZE = 2
 DEADLINE_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_toy(rank: int, nan_at_call=None, freeze_iters=0) -> Trainer:

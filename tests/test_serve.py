@@ -5,7 +5,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,19 +15,13 @@ import httpx
 import pytest
 import yaml
 
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, free_port
 from reid.cli import main
 from reid.errors import ReidError
 
 STAGES = {"prepare", "train", "precise_bn", "evaluate"}
 RUN_TIMEOUT_S = 150
 SERVER_START_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def git_head() -> str:
