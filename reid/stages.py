@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from reid.data.build import build_test_loader, build_train_loader
 from reid.data.datasets import DATASET_REGISTRY
 from reid.data.synthetic import generate_synthetic_market, generated_with, generator_arguments
 from reid.engine.checkpoint import Checkpointer
-from reid.engine.hooks import (LayerFreezer, MetricsLogger, PeriodicCheckpointer,
+from reid.engine.events import METRICS_FILE, MetricsFile, MetricsPrinter, fan_out
+from reid.engine.hooks import (LayerFreezer, MetricsLogger, MetricsSink, PeriodicCheckpointer,
                                PeriodicEvaluator, ProgressBar)
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
 from reid.engine.precise_bn import update_bn_stats
@@ -35,7 +36,6 @@ from reid.utils.io import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-MetricsSink = Callable[[dict, int], None]
 SYNTHETIC = "SyntheticMarket1501"
 FINAL_CHECKPOINT = "model_final.pth"
 PRECISE_BN_CHECKPOINT = "model_precise_bn.pth"
@@ -125,16 +125,19 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     start_epoch = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     evaluator = Evaluator(cfg, out)  # TEST.* options; test loaders built on first use
+    # Metrics go to OUTPUT_DIR/metrics.json and log.txt as well as to ``sink`` (MLflow).
+    metrics_file, printer = MetricsFile(out / METRICS_FILE), MetricsPrinter()
     hooks = [
+        metrics_file,
+        printer,
         LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
         LayerFreezer(model, classifier_weight_names(model), cfg.SOLVER.FREEZE_FC_ITERS),
         PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_EPOCH),
         PeriodicEvaluator(lambda: evaluator.evaluate(model, device), cfg.TEST.EVAL_PERIOD,
-                          cfg.SOLVER.MAX_EPOCH, sink),
+                          cfg.SOLVER.MAX_EPOCH, fan_out(metrics_file, sink)),
         ProgressBar(),
+        MetricsLogger(fan_out(metrics_file, printer, sink), cfg.SOLVER.LOG_PERIOD),
     ]
-    if sink is not None:
-        hooks.append(MetricsLogger(sink, cfg.SOLVER.LOG_PERIOD))
     # Frozen layers produce no gradients for a while: DDP must be told to expect that.
     freezing = cfg.SOLVER.FREEZE_ITERS > 0 or cfg.SOLVER.FREEZE_FC_ITERS > 0
     ddp_model = wrap_ddp(model, device, find_unused_parameters=freezing)

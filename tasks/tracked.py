@@ -37,6 +37,7 @@ def train(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None, resume: 
         tracker.log_dataset(run_id, cfg)
         result = run_fn(cfg, sink=tracker.sink(run_id), resume=resume)
         tracker.log_artifact(run_id, result["config"])
+        tracker.log_artifact(run_id, Path(cfg.OUTPUT_DIR) / stages.METRICS_FILE)
         for checkpoint in sorted(Path(cfg.OUTPUT_DIR).glob("model_*.pth")):
             if checkpoint.name != stages.PRECISE_BN_CHECKPOINT:
                 tracker.log_artifact(run_id, checkpoint, "checkpoints")

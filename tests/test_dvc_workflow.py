@@ -20,7 +20,7 @@ DVC = str(BIN / "dvc")
 RECIPE = yaml.safe_load((ROOT / "params" / "synthetic.yml").read_text())
 OUT = Path(RECIPE["OUTPUT_DIR"])
 STAGE_OUTPUTS = [OUT / name for name in ("datasets.json", "model_final.pth", "config.yaml",
-                                         "model_precise_bn.pth", "results.json")]
+                                         "metrics.json", "model_precise_bn.pth", "results.json")]
 
 
 def tiny_recipe() -> str:

@@ -2,6 +2,7 @@ import io
 import itertools
 import logging
 import re
+import sys
 import types
 
 import pytest
@@ -339,6 +340,29 @@ def test_progress_bar_shows_epoch_and_loss():
     text = out.getvalue()
     assert "4/4" in text and "epoch=2/2" in text and re.search(r"loss=\d+\.\d{4}", text)
     assert bar.bar is None  # closed
+
+
+class LogsMidTraining(HookBase):
+    def after_step(self):
+        if self.trainer.iter == 1:
+            self.handlers = list(logging.getLogger().handlers)
+            logging.getLogger("reid.test").warning("a line in the middle of training")
+
+
+def test_console_log_lines_go_above_the_progress_bar_while_it_shows(capsys):
+    console = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(console)
+    try:
+        probe = LogsMidTraining()
+        make_trainer(max_epoch=2, hooks=[ProgressBar(mininterval=0), probe]).train()
+        assert console not in probe.handlers  # replaced by tqdm's handler during training
+        assert console in root.handlers  # and restored afterwards
+    finally:
+        root.removeHandler(console)
+    err = capsys.readouterr().err
+    assert "a line in the middle of training\n" in err
+    assert "4/4" in err  # the bar itself
 
 
 class FreezeProbe(HookBase):

@@ -22,7 +22,7 @@ def children(client: MlflowClient, parent_id: str) -> dict:
     return {run.info.run_name: run for run in runs}
 
 
-def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow_uri):
+def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow_uri, tmp_path):
     from flows.pipeline import pipeline
     out = pipeline(config=str(RECIPE), overrides=tiny_overrides)
 
@@ -58,7 +58,15 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
     assert {"lr", "images_per_sec"} <= set(train.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(train.info.run_id, "checkpoints")}
     assert "checkpoints/model_final.pth" in artifacts
-    assert "config.yaml" in {a.path for a in client.list_artifacts(train.info.run_id)}
+    assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(
+        train.info.run_id)}
+    # The file holds the same training curve as the run's metric history.
+    local = client.download_artifacts(train.info.run_id, "metrics.json", str(tmp_path / "dl"))
+    records = [json.loads(line) for line in Path(local).read_text().splitlines()]
+    history = sorted((m.step, m.value) for m in loss_history)
+    training = [r for r in records if "total_loss" in r]
+    assert [r["iteration"] for r in training] == [step for step, _ in history]
+    assert [r["total_loss"] for r in training] == pytest.approx([v for _, v in history])
 
 
 def test_distill_flow_trains_teacher_then_students(prefect_server, tiny_root, tmp_path,

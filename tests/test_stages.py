@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from reid.cli import main
 
@@ -19,6 +20,12 @@ def test_a_market1501_directory_needs_only_the_dataset_names(tiny_root, tiny_ove
     # 6 test ids x 3 cameras x 6 images; 3 junk images (pid -1) dropped, 4 distractors kept.
     assert counts["train"] == {"images": 48, "ids": 8, "cameras": 3}
     assert counts["query"]["images"] + counts["gallery"]["images"] == 6 * 6 + 4
+    # Training metrics stay in OUTPUT_DIR without MLflow: metrics.json and lines of log.txt.
+    records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    steps = [r["iteration"] for r in records]
+    assert steps == sorted(set(steps)) and records[-1]["epoch"] == 2.0  # SOLVER.MAX_EPOCH 2
+    assert re.search(rf"iter {steps[-1]}/{steps[-1]}, epoch 2.00/2: .*total_loss \d",
+                     (out / "log.txt").read_text())
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"Market1501"} and 0 <= results["Market1501"]["mAP"] <= 100
     assert "Market1501" in capsys.readouterr().out  # reid eval prints the table

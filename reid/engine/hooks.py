@@ -7,12 +7,14 @@ before doing end-of-training work.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from reid.errors import ReidError
 from reid.utils import comm
@@ -124,16 +126,22 @@ class MetricsLogger(HookBase):
 
 
 class ProgressBar(HookBase):
-    """A tqdm bar over all iterations on rank 0, with epoch, loss and ETA."""
+    """A tqdm bar over all iterations on rank 0, with epoch, loss and ETA.
+
+    While it shows, log records for the console are written above the bar (tqdm's logging
+    redirect) instead of through it; log files are untouched.
+    """
 
     def __init__(self, **tqdm_kwargs) -> None:
         self.tqdm_kwargs = tqdm_kwargs
         self.bar: Optional[tqdm] = None
+        self._console = contextlib.ExitStack()
 
     def before_train(self) -> None:
         if comm.is_main_process():
             self.bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.iter, desc="train",
                             unit="it", dynamic_ncols=True, **self.tqdm_kwargs)
+            self._console.enter_context(logging_redirect_tqdm())
 
     def after_step(self) -> None:
         if self.bar is None:
@@ -144,6 +152,7 @@ class ProgressBar(HookBase):
         self.bar.update(1)
 
     def after_train(self) -> None:
+        self._console.close()
         if self.bar is not None:
             self.bar.close()
             self.bar = None
