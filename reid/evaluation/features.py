@@ -93,15 +93,20 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
 
 
 def _reranked_blocks(q_feats, g_feats, options: dict, metric: str, rows: int,
-                     device: torch.device) -> Iterator[tuple[int, int, np.ndarray, None]]:
+                     device: torch.device
+                     ) -> Iterator[tuple[int, int, np.ndarray, torch.Tensor | None]]:
+    """Re-ranked blocks as ``GalleryDistances.blocks`` yields them. The rows are combined on
+    the CPU; with a GPU they are copied there to be ranked (a 1,000 x 82,161 block crosses in
+    milliseconds; ranking it on 2-16 CPU cores takes a second or more)."""
     from reid.evaluation.rerank import ReRanker  # heavy: only imported when re-ranking
 
     params = _parameters(options, RERANK_KEYS, "rerank")
     logger.info("k-reciprocal re-ranking %s", params)
     reranker = ReRanker(q_feats, g_feats, metric=metric, device=device, **params)
     for start, stop, distances in reranker.blocks(rows):
-        yield start, stop, distances, None  # re-ranked rows are on the CPU
-        del distances  # freed before the next block is computed
+        on_device = torch.from_numpy(distances).to(device) if device.type == "cuda" else None
+        yield start, stop, distances, on_device
+        del distances, on_device  # freed before the next block is computed
 
 
 def _expand_queries(q_feats, g_feats, options: dict, device: torch.device):
