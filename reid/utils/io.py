@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,9 +14,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Created like any file (0666 less the umask, so colleagues and services can read
+    # checkpoints and results), not 0600 as mkstemp would; "x" still refuses to reuse a name.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    f = open(tmp, mode.replace("w", "x"))
     try:
-        with os.fdopen(fd, mode) as f:
+        with f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
