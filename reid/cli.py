@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from reid.errors import ReidError, one_line
+from reid.utils.logs import LOG_FORMAT, attach_log_file
 
 logger = logging.getLogger("reid")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
@@ -26,15 +27,13 @@ QUIET_LOGGERS = ("alembic", "mlflow", "httpx", "httpcore", "prefect", "urllib3",
 
 
 def setup_logging(output_dir: str | None = None) -> None:
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", force=True)
+    """Console logging at INFO; with ``output_dir``, also its log.txt for the whole command
+    (the stage functions write there too, see ``reid.utils.logs``)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     if output_dir:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(Path(output_dir) / "log.txt")
-        handler.setFormatter(logging.Formatter(fmt))
-        logging.getLogger().addHandler(handler)
+        attach_log_file(output_dir)
 
 
 def recipe(path: str | None) -> str:

@@ -6,10 +6,11 @@ metrics leave through a plain ``sink(metrics, step)`` callable.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from reid.modeling import build_model, classifier_weight_names, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
 from reid.utils.io import atomic_write, atomic_write_json
+from reid.utils.logs import log_file
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,16 @@ SYNTHETIC = "SyntheticMarket1501"
 FINAL_CHECKPOINT = "model_final.pth"
 PRECISE_BN_CHECKPOINT = "model_precise_bn.pth"
 RESULTS_FILE = "results.json"
+
+
+def logged(stage: Callable) -> Callable:
+    """Decorates a stage function ``(cfg, ...)``: its log also goes to OUTPUT_DIR/log.txt,
+    whoever calls it (CLI, Prefect task, notebook)."""
+    @functools.wraps(stage)
+    def run(cfg: CfgNode, *args, **kwargs):
+        with log_file(cfg.OUTPUT_DIR):
+            return stage(cfg, *args, **kwargs)
+    return run
 
 
 def output_dir(cfg: CfgNode) -> Path:
@@ -73,6 +85,7 @@ def describe_split(items: list) -> dict:
             "cameras": len({cam for _, _, cam in items})}
 
 
+@logged
 def prepare(cfg: CfgNode) -> dict:
     """Make sure every dataset of the config is readable; generate the synthetic one if absent.
 
@@ -101,6 +114,7 @@ def with_num_classes(cfg: CfgNode, num_classes: int) -> CfgNode:
     return cfg.freeze()
 
 
+@logged
 def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False) -> dict:
     """Train the model of ``cfg`` (Baseline, Distiller, ...) and write checkpoints to OUTPUT_DIR.
 
@@ -151,6 +165,7 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
             "config": str(out / "config.yaml")}
 
 
+@logged
 def distill(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False) -> dict:
     """Train a student with knowledge distillation from the teachers named by KD.* (or from
     an exponential moving average of itself with KD.EMA.ENABLED)."""
@@ -173,6 +188,7 @@ def load_model(cfg: CfgNode, weights: str | Path, device: torch.device) -> torch
 
 
 # --------------------------------------------------------------------------- precise-BN
+@logged
 def precise_bn(cfg: CfgNode, weights: str | Path) -> dict:
     """Recompute BatchNorm statistics over TEST.PRECISE_BN.NUM_ITER training batches.
 
@@ -207,6 +223,7 @@ def _images_only(loader, device):
 
 
 # --------------------------------------------------------------------------- evaluate
+@logged
 def evaluate(cfg: CfgNode, weights: str | Path) -> dict:
     """Rank-1/5/10, mAP and mINP (percent) on every DATASETS.TESTS set; writes results.json."""
     device = resolve_device(cfg.MODEL.DEVICE)
@@ -216,6 +233,7 @@ def evaluate(cfg: CfgNode, weights: str | Path) -> dict:
     return {"results": results, "weights": str(weights)}
 
 
+@logged
 def extract(cfg: CfgNode, weights: str | Path, dataset: str, output: str | Path) -> dict:
     """Write the features of a test set (query then gallery) to an .npz file."""
     device = resolve_device(cfg.MODEL.DEVICE)
@@ -226,6 +244,7 @@ def extract(cfg: CfgNode, weights: str | Path, dataset: str, output: str | Path)
     return {"features": str(output), "count": int(len(pids)), "dim": int(feats.shape[1])}
 
 
+@logged
 def extract_folder(cfg: CfgNode, weights: str | Path, folder: str | Path,
                    output: str | Path) -> dict:
     """Write the features of every image under ``folder`` to an .npz file: ``features``

@@ -1,0 +1,57 @@
+"""The run's log file, ``OUTPUT_DIR/log.txt`` (FastReID keeps one per run too).
+
+Every stage function writes its log there, whoever calls it: the CLI, a Prefect task (whose
+process never went through the CLI's logging setup) or a notebook. Only rank 0 writes, and a
+file gets one handler however many stages nest (``distill`` runs ``train``).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+LOG_FILE = "log.txt"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def writes_logs() -> bool:
+    """Rank 0 only; RANK is set by torchrun before the process group exists."""
+    from reid.utils import comm  # torch: not imported by `reid --help`
+
+    return comm.is_main_process() and int(os.environ.get("RANK", "0")) == 0
+
+
+def attach_log_file(directory: str | Path) -> Optional[logging.Handler]:
+    """Append the root logger's records to ``directory/log.txt``; returns the new handler, or
+    None when a handler already writes that file or on ranks other than 0."""
+    path = (Path(directory) / LOG_FILE).resolve()
+    root = logging.getLogger()
+    if not writes_logs() or any(isinstance(h, logging.FileHandler) and
+                                Path(h.baseFilename) == path for h in root.handlers):
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    return handler
+
+
+@contextlib.contextmanager
+def log_file(directory: str | Path) -> Iterator[None]:
+    """While the block runs, the library's INFO records go to ``directory/log.txt`` as well
+    (the ``reid`` logger is set to INFO for that time when nobody set its level)."""
+    handler = attach_log_file(directory)
+    library = logging.getLogger("reid")
+    unset = library.level == logging.NOTSET
+    if handler is not None and unset:
+        library.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            if unset:
+                library.setLevel(logging.NOTSET)
+            logging.getLogger().removeHandler(handler)
+            handler.close()
