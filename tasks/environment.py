@@ -12,6 +12,12 @@ TELEMETRY_OFF = {
     "PREFECT_UI_ENABLED": "false",
     "GIT_PYTHON_REFRESH": "quiet",
 }
+# The library's log (training progress, evaluation results) in each task run's logs on a
+# Prefect server, as well as on the console; outside a run those records stay local quietly.
+PREFECT_LOGS = {
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "reid",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
@@ -20,7 +26,7 @@ def default_tracking_uri(root: Path | None = None) -> str:
 
 
 def configure_environment() -> None:
-    for key, value in TELEMETRY_OFF.items():
+    for key, value in {**TELEMETRY_OFF, **PREFECT_LOGS}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri())
 

@@ -56,6 +56,19 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
     with get_client(sync_client=True) as prefect_client:
         flow_run = prefect_client.read_flow_run(UUID(parent.data.tags["prefect.flow_run_id"]))
         assert prefect_client.read_flow(flow_run.flow_id).name == "reid-pipeline"
+        # The library's log reaches the Prefect server, in the task runs' logs.
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+        from prefect.logging.handlers import APILogWorker
+        APILogWorker.drain_all(timeout=30)
+        logs = prefect_client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[flow_run.id])), limit=200)
+        by_logger = {}
+        for record in logs:
+            by_logger.setdefault(record.name, []).append(record)
+        assert any(r.message.startswith("iter ") and r.task_run_id
+                   for r in by_logger.get("reid.engine.events", []))
+        assert any(f"mAP {results['SyntheticMarket1501']['mAP']:.2f}" in r.message
+                   for r in by_logger.get("reid.evaluation.evaluator", []))
 
     stages = children(client, parent.info.run_id)
     assert set(stages) == STAGES
