@@ -31,7 +31,7 @@ def _changed(cfg: CfgNode, *overrides: str) -> CfgNode:
 
 
 def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
-                       parent: str) -> tuple[str, dict]:
+                       parent: str, nproc_per_node: int = 1) -> tuple[str, dict]:
     """One teacher's weights and its results: evaluated if they exist, else trained first."""
     teacher_cfg = load_config(config)
     with tracker.run(role, parent, tags={"reid.role": "teacher"}) as run:
@@ -39,33 +39,36 @@ def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
         if weights and Path(weights).is_file():
             results = evaluate_task(teacher_cfg, weights, tracker, run)["results"]
         else:
-            out = run_stages(teacher_cfg, tracker, run)
+            out = run_stages(teacher_cfg, tracker, run, nproc_per_node=nproc_per_node)
             weights, results = out["checkpoint"], out["results"]
         tracker.log_results(run, results)
     return weights, results
 
 
-def teacher_checkpoints(cfg: CfgNode, tracker: Tracker, parent: str) -> dict[str, tuple[str, dict]]:
+def teacher_checkpoints(cfg: CfgNode, tracker: Tracker, parent: str,
+                        nproc_per_node: int = 1) -> dict[str, tuple[str, dict]]:
     """``{role: (weights, results)}`` for every teacher of KD.MODEL_CONFIG, in order."""
     paths = teacher_paths(cfg, require_weights=False)
     if not paths and not cfg.KD.EMA.ENABLED:
         raise ReidError("the student recipe must name its teacher's config in KD.MODEL_CONFIG "
                         "(or set KD.EMA.ENABLED for self-distillation)")
     roles = ["teacher"] if len(paths) == 1 else [f"teacher {i}" for i in range(1, len(paths) + 1)]
-    return {role: teacher_checkpoint(config, weights, role, tracker, parent)
+    return {role: teacher_checkpoint(config, weights, role, tracker, parent, nproc_per_node)
             for role, (config, weights) in zip(roles, paths)}
 
 
 @flow(name="reid-distill")
 def distill(config: str, overrides: Optional[list[str]] = None,
-            compare_without_kd: bool = True) -> dict:
+            compare_without_kd: bool = True, nproc_per_node: int = 1) -> dict:
+    """Teachers (trained unless their weights exist) -> student with KD (-> the same student
+    without KD, for comparison); ``nproc_per_node`` > 1 trains each with DDP."""
     cfg = load_config(config, overrides or [])
     tracker = Tracker()
     rows = []
     tags = {"reid.flow": "distill", **prefect_run_tags()}
     with tracker.run(f"distill:{Path(config).stem}", tags=tags) as parent:
         tracker.log_dataset(parent, cfg)
-        teachers = teacher_checkpoints(cfg, tracker, parent)
+        teachers = teacher_checkpoints(cfg, tracker, parent, nproc_per_node)
         results = {role: teacher_results for role, (_, teacher_results) in teachers.items()}
         for role, teacher_results in results.items():
             rows += result_rows(role, teacher_results)
@@ -81,7 +84,8 @@ def distill(config: str, overrides: Optional[list[str]] = None,
         for role, (role_cfg, stage) in runs.items():
             with tracker.run(role, parent, tags={"reid.role": role}) as run:
                 tracker.log_config(run, role_cfg, config)
-                out = run_stages(role_cfg, tracker, run, train_stage=stage)
+                out = run_stages(role_cfg, tracker, run, train_stage=stage,
+                                 nproc_per_node=nproc_per_node)
                 tracker.log_results(run, out["results"])
             results[role] = out["results"]
             rows += result_rows(role, out["results"])

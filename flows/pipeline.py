@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from reid.config import CfgNode, load_config
+from tasks.distributed import check_process_count
 from tasks.pipeline_tasks import evaluate_task, precise_bn_task, prepare_task, train_task
 from tasks.reports import report_markdown
 from tasks.tracking import Tracker
@@ -23,11 +24,15 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.
 
 
 def run_stages(cfg: CfgNode, tracker: Tracker, parent_id: str, resume: bool = False,
-               train_stage: str = "train", register: Optional[str] = None) -> dict:
+               train_stage: str = "train", register: Optional[str] = None,
+               nproc_per_node: int = 1) -> dict:
     """prepare -> train (or distill) -> precise-BN -> evaluate under ``parent_id``; with
-    ``register``, the evaluated model becomes a version of that registered model."""
+    ``register``, the evaluated model becomes a version of that registered model; with
+    ``nproc_per_node > 1``, training runs on that many local DDP processes."""
+    check_process_count(cfg, nproc_per_node)  # before any work
     prepare_task(cfg, tracker, parent_id)
-    trained = train_task(cfg, tracker, parent_id, resume=resume, stage=train_stage)
+    trained = train_task(cfg, tracker, parent_id, resume=resume, stage=train_stage,
+                         nproc_per_node=nproc_per_node)
     bn = precise_bn_task(cfg, trained["checkpoint"], tracker, parent_id)
     evaluated = evaluate_task(cfg, bn["checkpoint"], tracker, parent_id, register=register)
     return {"results": evaluated["results"], "checkpoint": bn["checkpoint"],
@@ -52,10 +57,12 @@ def result_rows(model: str, results: dict) -> list[dict]:
 
 @flow(name="reid-pipeline")
 def pipeline(config: Optional[str] = None, overrides: Optional[list[str]] = None,
-             resume: bool = False, register_model: Optional[str] = None) -> dict:
+             resume: bool = False, register_model: Optional[str] = None,
+             nproc_per_node: int = 1) -> dict:
     """Train and evaluate the recipe ``config`` (default: the synthetic recipe);
     ``register_model`` names the MLflow registered model the result is added to (promoted to
-    champion when it wins)."""
+    champion when it wins); ``nproc_per_node`` > 1 trains with DDP on that many local
+    processes (one per GPU, or CPU processes over gloo)."""
     config = config or str(DEFAULT_RECIPE)
     cfg = load_config(config, overrides or [])
     tracker = Tracker()
@@ -63,7 +70,8 @@ def pipeline(config: Optional[str] = None, overrides: Optional[list[str]] = None
     with tracker.run(f"pipeline:{Path(config).stem}", tags=tags) as parent:
         tracker.log_config(parent, cfg, config)
         tracker.log_dataset(parent, cfg)
-        out = run_stages(cfg, tracker, parent, resume=resume, register=register_model)
+        out = run_stages(cfg, tracker, parent, resume=resume, register=register_model,
+                         nproc_per_node=nproc_per_node)
         tracker.log_results(parent, out["results"])
         publish_results(result_rows(Path(config).stem, out["results"]), "reid-results",
                         f"{config}: rank metrics (percent)")

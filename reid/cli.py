@@ -23,6 +23,7 @@ from reid.utils.logs import LOG_FORMAT, attach_log_file
 logger = logging.getLogger("reid")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
 PARENT_RUN_ENV = "REID_PARENT_RUN_ID"
+USER_ERROR_PREFIX = "reid: error: "  # what a user error's one line starts with, on stderr
 QUIET_LOGGERS = ("alembic", "mlflow", "httpx", "httpcore", "prefect", "urllib3", "PIL", "matplotlib")
 
 
@@ -67,13 +68,14 @@ def cmd_run(args: argparse.Namespace) -> None:
             raise ReidError("reid run --flow distill needs --config (a student recipe with KD.*), "
                             "e.g. params/kd-synthetic.yml")
         out = distill(config=args.config, overrides=list(args.opts),
-                      compare_without_kd=not args.no_compare)
+                      compare_without_kd=not args.no_compare,
+                      nproc_per_node=args.nproc_per_node)
         for role, results in out["results"].items():
             print(f"\n{role}:")
             print_results(results)
     else:
         out = pipeline(config=recipe(args.config), overrides=list(args.opts), resume=args.resume,
-                       register_model=args.register)
+                       register_model=args.register, nproc_per_node=args.nproc_per_node)
         print_results(out["results"])
     print(f"\nMLflow run {out['mlflow_run_id']} (mlflow ui --backend-store-uri "
           f"$MLFLOW_TRACKING_URI to browse)")
@@ -247,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "model in the MLflow model registry as a version of NAME")
     run.add_argument("--no-compare", action="store_true",
                      help="distill flow: skip the student trained without KD")
+    run.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                     help="train with DDP on N local processes launched by torchrun (one "
+                     "per GPU over NCCL; CPU processes over gloo when there is no GPU or "
+                     "MODEL.DEVICE is cpu)")
     stage_commands = [
         command("prepare", cmd_prepare, "check the datasets; generate the synthetic one"),
         command("train", cmd_train, "train a model"),
@@ -332,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.fn(args)
     except ReidError as exc:
-        print(f"reid: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{USER_ERROR_PREFIX}{one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("reid: interrupted", file=sys.stderr)

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from reid.errors import ReidError
-from tasks import tracked
+from tasks import distributed, tracked
 
 
 def transient_only(task, task_run, state) -> bool:
@@ -32,10 +32,15 @@ def _stage_task(fn, name: str, retries: int):
 prepare_task = _stage_task(tracked.prepare, "prepare", retries=2)
 
 
-def _train_resuming_on_retry(cfg, tracker, parent_id=None, resume=False, stage="train"):
-    """A retried training resumes from its last checkpoint instead of starting over."""
-    return tracked.train(cfg, tracker, parent_id, resume=resume or task_run.run_count > 1,
-                         stage=stage)
+def _train_resuming_on_retry(cfg, tracker, parent_id=None, resume=False, stage="train",
+                             nproc_per_node=1):
+    """A retried training resumes from its last checkpoint instead of starting over. With
+    ``nproc_per_node > 1`` it runs as that many torchrun workers (``tasks/distributed.py``)."""
+    resume = resume or task_run.run_count > 1
+    if nproc_per_node > 1:
+        return distributed.train(cfg, nproc_per_node, tracker.client.tracking_uri, parent_id,
+                                 resume=resume, stage=stage)
+    return tracked.train(cfg, tracker, parent_id, resume=resume, stage=stage)
 
 
 train_task = _stage_task(_train_resuming_on_retry, "train", retries=1)

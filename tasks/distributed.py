@@ -1,0 +1,89 @@
+"""Distributed training from a flow: ``torchrun`` workers running the CLI's train stage.
+
+A Prefect task cannot become N ranks itself, so with ``nproc_per_node > 1`` the train task
+launches ``python -m torch.distributed.run --standalone --nproc_per_node N -m reid.cli train``
+on the flow's own config (written to a temporary YAML file) and waits. Rank 0 logs the nested
+MLflow stage run under the flow's parent run (REID_PARENT_RUN_ID), exactly as the in-process
+task does; DDP runs over NCCL on GPUs and gloo on CPUs (``reid.engine.launch``).
+
+The workers' stderr is passed through; a user error they report (``reid: error: ...``, e.g.
+a diverged training) is raised here as a ``ReidError`` with that line, so the task is not
+retried; any other failure (a lost worker, NCCL) is a ``RuntimeError`` that Prefect may retry,
+resuming from the last checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from reid import stages
+from reid.cli import PARENT_RUN_ENV, USER_ERROR_PREFIX
+from reid.config import CfgNode, load_config, save_config
+from reid.errors import ReidError
+
+
+def check_process_count(cfg: CfgNode, nproc_per_node: int) -> None:
+    """One line when the count cannot work: below 1, or more processes than visible GPUs."""
+    if nproc_per_node < 1:
+        raise ReidError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
+    import torch
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if nproc_per_node > gpus:
+            raise ReidError(f"nproc_per_node {nproc_per_node} but {gpus} GPU(s) visible: one "
+                            "process per GPU (or MODEL.DEVICE cpu for CPU processes)")
+
+
+def launch_command(config_file: str | Path, nproc_per_node: int, stage: str = "train",
+                   resume: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc_per_node}", "-m", "reid.cli", stage,
+               "--config", str(config_file)]
+    return command + (["--resume"] if resume else [])
+
+
+def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
+          parent_id: str | None = None, resume: bool = False, stage: str = "train") -> dict:
+    """Train ``cfg`` on ``nproc_per_node`` local processes; returns what ``stages.train``
+    returns (read back from OUTPUT_DIR)."""
+    check_process_count(cfg, nproc_per_node)
+    env = dict(os.environ)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    if parent_id:
+        env[PARENT_RUN_ENV] = parent_id
+    else:
+        env.pop(PARENT_RUN_ENV, None)
+    with tempfile.TemporaryDirectory(prefix="reid-launch-") as folder:
+        config_file = Path(folder) / "config.yaml"
+        save_config(cfg, config_file)
+        returncode, user_error = _run(launch_command(config_file, nproc_per_node, stage,
+                                                     resume), env)
+    out = Path(cfg.OUTPUT_DIR)
+    if user_error:
+        raise ReidError(user_error)
+    if returncode != 0:
+        raise RuntimeError(f"distributed training ({nproc_per_node} processes) failed with exit "
+                           f"code {returncode}; its log: {out / 'log.txt'}")
+    final = out / stages.FINAL_CHECKPOINT
+    if not final.is_file():
+        raise RuntimeError(f"distributed training ended without writing {final}")
+    saved = load_config(str(out / "config.yaml"), [])
+    return {"checkpoint": str(final), "num_classes": int(saved.MODEL.HEADS.NUM_CLASSES),
+            "config": str(out / "config.yaml")}
+
+
+def _run(command: list[str], env: dict) -> tuple[int, str | None]:
+    """Run ``command`` passing its stderr through; returns its exit code and the first user
+    error line a worker printed (without the prefix), if any."""
+    user_error = None
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True,
+                          errors="replace") as proc:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            if user_error is None and line.startswith(USER_ERROR_PREFIX):
+                user_error = line[len(USER_ERROR_PREFIX):].strip()
+    return proc.returncode, user_error
