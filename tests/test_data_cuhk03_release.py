@@ -117,6 +117,22 @@ def test_a_converted_release_is_not_converted_again(release, monkeypatch):
     assert len(CUHK03(release).train) == 3
 
 
+def test_a_release_converted_meanwhile_by_another_process_is_kept(release, monkeypatch):
+    """Two DDP ranks may convert at once: the second rename finds the folder in place."""
+    target = release / "cuhk03-np" / "detected"
+    real = cuhk03_release._write_split_folders
+
+    def other_process_finishes_first(*args):
+        written = real(*args)
+        (target / "query").mkdir(parents=True)
+        (target / "query" / "0001_c1_other.png").write_bytes(b"")
+        return written
+    monkeypatch.setattr(cuhk03_release, "_write_split_folders", other_process_finishes_first)
+    cuhk03_release.convert_release(release / "cuhk03", target, "detected")
+    assert [p.name for p in target.rglob("*.png")] == ["0001_c1_other.png"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["detected"]  # staging gone
+
+
 def test_a_release_without_its_split_file_names_the_file(tmp_path):
     write_release(tmp_path / "cuhk03")
     with pytest.raises(ReidError, match="found the CUHK03 release .*cuhk-03.mat but not its "

@@ -26,7 +26,7 @@ def writes_logs() -> bool:
 def attach_log_file(directory: str | Path) -> Optional[logging.Handler]:
     """Append the root logger's records to ``directory/log.txt``; returns the new handler, or
     None when a handler already writes that file or on ranks other than 0."""
-    path = (Path(directory) / LOG_FILE).resolve()
+    path = Path(os.path.abspath(Path(directory) / LOG_FILE))  # as FileHandler spells it
     root = logging.getLogger()
     if not writes_logs() or any(isinstance(h, logging.FileHandler) and
                                 Path(h.baseFilename) == path for h in root.handlers):

@@ -17,6 +17,7 @@ Needs h5py and scipy (``pip install 'reid-toolbox[cuhk03]'``).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -110,7 +111,8 @@ def convert_release(source: Path, target: Path, boxes: str = "detected") -> Path
     split = read_split(split_path)
     logger.info("converting the CUHK03 release (%s boxes) to CUHK03-NP folders in %s", boxes,
                 target)
-    staging = target.with_name(f".{target.name}.converting")
+    # One staging folder per process: DDP ranks reading the dataset may all convert it.
+    staging = target.with_name(f".{target.name}.converting-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         written = _write_split_folders(source / RELEASE_MAT, boxes, split, staging)
@@ -119,8 +121,12 @@ def convert_release(source: Path, target: Path, boxes: str = "detected") -> Path
             raise ReidError(f"CUHK03 split {split_path} names {len(absent)} images that the "
                             f"release {source / RELEASE_MAT} does not hold (first: "
                             f"{absent[0]})")
-        if not target.exists():  # else converted meanwhile by another process: keep that
+        try:
             staging.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # else another process converted it first: keep that one
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %d CUHK03 images to %s", len(written), target)
