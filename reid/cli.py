@@ -77,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         out = pipeline(config=recipe(args.config), overrides=list(args.opts), resume=args.resume,
                        register_model=args.register, nproc_per_node=args.nproc_per_node)
         print_results(out["results"])
+        print(f"\noutputs in {out['output_dir']} (log.txt, metrics.json, results.json, "
+              "checkpoints, visual/)")
     print(f"\nMLflow run {out['mlflow_run_id']} (mlflow ui --backend-store-uri "
           f"$MLFLOW_TRACKING_URI to browse)")
 

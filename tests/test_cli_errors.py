@@ -85,3 +85,22 @@ def test_real_process_exit_code_and_stderr(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"reid: error: config file not found: {tmp_path / 'nope.yml'} (expected a YAML file)")
     assert "Traceback" not in proc.stderr
+
+
+def test_reid_run_passes_its_options_to_the_flow_and_says_where_outputs_are(monkeypatch, capsys):
+    import flows.pipeline
+    calls = []
+
+    def fake_pipeline(**kwargs):
+        calls.append(kwargs)
+        return {"results": {"SetA": {"Rank-1": 90.0, "Rank-5": 95.0, "Rank-10": 97.0,
+                                     "mAP": 80.0, "mINP": 60.0}},
+                "output_dir": "logs/x", "mlflow_run_id": "abc123"}
+    monkeypatch.setattr(flows.pipeline, "pipeline", fake_pipeline)
+    assert main(["run", "--nproc-per-node", "2", "--resume", "SOLVER.MAX_EPOCH", "3"]) == 0
+    assert calls[0]["nproc_per_node"] == 2 and calls[0]["resume"] is True
+    assert calls[0]["overrides"] == ["SOLVER.MAX_EPOCH", "3"]
+    out = capsys.readouterr().out
+    assert "SetA" in out and "80.00" in out
+    assert "outputs in logs/x (log.txt, metrics.json, results.json" in out
+    assert "MLflow run abc123" in out
