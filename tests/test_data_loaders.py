@@ -71,7 +71,7 @@ def reference_image(path: str) -> torch.Tensor:
 def test_train_batches(root):
     loader, num_classes = build_train_loader(make_cfg(root))
     assert num_classes == len(TRAIN_PIDS)
-    assert isinstance(loader.sampler, NaiveIdentitySampler)
+    assert isinstance(loader.sampler.sampler, NaiveIdentitySampler)  # in AugmentationSeeds
     batches = list(loader)
     assert len(batches) == len(loader) == 24 // 8
     for batch in batches:
@@ -139,11 +139,11 @@ def test_two_datasets_get_disjoint_labels(root):
 
 def test_shuffled_sampler_and_per_rank_batch(root, monkeypatch):
     loader, _ = build_train_loader(make_cfg(root, DATALOADER__PK_SAMPLER=False))
-    assert isinstance(loader.sampler, ShuffledSampler)
+    assert isinstance(loader.sampler.sampler, ShuffledSampler)
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(comm, "get_rank", lambda: 1)
     loader, _ = build_train_loader(make_cfg(root))
-    assert loader.batch_size == 4 and loader.sampler.rank == 1 and len(loader) == 3
+    assert loader.batch_size == 4 and loader.sampler.sampler.rank == 1 and len(loader) == 3
     test_loader, _ = build_test_loader(make_cfg(root), "Market1501")
     assert list(test_loader.sampler) == list(range(10, 19))
 
@@ -153,6 +153,54 @@ def test_workers_give_reproducible_batches(root):
     first = [b["images"] for b in build_train_loader(cfg)[0]]
     second = [b["images"] for b in build_train_loader(cfg)[0]]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# Random flip, padding crop and erasing: every sample's augmentation is seeded by SEED, the
+# epoch and its place in the global batch sequence.
+AUGMENTED = dict(INPUT__DO_FLIP=True, INPUT__DO_PAD=True, INPUT__PADDING=4,
+                 INPUT__REA__ENABLED=True)
+
+
+def epoch_images(loader, epoch: int) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)
+    return [b["images"] for b in loader]
+
+
+def test_augmentations_do_not_depend_on_the_number_of_workers(root):
+    batches = {workers: epoch_images(build_train_loader(make_cfg(
+        root, DATALOADER__NUM_WORKERS=workers, **AUGMENTED))[0], 1) for workers in (0, 2)}
+    assert len(batches[0]) == 3
+    assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[2]))
+    # and they are random: two epochs differ, as do two seeds
+    loader = build_train_loader(make_cfg(root, **AUGMENTED))[0]
+    assert not torch.equal(epoch_images(loader, 1)[0], epoch_images(loader, 2)[0])
+
+
+def test_a_resumed_epoch_is_augmented_as_in_the_uninterrupted_run(root):
+    loader = build_train_loader(make_cfg(root, **AUGMENTED))[0]
+    uninterrupted = [[b["images"] for b in loader] for _ in range(3)]  # epochs 0, 1, 2
+    resumed = build_train_loader(make_cfg(root, **AUGMENTED))[0]
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted[2], epoch_images(resumed, 2)))
+
+
+def test_two_processes_see_the_slices_of_the_single_process_batches(root, monkeypatch):
+    single = epoch_images(build_train_loader(make_cfg(root, **AUGMENTED))[0], 0)
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
+        per_rank.append(epoch_images(build_train_loader(make_cfg(root, **AUGMENTED))[0], 0))
+    for whole, first, second in zip(single, *per_rank):
+        assert torch.equal(whole, torch.cat([first, second]))
+
+
+def test_seeded_augmentation_leaves_the_callers_random_state_alone(root):
+    loader = build_train_loader(make_cfg(root, **AUGMENTED))[0]
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    list(loader)
+    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("workers", [0, 1])

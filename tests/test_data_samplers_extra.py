@@ -224,10 +224,11 @@ def test_loader_with_set_weights_and_its_precise_bn_fallback(tmp_path):
                      DATALOADER__SAMPLER_TRAIN="SetReWeightSampler",
                      DATALOADER__SET_WEIGHT=[1.0, 1.0], DATALOADER__NUM_INSTANCE=2)
     loader, _ = build_train_loader(cfg)
-    assert isinstance(loader.sampler, SetReWeightSampler)
-    half = len(loader.sampler.set_members[0]) * 4  # records of entry 0 come first
-    batch_indices = next(iter(chunks(list(loader.sampler), 8)))
+    sampler = loader.sampler.sampler  # inside AugmentationSeeds
+    assert isinstance(sampler, SetReWeightSampler)
+    half = len(sampler.set_members[0]) * 4  # records of entry 0 come first
+    batch_indices = next(iter(chunks(list(sampler), 8)))
     assert sum(i < half for i in batch_indices) == 4
     # a loader over other sets (precise-BN) cannot use per-entry weights: seed-style sampler
     loader, _ = build_train_loader(cfg, dataset_names=("Market1501",), train_transforms=False)
-    assert type(loader.sampler) is NaiveIdentitySampler
+    assert type(loader.sampler.sampler) is NaiveIdentitySampler

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from reid.config import CfgNode
 from reid.data.datasets import DATASET_REGISTRY, ImageDataset, Record
-from reid.data.samplers import InferenceSampler, build_train_sampler
+from reid.data.samplers import AugmentationSeeds, InferenceSampler, build_train_sampler
 from reid.data.transforms import build_transforms
 from reid.errors import ReidError
 from reid.utils import comm
@@ -36,7 +36,11 @@ def read_image(path: str) -> Image.Image:
 
 
 class RecordDataset(Dataset):
-    """``(img_path, target, camid)`` records -> batch items, through ``transform``."""
+    """``(img_path, target, camid)`` records -> batch items, through ``transform``.
+
+    A key is an index, or ``(index, seed)`` (from ``AugmentationSeeds``): the transform then
+    draws from torch's RNG seeded with ``seed``, and the caller's RNG state is left as it was.
+    """
 
     def __init__(self, records: Sequence[Record], transform: Callable) -> None:
         self.records = list(records)
@@ -45,10 +49,17 @@ class RecordDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, target, camid = self.records[index]
-        return {"images": self.transform(read_image(path)), "targets": target,
-                "camids": camid, "img_paths": path}
+        image = read_image(path)
+        if seed is None:
+            image = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = self.transform(image)
+        return {"images": image, "targets": target, "camids": camid, "img_paths": path}
 
 
 def collate(items: list[dict]) -> dict:
@@ -125,10 +136,12 @@ def build_train_loader(cfg: CfgNode, dataset_names: Sequence[str] | None = None,
     sampler = build_train_sampler(cfg, records, set_indices(named), rank=rank, world_size=world,
                                   training_sets=training_sets)
     logger.info("training sampler: %s", type(sampler).__name__)
-    # augmentation randomness differs per rank but is reproducible for a given seed
+    # Each sample's augmentations are seeded by SEED, epoch and its place in the global batch
+    # sequence: the same with any number of workers or processes, and after a resume.
     generator = torch.Generator().manual_seed(int(cfg.SEED) + rank)
     loader = DataLoader(RecordDataset(records, build_transforms(cfg, is_train=train_transforms)),
-                        batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
+                        batch_size=sampler.per_rank, sampler=AugmentationSeeds(sampler),
+                        drop_last=True,
                         generator=generator,
                         persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
                         **_loader_kwargs(cfg))
