@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from reid.config import CfgNode
 from reid.data.datasets import DATASET_REGISTRY, ImageDataset, Record
-from reid.data.samplers import AugmentationSeeds, InferenceSampler, build_train_sampler
+from reid.data.samplers import EpochBatchSampler, InferenceSampler, build_train_sampler
 from reid.data.transforms import build_transforms
 from reid.errors import ReidError
 from reid.utils import comm
@@ -66,6 +66,39 @@ class RecordDataset(Dataset):
             finally:
                 generator.set_state(state)
         return {"images": image, "targets": target, "camids": camid, "img_paths": path}
+
+
+class AugmentationSeeds(Sampler[tuple[int, int]]):
+    """A training sampler's indices paired with a seed for each sample's augmentations.
+
+    The seed is a function of SEED, the epoch and the sample's place in the epoch's *global*
+    batch sequence, so a sample is augmented the same way whatever the number of loader
+    workers or processes, and in a resumed run (``RecordDataset`` applies it). Transforms that
+    keep state between images (RandomPatch's pool) stay outside this guarantee.
+    """
+
+    def __init__(self, sampler: EpochBatchSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        sampler = self.sampler
+        epoch, offset = sampler.epoch, sampler.rank * sampler.per_rank
+        for position, index in enumerate(sampler):
+            batch, place = divmod(position, sampler.per_rank)
+            global_position = batch * sampler.mini_batch_size + offset + place
+            yield index, sample_seed(sampler.seed, epoch, global_position)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed from (SEED, epoch, global position), well mixed by numpy's SeedSequence."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(
+        1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def collate(items: list[dict]) -> dict:
