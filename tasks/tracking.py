@@ -47,13 +47,13 @@ def dvc_digest(dvc_file: str | Path = "data.dvc") -> Optional[str]:
     return outs[0].get("md5")
 
 
-
 def local_store_path(tracking_uri: str) -> Optional[Path]:
     """The database file or directory of a local tracking store, None for a server."""
     for scheme in (SQLITE_SCHEME, "file://"):
         if tracking_uri.startswith(scheme):
             return Path(tracking_uri[len(scheme):])
     return None if "://" in tracking_uri else Path(tracking_uri)
+
 
 class Tracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> None:
