@@ -23,6 +23,7 @@ from reid import stages
 from reid.cli import PARENT_RUN_ENV, USER_ERROR_PREFIX
 from reid.config import CfgNode, load_config, save_config
 from reid.errors import ReidError
+from reid.utils.logs import LOG_FILE
 
 
 def check_process_count(cfg: CfgNode, nproc_per_node: int) -> None:
@@ -67,7 +68,7 @@ def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
         raise ReidError(user_error)
     if returncode != 0:
         raise RuntimeError(f"distributed training ({nproc_per_node} processes) failed with exit "
-                           f"code {returncode}; its log: {out / 'log.txt'}")
+                           f"code {returncode}; its log: {out / LOG_FILE}")
     final = out / stages.FINAL_CHECKPOINT
     if not final.is_file():
         raise RuntimeError(f"distributed training ended without writing {final}")
