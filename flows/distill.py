@@ -22,7 +22,8 @@ from reid.config import CfgNode, load_config, merge_overrides
 from reid.errors import ReidError
 from reid.modeling.meta_arch.teachers import paths_override, teacher_paths
 from tasks.pipeline_tasks import evaluate_task
-from tasks.tracking import Tracker
+from reid.utils.run_lock import hold_output_dir
+from tasks.tracking import Tracker, output_dir_tags
 
 
 def _changed(cfg: CfgNode, *overrides: str) -> CfgNode:
@@ -63,9 +64,16 @@ def distill(config: str, overrides: Optional[list[str]] = None,
     """Teachers (trained unless their weights exist) -> student with KD (-> the same student
     without KD, for comparison); ``nproc_per_node`` > 1 trains each with DDP."""
     cfg = load_config(config, overrides or [])
-    tracker = Tracker()
+    with hold_output_dir(cfg.OUTPUT_DIR):
+        tracker = Tracker()
+        tracker.close_abandoned(cfg.OUTPUT_DIR)
+        return _distill(cfg, config, tracker, compare_without_kd, nproc_per_node)
+
+
+def _distill(cfg: CfgNode, config: str, tracker: Tracker, compare_without_kd: bool,
+             nproc_per_node: int) -> dict:
     rows = []
-    tags = {"reid.flow": "distill", **prefect_run_tags()}
+    tags = {"reid.flow": "distill", **output_dir_tags(cfg), **prefect_run_tags()}
     with tracker.run(f"distill:{Path(config).stem}", tags=tags) as parent:
         tracker.log_dataset(parent, cfg)
         teachers = teacher_checkpoints(cfg, tracker, parent, nproc_per_node)

@@ -18,7 +18,11 @@ from reid.config import CfgNode, load_config
 from tasks.distributed import check_process_count
 from tasks.pipeline_tasks import evaluate_task, precise_bn_task, prepare_task, train_task
 from tasks.reports import report_markdown
-from tasks.tracking import Tracker
+from reid.utils.run_lock import hold_output_dir
+from tasks.prefect_server import watch_temporary_server
+from tasks.tracking import Tracker, output_dir_tags
+
+watch_temporary_server()  # a temporary Prefect server ends with this process, even on SIGKILL
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
 
@@ -65,18 +69,30 @@ def pipeline(config: Optional[str] = None, overrides: Optional[list[str]] = None
     processes (one per GPU, or CPU processes over gloo)."""
     config = config or str(DEFAULT_RECIPE)
     cfg = load_config(config, overrides or [])
-    tracker = Tracker()
-    tags = {"reid.flow": "pipeline", **prefect_run_tags()}
-    with tracker.run(f"pipeline:{Path(config).stem}", tags=tags) as parent:
-        tracker.log_config(parent, cfg, config)
-        tracker.log_dataset(parent, cfg)
-        out = run_stages(cfg, tracker, parent, resume=resume, register=register_model,
-                         nproc_per_node=nproc_per_node)
-        tracker.log_results(parent, out["results"])
-        publish_results(result_rows(Path(config).stem, out["results"]), "reid-results",
-                        f"{config}: rank metrics (percent)")
-        if out["visual"]:
-            create_markdown_artifact(report_markdown(out["visual"], f"{config}: evaluation"),
-                                     key="reid-visual-report",
-                                     description="rank lists, ROC, distances, training curves")
+    with hold_output_dir(cfg.OUTPUT_DIR):
+        tracker = Tracker()
+        tracker.close_abandoned(cfg.OUTPUT_DIR)
+        tags = {"reid.flow": "pipeline", **output_dir_tags(cfg), **prefect_run_tags()}
+        # A resumed pipeline continues its unfinished run, so the train run resumes under it.
+        existing = tracker.resumable(cfg.OUTPUT_DIR, {"reid.flow": "pipeline"}) if resume else None
+        with tracker.run(f"pipeline:{Path(config).stem}", tags=tags,
+                         existing_id=existing) as parent:
+            out = _tracked_pipeline(cfg, config, tracker, parent, resume, register_model,
+                                    nproc_per_node)
     return {**out, "mlflow_run_id": parent}
+
+
+def _tracked_pipeline(cfg: CfgNode, config: str, tracker: Tracker, parent: str, resume: bool,
+                      register_model: Optional[str], nproc_per_node: int) -> dict:
+    tracker.log_config(parent, cfg, config)
+    tracker.log_dataset(parent, cfg)
+    out = run_stages(cfg, tracker, parent, resume=resume, register=register_model,
+                     nproc_per_node=nproc_per_node)
+    tracker.log_results(parent, out["results"])
+    publish_results(result_rows(Path(config).stem, out["results"]), "reid-results",
+                    f"{config}: rank metrics (percent)")
+    if out["visual"]:
+        create_markdown_artifact(report_markdown(out["visual"], f"{config}: evaluation"),
+                                 key="reid-visual-report",
+                                 description="rank lists, ROC, distances, training curves")
+    return out

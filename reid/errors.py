@@ -2,6 +2,7 @@
 
 The CLI prints its message as one line, without a traceback, and exits non-zero.
 """
+import errno
 
 
 class ReidError(Exception):
@@ -20,3 +21,25 @@ def one_line(exc: BaseException) -> str:
         prefix = f"{ReidError.__module__}.{ReidError.__qualname__}: "
         text = last[len(prefix):] if last.startswith(prefix) else last
     return " ".join(text.split())
+
+
+USER_ERROR_PREFIX = "reid: error: "  # what a user error's one line starts with, on stderr
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a preempted VM, a pod eviction, Slurm's warning, ``kill``), raised where Ctrl-C
+    raises KeyboardInterrupt, so both unwind the same way: runs closed, servers stopped."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: what, where, and what to do when the disk is full."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    text = f"{exc.strerror or one_line(exc)}{where}"
+    if exc.errno in DISK_FULL:
+        text += "; free some space (a training resumes from its last checkpoint with --resume)"
+    return text

@@ -24,6 +24,7 @@ from reid.cli import PARENT_RUN_ENV, USER_ERROR_PREFIX
 from reid.config import CfgNode, load_config, save_config
 from reid.errors import ReidError
 from reid.utils.logs import LOG_FILE
+from reid.utils.run_lock import hold_output_dir, inherit_env
 
 
 def check_process_count(cfg: CfgNode, nproc_per_node: int) -> None:
@@ -58,7 +59,10 @@ def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
         env[PARENT_RUN_ENV] = parent_id
     else:
         env.pop(PARENT_RUN_ENV, None)
-    with tempfile.TemporaryDirectory(prefix="reid-launch-") as folder:
+    # The workers write OUTPUT_DIR under this process's hold on it (reid.utils.run_lock).
+    with hold_output_dir(cfg.OUTPUT_DIR), \
+            tempfile.TemporaryDirectory(prefix="reid-launch-") as folder:
+        env.update(inherit_env(cfg.OUTPUT_DIR))
         config_file = Path(folder) / "config.yaml"
         save_config(cfg, config_file)
         returncode, user_error = _run(launch_command(config_file, nproc_per_node, stage,
@@ -83,8 +87,12 @@ def _run(command: list[str], env: dict) -> tuple[int, str | None]:
     user_error = None
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True,
                           errors="replace") as proc:
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            if user_error is None and line.startswith(USER_ERROR_PREFIX):
-                user_error = line[len(USER_ERROR_PREFIX):].strip()
+        try:
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                if user_error is None and line.startswith(USER_ERROR_PREFIX):
+                    user_error = line[len(USER_ERROR_PREFIX):].strip()
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C): torchrun stops its workers
+            proc.terminate()
+            raise
     return proc.returncode, user_error

@@ -43,7 +43,7 @@ def fake_pipeline(tracker, name, lr, epochs, results, trainings=(), status="FINI
     for training in trainings:
         train_child(tracker, parent, **training)
     tracker.log_results(parent, results)
-    tracker.end(parent, failed=status == "FAILED")
+    tracker.end(parent, status)
     return parent
 
 

@@ -35,13 +35,33 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise ReidError(f"cannot read checkpoint {path}: {one_line(exc)[:300]}") from exc
+        found = describe_file(path)
+        detail = f" (torch: {one_line(exc)[:200]})" if "pickle" in found else ""
+        raise ReidError(f"cannot read checkpoint {path}: {found}, expected a PyTorch .pth file "
+                        f"written by reid or FastReID ({{'model': state_dict}}){detail}") from exc
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         return data
     if isinstance(data, dict) and data and all(torch.is_tensor(v) for v in data.values()):
         return {"model": data}
     raise ReidError(f"checkpoint {path} holds no model weights (expected a dict with a "
                     "'model' state_dict)")
+
+
+def describe_file(path: Path) -> str:
+    """What a file that torch cannot load looks like, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive but not a complete torch checkpoint (truncated or foreign)"
+    if head[:1] == b"\x80":
+        return "it is a pickle that torch cannot load"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it is a binary file of {path.stat().st_size:,} bytes in an unknown format"
+    return f"it is a text file (starting {text.splitlines()[0][:40]!r})"
 
 
 def matching_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

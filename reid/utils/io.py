@@ -1,9 +1,11 @@
 """Atomic file writes: a crash never leaves a half-written file in place of a good one."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,10 +26,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _filled_the_disk(tmp, exc)
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
     return path
+
+
+# Less than this left beside a failed write means the write filled the disk.
+FULL_DISK_BYTES = 1 << 20
+
+
+def _filled_the_disk(tmp: Path, exc: BaseException) -> bool:
+    """Whether a write failed for want of space. Writers that are not plain file I/O (torch's
+    zip writer) raise a RuntimeError without errno; the space left, measured before the temp
+    file is removed, tells."""
+    if isinstance(exc, OSError):
+        return False  # keeps its own errno (ENOSPC, EDQUOT, ...)
+    try:
+        return isinstance(exc, RuntimeError) and shutil.disk_usage(tmp.parent).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

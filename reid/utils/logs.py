@@ -9,11 +9,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
 LOG_FILE = "log.txt"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class LogFile(logging.FileHandler):
+    """A FileHandler that, when its file cannot be written (a full disk), says so once on
+    stderr and stops, instead of printing a traceback for every record."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+        error = sys.exc_info()[1]
+        sys.stderr.write(f"reid: warning: cannot write {self.baseFilename} ({error}); "
+                         "logging to the console only\n")
 
 
 def writes_logs() -> bool:
@@ -32,7 +50,7 @@ def attach_log_file(directory: str | Path) -> Optional[logging.Handler]:
                                 Path(h.baseFilename) == path for h in root.handlers):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = LogFile(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     return handler
