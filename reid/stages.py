@@ -18,6 +18,7 @@ import torch
 from reid.config import CfgNode, save_config
 from reid.data.build import build_test_loader, build_train_loader
 from reid.data.datasets import DATASET_REGISTRY
+from reid.data.image_check import check_images
 from reid.data.synthetic import generate_synthetic_market, generated_with, generator_arguments
 from reid.engine.checkpoint import Checkpointer
 from reid.engine.events import METRICS_FILE, MetricsFile, MetricsPrinter, fan_out
@@ -87,18 +88,22 @@ def describe_split(items: list) -> dict:
 
 @logged
 def prepare(cfg: CfgNode) -> dict:
-    """Make sure every dataset of the config is readable; generate the synthetic one if absent.
+    """Make sure every dataset of the config is readable (its layout, and its image files as
+    DATASETS.CHECK_IMAGES says); generate the synthetic one if absent.
 
     Writes ``OUTPUT_DIR/datasets.json`` (the per-split counts) and returns it.
     """
     names = list(dict.fromkeys(list(cfg.DATASETS.NAMES) + list(cfg.DATASETS.TESTS)))
     if SYNTHETIC in names:
         ensure_synthetic(cfg)
-    summary = {}
-    for name in names:
-        dataset = DATASET_REGISTRY.get(name)(cfg.DATASETS.ROOT)
-        summary[name] = {split: describe_split(getattr(dataset, split))
-                         for split in ("train", "query", "gallery")}
+    splits = ("train", "query", "gallery")
+    datasets = [DATASET_REGISTRY.get(name)(cfg.DATASETS.ROOT) for name in names]
+    summary = {name: {split: describe_split(getattr(dataset, split)) for split in splits}
+               for name, dataset in zip(names, datasets)}
+    # Unreadable images stop the run here, not when the loader first reaches them.
+    paths = (path for dataset in datasets for split in splits
+             for path, _, _ in getattr(dataset, split))
+    check_images(dict.fromkeys(paths), cfg.DATASETS.CHECK_IMAGES)
     atomic_write_json(output_dir(cfg) / "datasets.json", summary)
     return {"datasets": summary}
 

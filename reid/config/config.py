@@ -10,6 +10,7 @@ resolved, so a base written in one style and a child in the other combine as exp
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -46,10 +47,11 @@ def canonical_key(key: str) -> str:
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CfgNode:
     """Defaults, then the YAML file at ``path``, then ``overrides`` = [KEY, VALUE, KEY, VALUE ...]."""
     cfg = get_cfg()
-    if path is not None:
-        merge_yaml_file(cfg, path)
+    entries = merge_yaml_file(cfg, path) if path is not None else {}
     merge_overrides(cfg, overrides)
-    validate(cfg)
+    sources = {key: entry.source for key, entry in entries.items()}
+    sources.update((canonical_key(key), "command line") for key in list(overrides)[0::2])
+    validate(cfg, sources)
     return cfg.freeze()
 
 
@@ -97,11 +99,13 @@ def _read_mapping(path: Path) -> dict:
     return data
 
 
-def merge_yaml_file(cfg: CfgNode, path: str | Path) -> CfgNode:
+def merge_yaml_file(cfg: CfgNode, path: str | Path) -> dict[str, Entry]:
+    """Merge the YAML config at ``path`` into ``cfg``; returns what it set, and where."""
+    entries = read_entries(path)
     # Each key is checked with the file that set it (a base file's typo names the base file).
-    for entry in read_entries(path).values():
+    for entry in entries.values():
         set_value(cfg, entry.spelled, entry.value, source=entry.source)
-    return cfg
+    return entries
 
 
 def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> CfgNode:
@@ -131,30 +135,117 @@ def set_value(cfg: CfgNode, key: str, value: Any, source: str) -> None:
     node[leaf] = coerce(canonical, valid[canonical], value, label, source)
 
 
-def validate(cfg: CfgNode) -> None:
-    """Checks across keys that a type check alone cannot make."""
-    choices = {
-        "TEST.METRIC": ("cosine", "euclidean"),
-        "MODEL.HEADS.NECK_FEAT": ("before", "after"),
-        "SOLVER.OPT": ("Adam", "SGD", "AdamW"),
-        "SOLVER.SCHED": ("MultiStepLR", "CosineAnnealingLR"),
-        "SOLVER.WARMUP_METHOD": ("linear", "constant"),
-        "KD.LOSS": ("kl", "js"),
-        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
-    }
+class Bound(NamedTuple):
+    """The finite numbers a key accepts: above ``low`` (included unless ``open_low``) up to
+    ``high`` included."""
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        return math.isfinite(value) and above and value <= self.high
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+
+
+AT_LEAST_ONE = Bound(1)
+NON_NEGATIVE = Bound(0)
+POSITIVE = Bound(0, open_low=True)
+UNIT = Bound(0, 1)
+
+# key -> (accepted numbers, what the value means); every item of a list value is checked.
+# A type check passes -1 epochs or a probability of 3; these are values that cannot be right.
+RANGES: dict[str, tuple[Bound, str]] = {
+    "SOLVER.MAX_EPOCH": (AT_LEAST_ONE, "epochs to train"),
+    "SOLVER.IMS_PER_BATCH": (AT_LEAST_ONE, "images per training batch"),
+    "TEST.IMS_PER_BATCH": (AT_LEAST_ONE, "images per test batch"),
+    "DATALOADER.NUM_INSTANCE": (AT_LEAST_ONE, "images of each identity in a training batch"),
+    "DATALOADER.NUM_WORKERS": (NON_NEGATIVE, "loader processes; 0 loads in the main process"),
+    "SOLVER.BASE_LR": (POSITIVE, "the learning rate"),
+    "SOLVER.BIAS_LR_FACTOR": (POSITIVE, "the biases' multiple of BASE_LR"),
+    "SOLVER.HEADS_LR_FACTOR": (POSITIVE, "the heads' multiple of BASE_LR"),
+    "SOLVER.MOMENTUM": (UNIT, "SGD momentum"),
+    "SOLVER.WEIGHT_DECAY": (NON_NEGATIVE, "weight decay"),
+    "SOLVER.WEIGHT_DECAY_BIAS": (NON_NEGATIVE, "weight decay of biases"),
+    "SOLVER.WEIGHT_DECAY_NORM": (NON_NEGATIVE, "weight decay of normalisation layers"),
+    "SOLVER.GAMMA": (POSITIVE, "the LR multiplier at each of SOLVER.STEPS"),
+    # Steps past MAX_EPOCH are allowed (never reached): shortening a recipe keeps its STEPS.
+    "SOLVER.STEPS": (POSITIVE, "epochs after which the LR is multiplied by SOLVER.GAMMA"),
+    "SOLVER.ETA_MIN_LR": (NON_NEGATIVE, "the LR the cosine schedule ends at"),
+    "SOLVER.DELAY_EPOCHS": (NON_NEGATIVE, "epochs at BASE_LR before the cosine decay"),
+    "SOLVER.WARMUP_FACTOR": (Bound(0, 1, open_low=True), "the share of the LR warmup starts at"),
+    "SOLVER.WARMUP_ITERS": (NON_NEGATIVE, "warmup iterations; 0 = no warmup"),
+    "SOLVER.FREEZE_ITERS": (NON_NEGATIVE, "iterations with MODEL.FREEZE_LAYERS frozen"),
+    "SOLVER.FREEZE_FC_ITERS": (NON_NEGATIVE, "iterations with the classifier frozen"),
+    "SOLVER.CHECKPOINT_PERIOD": (NON_NEGATIVE, "epochs between checkpoints; 0 = final only"),
+    "SOLVER.LOG_PERIOD": (AT_LEAST_ONE, "iterations between log lines"),
+    "TEST.EVAL_PERIOD": (NON_NEGATIVE, "epochs between evaluations in training; 0 = none"),
+    "TEST.PRECISE_BN.NUM_ITER": (AT_LEAST_ONE, "batches of precise-BN statistics"),
+    "INPUT.PADDING": (NON_NEGATIVE, "pixels of padding before the random crop"),
+    "MODEL.BACKBONE.FEAT_DIM": (AT_LEAST_ONE, "channels of the backbone's output"),
+    "MODEL.HEADS.EMBEDDING_DIM": (NON_NEGATIVE, "embedding size; 0 = no embedding layer"),
+    "MODEL.HEADS.NUM_CLASSES": (NON_NEGATIVE, "identities; 0 = those of the training set"),
+    "KD.TEMPERATURE": (POSITIVE, "the distillation temperature"),
+    "KD.SCALE": (NON_NEGATIVE, "the distillation loss weight"),
+    "KD.OVERHAUL_SCALE": (NON_NEGATIVE, "the feature distillation loss weight; 0 = off"),
+}
+
+CHOICES = {
+    "TEST.METRIC": ("cosine", "euclidean"),
+    "MODEL.HEADS.NECK_FEAT": ("before", "after"),
+    "SOLVER.OPT": ("Adam", "SGD", "AdamW"),
+    "SOLVER.SCHED": ("MultiStepLR", "CosineAnnealingLR"),
+    "SOLVER.WARMUP_METHOD": ("linear", "constant"),
+    "KD.LOSS": ("kl", "js"),
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
+    "DATASETS.CHECK_IMAGES": ("header", "decode", "none"),
+}
+
+
+def ranges(keys: Iterable[str]) -> dict[str, tuple[Bound, str]]:
+    """RANGES plus the families found by name among ``keys``: every INPUT.*PROB (augmentation
+    probabilities, present and future) and every MODEL.LOSSES.*.SCALE (loss weights)."""
+    found = dict(RANGES)
+    for key in keys:
+        if key.startswith("INPUT.") and key.endswith("PROB"):
+            found[key] = (UNIT, "a probability")
+        elif key.startswith("MODEL.LOSSES.") and key.endswith(".SCALE"):
+            found[key] = (NON_NEGATIVE, "a loss weight")
+    return found
+
+
+def validate(cfg: CfgNode, sources: dict[str, str] | None = None) -> None:
+    """Checks that a type check alone cannot make: allowed names, ranges, keys that depend on
+    each other. ``sources`` (key -> file or "command line") says where a bad value came from."""
     flat = dict(cfg.flatten())
-    for key, allowed in choices.items():
+
+    def wrong(key: str, expected: str) -> ReidError:
+        source = (sources or {}).get(key)
+        where = f" ({source})" if source else ""
+        return ReidError(f"config key {key} must be {expected}; got {flat[key]!r}{where}")
+
+    for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
-            raise ReidError(f"config key {key} must be one of {', '.join(allowed)}; "
-                            f"got {flat[key]!r}")
-    batch, k = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
-    if k < 1 or batch < k or batch % k:
-        raise ReidError(f"SOLVER.IMS_PER_BATCH ({batch}) must be a positive multiple of "
-                        f"DATALOADER.NUM_INSTANCE ({k})")
+            raise wrong(key, f"one of {', '.join(allowed)}")
+    for key, (bound, meaning) in ranges(flat).items():
+        value = flat[key]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(bound.admits(item) for item in items):
+            finite = "" if all(map(math.isfinite, items)) else "finite and "
+            expected = f"a list of numbers {bound}" if items is value else f"{finite}{bound}"
+            raise wrong(key, f"{expected} ({meaning})")
     for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST"):
         size = flat[key]
         if len(size) != 2 or min(size) < 1:
-            raise ReidError(f"config key {key} must be [height, width] in pixels; got {size}")
+            raise wrong(key, "[height, width] in pixels")
+    batch, k = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
+    if batch % k:
+        raise ReidError(f"SOLVER.IMS_PER_BATCH ({batch}) must be a multiple of "
+                        f"DATALOADER.NUM_INSTANCE ({k}): a batch holds whole identities")
 
 
 def save_config(cfg: CfgNode, path: str | Path) -> Path:

@@ -164,6 +164,11 @@ _C.DATASETS.TESTS = ("Market1501",)
 _C.DATASETS.COMBINEALL = False
 # (reid) the datasets root; relative paths are relative to the working directory
 _C.DATASETS.ROOT = "data"
+# (reid) how `reid prepare` checks every image of the datasets before training: "header" (PIL
+# reads the header; a JPEG / PNG must end with its end marker: finds truncated files and
+# non-images in seconds), "decode" (also decodes every image: slower, finds corrupt data
+# inside whole files) or "none"
+_C.DATASETS.CHECK_IMAGES = "header"
 # (reid) the procedural synthetic person set (dataset name "SyntheticMarket1501")
 _C.DATASETS.SYNTHETIC = CN()
 _C.DATASETS.SYNTHETIC.SEED = 0
