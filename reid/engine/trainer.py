@@ -187,7 +187,7 @@ class Trainer:
         finally:
             # Hooks always clean up (close progress bars); they check ``completed`` before
             # doing end-of-training work such as saving the final checkpoint.
-            self._call_hooks("after_train")
+            self._call_every_hook("after_train")
 
     def _run_epoch(self) -> None:
         set_sampler_epoch(self.data_loader, self.epoch)
@@ -242,6 +242,18 @@ class Trainer:
     def _call_hooks(self, stage: str) -> None:
         for hook in self.hooks:
             getattr(hook, stage)()
+
+    def _call_every_hook(self, stage: str) -> None:
+        """Every hook's ``stage`` even when one fails (a final checkpoint on a full disk must
+        not keep the progress bar from closing); then the first failure is raised."""
+        failure = None
+        for hook in self.hooks:
+            try:
+                getattr(hook, stage)()
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ divergence
     @staticmethod

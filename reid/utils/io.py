@@ -31,6 +31,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         Path(tmp).unlink(missing_ok=True)
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+        if isinstance(exc, OSError) and exc.filename is None:  # say which file failed
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     return path
 

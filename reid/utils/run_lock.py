@@ -39,7 +39,7 @@ INHERITED_ENV = "REID_OUTPUT_DIR_LOCKED"  # the OUTPUT_DIR a parent process hold
 # What reid.utils.io.atomic_write names its temporary files.
 ATOMIC_TEMP = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
 
-_held: dict[Path, list] = {}  # directory -> [open lock file, depth]
+_held: dict[Path, list] = {}  # directory -> [locked file descriptor, depth]
 _guard = threading.Lock()
 
 
@@ -82,22 +82,26 @@ def remove_interrupted_writes(directory: Path) -> list[Path]:
     return removed
 
 
-def _acquire(directory: Path):
+def _acquire(directory: Path) -> int:
+    """The locked file descriptor of ``directory``'s lock file (unbuffered: a write that
+    fails on a full disk fails here, naming the file, not later in a flush)."""
     directory.mkdir(parents=True, exist_ok=True)
     lock_path = directory / LOCK_FILE
-    handle = open(lock_path, "a+")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.close()
+        os.close(fd)
         raise ReidError(f"OUTPUT_DIR {directory} is in use by {_describe(lock_path)}; wait for "
                         "it to finish or set OUTPUT_DIR to another folder") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(json.dumps(_owner()))
-    handle.flush()
+    try:  # who holds it, for the message a second run prints
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_owner()).encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise OSError(exc.errno, exc.strerror, str(lock_path)) from exc
     remove_interrupted_writes(directory)
-    return handle
+    return fd
 
 
 @contextlib.contextmanager
@@ -119,7 +123,7 @@ def hold_output_dir(directory: str | os.PathLike) -> Iterator[None]:
             entry[1] -= 1
             if entry[1] == 0:
                 del _held[key]
-                entry[0].close()  # closing the file releases the flock
+                os.close(entry[0])  # closing the file releases the flock
 
 
 def inherit_env(directory: str | os.PathLike) -> dict[str, str]:

@@ -1,0 +1,37 @@
+"""Issue 10's failures, each through the real entry points (``reid run``, ``reid train``,
+``reid eval``, ``reid prepare`` as subprocesses; signals and kill -9 included): one case of
+``benchmarks/reliability.py`` per test, its verdict asserted. The cases hold the checks (one
+``reid: error:`` line, exit codes, files intact, MLflow run statuses, no orphan process)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import reliability  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> reliability.Bench:
+    return reliability.Bench(tmp_path_factory.mktemp("reliability"))
+
+
+@pytest.mark.parametrize("name", list(reliability.CASES))
+def test_reliability_case(bench, name):
+    outcome = reliability.CASES[name](bench)
+    if outcome.skipped:
+        pytest.skip(outcome.skipped)
+    assert not outcome.failures, f"{name}: {outcome.verdict}"
+
+
+def test_a_failing_expectation_fails_the_case():
+    """The verdicts can fail: a command that prints two error lines and a traceback."""
+    outcome = reliability.Outcome("probe")
+    proc = reliability.Proc(0, "", "reid: error: a\nTraceback (most recent call last):\n"
+                            "reid: error: b\n", 1.0)
+    outcome.one_clean_error(proc, 2, "missing phrase")
+    assert outcome.verdict.startswith("FAIL")
+    assert len(outcome.failures) == 4  # exit code, two lines, traceback, phrase
