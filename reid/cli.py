@@ -229,6 +229,16 @@ def cmd_compare(args):
         print(f"MLflow run {out.run_id}: table and figure in {out.artifact_uri}")
 
 
+def cmd_gc(args):
+    from tasks.gc import Rule, gc
+    if args.dry_run and args.yes:
+        raise ReidError("reid gc takes --dry-run (the default: only show) or --yes (delete), "
+                        "not both")
+    rule = Rule(keep_last=args.keep_last, older_than_days=args.older_than, what=args.what)
+    for line in gc(rule, experiment=args.experiment, delete=args.yes).lines():
+        print(line)
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid", description=__doc__.splitlines()[0])
@@ -296,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--output", help="output .npz file (required)")
     command("info", cmd_info, "print the model's parameters, GFLOPs and feature size")
     add_compare_command(sub)
+    add_gc_command(sub)
     return parser
 
 
@@ -313,6 +324,25 @@ def add_compare_command(sub) -> None:
     p.add_argument("--no-track", action="store_true",
                    help="do not log the comparison as an MLflow run")
     p.set_defaults(fn=cmd_compare, command_parser=p, opts=[])
+
+
+def add_gc_command(sub) -> None:
+    """``reid gc``: shows what it would delete unless ``--yes`` (deleting cannot be undone)."""
+    p = sub.add_parser("gc", help="delete old runs' checkpoints (or all artifacts) from the "
+                       "MLflow artifact store; a dry run unless --yes")
+    p.add_argument("--keep-last", type=int, metavar="N", help="keep the artifacts of the "
+                   "newest N run groups (a pipeline run with its stage runs, or a stage run "
+                   "started alone) that still hold any")
+    p.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="prune only groups started more than DAYS days ago")
+    p.add_argument("--what", default="checkpoints", help="checkpoints (default: the "
+                   "checkpoints/ folders of the runs) or all (every artifact)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the pipeline's, 'reid')")
+    p.add_argument("--dry-run", action="store_true", help="only show what would be deleted "
+                   "and the bytes freed (the default)")
+    p.add_argument("--yes", action="store_true", help="delete (runs behind a registered "
+                   "model version and runs not ended are never pruned)")
+    p.set_defaults(fn=cmd_gc, command_parser=p, opts=[])
 
 
 def split_options(parser: argparse.ArgumentParser, tokens: list[str]) -> tuple[list, list]:

@@ -146,12 +146,14 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     evaluator = Evaluator(cfg, out)  # TEST.* options; test loaders built on first use
     # Metrics go to OUTPUT_DIR/metrics.json and log.txt as well as to ``sink`` (MLflow).
     metrics_file, printer = MetricsFile(out / METRICS_FILE), MetricsPrinter()
+    checkpoints = PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
+                                       cfg.SOLVER.MAX_EPOCH)
     hooks = [
         metrics_file,
         printer,
         LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
         LayerFreezer(model, classifier_weight_names(model), cfg.SOLVER.FREEZE_FC_ITERS),
-        PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_EPOCH),
+        checkpoints,
         PeriodicEvaluator(lambda: evaluator.evaluate(model, device), cfg.TEST.EVAL_PERIOD,
                           cfg.SOLVER.MAX_EPOCH, fan_out(metrics_file, sink)),
         ProgressBar(),
@@ -166,8 +168,9 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
                       grad_clipper=build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS))
     trainer.train(start_epoch=start_epoch)
     comm.synchronize()
+    # "checkpoints": the files this training wrote (OUTPUT_DIR may hold older ones).
     return {"checkpoint": str(out / FINAL_CHECKPOINT), "num_classes": num_classes,
-            "config": str(out / "config.yaml")}
+            "config": str(out / "config.yaml"), "checkpoints": checkpoints.saved}
 
 
 @logged

@@ -5,16 +5,45 @@ so a stage logs the same things whichever orchestrator ran it. No Prefect here.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Iterable
+
+import torch
 
 from reid import stages
 from reid.config import CfgNode
+from reid.engine.checkpoint import read_checkpoint
 from tasks import registry, reports
 from tasks.tracking import Tracker
 
 
+CHECKPOINTS_DIR = "checkpoints"  # the artifact folder of a stage's weights
+
+
 def _stage_run(tracker: Tracker, parent_id: str | None, stage: str, cfg: CfgNode):
     return tracker.run(stage, parent_id, tags={"reid.stage": stage})
+
+
+def log_weights(tracker: Tracker, run_id: str, checkpoints: Iterable[str | Path]) -> None:
+    """Log model-only copies (``{"model": state_dict}``, what FastReID and ``reid eval`` load)
+    of ``checkpoints`` under ``checkpoints/``, same file names. Optimizer and scheduler states
+    (two thirds of an Adam checkpoint) serve only to resume, which reads OUTPUT_DIR."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for checkpoint in checkpoints:
+            copy = Path(tmp) / Path(checkpoint).name
+            torch.save({"model": read_checkpoint(checkpoint)["model"]}, copy)
+            tracker.log_artifact(run_id, copy, CHECKPOINTS_DIR)
+            copy.unlink()  # one copy on disk at a time
+
+
+def trained_weights(cfg: CfgNode, result: dict) -> list[str]:
+    """The checkpoints of a train result that SOLVER.LOG_CHECKPOINTS sends to MLflow: only
+    files this training wrote, never older ones left in OUTPUT_DIR."""
+    choice = cfg.SOLVER.LOG_CHECKPOINTS
+    if choice == "all":
+        return result["checkpoints"]
+    return [result["checkpoint"]] if choice == "final" else []
 
 
 def prepare(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None) -> dict:
@@ -38,9 +67,7 @@ def train(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None, resume: 
         result = run_fn(cfg, sink=tracker.sink(run_id), resume=resume)
         tracker.log_artifact(run_id, result["config"])
         tracker.log_artifact(run_id, Path(cfg.OUTPUT_DIR) / stages.METRICS_FILE)
-        for checkpoint in sorted(Path(cfg.OUTPUT_DIR).glob("model_*.pth")):
-            if checkpoint.name != stages.PRECISE_BN_CHECKPOINT:
-                tracker.log_artifact(run_id, checkpoint, "checkpoints")
+        log_weights(tracker, run_id, trained_weights(cfg, result))
     return result
 
 
@@ -49,7 +76,9 @@ def precise_bn(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | No
         tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
         result = stages.precise_bn(cfg, weights)
-        tracker.log_artifact(run_id, result["checkpoint"], "checkpoints")
+        # Model-only already, unless precise-BN is off and the file is a copy of ``weights``.
+        if cfg.SOLVER.LOG_CHECKPOINTS != "none":
+            log_weights(tracker, run_id, [result["checkpoint"]])
     return result
 
 

@@ -73,3 +73,40 @@ def test_cli_stage_nests_under_reid_parent_run_id(tiny_overrides, mlflow_uri, mo
                                   f"tags.`mlflow.parentRunId` = '{parent}'")
     assert [run.info.run_name for run in children] == ["prepare"]
     assert children[0].data.metrics["SyntheticMarket1501.train.ids"] == 8
+
+
+@pytest.mark.parametrize("logged, epochs, expected", [
+    (None, 1, {"model_final.pth"}),  # the default, "final"
+    ("all", 2, {"model_0001.pth", "model_final.pth"}),
+    ("none", 1, set()),
+])
+def test_stages_log_model_only_copies_of_their_own_checkpoints(logged, epochs, expected,
+                                                               tiny_overrides, mlflow_uri,
+                                                               tmp_path):
+    """SOLVER.LOG_CHECKPOINTS: an earlier run's checkpoints left in OUTPUT_DIR are never
+    logged, and what is logged holds the model alone (no optimizer state) and loads strictly.
+    Precise-BN off makes model_precise_bn.pth a copy of the training checkpoint."""
+    import torch
+
+    import reid
+    from reid.cli import main
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model_0001.pth", "model_0003.pth"):  # left by an earlier run
+        torch.save({"model": {}, "optimizer": {}, "epoch": 3}, out / name)
+    overrides = [*tiny_overrides, "SOLVER.MAX_EPOCH", str(epochs), "TEST.PRECISE_BN.ENABLED",
+                 "False", *(["SOLVER.LOG_CHECKPOINTS", logged] if logged else [])]
+    assert main(["train", *overrides]) == 0
+    assert main(["precise-bn", *overrides]) == 0
+
+    client = MlflowClient(mlflow_uri)
+    runs = {r.info.run_name: r.info.run_id for r in client.search_runs([Tracker().experiment_id])}
+    bn_expected = set() if logged == "none" else {"model_precise_bn.pth"}
+    for stage, names in (("train", expected), ("precise_bn", bn_expected)):
+        artifacts = client.list_artifacts(runs[stage], "checkpoints")
+        assert {a.path for a in artifacts} == {f"checkpoints/{name}" for name in names}
+        for name in names:
+            local = client.download_artifacts(runs[stage], f"checkpoints/{name}",
+                                              str(tmp_path / stage))
+            assert set(torch.load(local, weights_only=True)) == {"model"}
+            reid.load_model(out / "config.yaml", local)  # strict: every key, every shape

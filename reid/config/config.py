@@ -202,6 +202,7 @@ CHOICES = {
     "SOLVER.WARMUP_METHOD": ("linear", "constant"),
     "KD.LOSS": ("kl", "js"),
     "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
+    "SOLVER.LOG_CHECKPOINTS": ("final", "all", "none"),
     "DATASETS.CHECK_IMAGES": ("header", "decode", "none"),
 }
 

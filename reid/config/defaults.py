@@ -234,6 +234,11 @@ _C.SOLVER.FREEZE_FC_ITERS = 0
 
 # Save a checkpoint every CHECKPOINT_PERIOD epochs (and always at the end)
 _C.SOLVER.CHECKPOINT_PERIOD = 20
+# (reid) which weights the train and precise-BN stages log to MLflow, as model-only copies
+# ({"model": state_dict}): "final" (model_final.pth, model_precise_bn.pth), "all" (also the
+# periodic model_XXXX.pth this run wrote) or "none". Full checkpoints, with optimizer state
+# for resuming, stay in OUTPUT_DIR only.
+_C.SOLVER.LOG_CHECKPOINTS = "final"
 # Number of images per batch across all processes
 _C.SOLVER.IMS_PER_BATCH = 64
 # (reid) log loss, LR and throughput every LOG_PERIOD iterations

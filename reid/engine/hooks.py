@@ -52,12 +52,16 @@ class HookBase:
 
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_{epoch:04d}.pth`` after every ``period_epochs`` epochs (epochs counted
-    from 1; 0 disables them) and ``model_final.pth`` when training completes."""
+    from 1; 0 disables them) and ``model_final.pth`` when training completes.
+
+    ``saved`` lists the files this training wrote, oldest first: OUTPUT_DIR may also hold
+    checkpoints of an earlier run, which must not be taken for this run's."""
 
     def __init__(self, checkpointer: "Checkpointer", period_epochs: int, max_epoch: int) -> None:
         self.checkpointer = checkpointer
         self.period = period_epochs
         self.max_epoch = max_epoch
+        self.saved: list[str] = []
 
     def before_train(self) -> None:
         # A resumed run's last good checkpoint is the one it resumed from.
@@ -77,6 +81,7 @@ class PeriodicCheckpointer(HookBase):
     def _save(self, name: str, epoch: int) -> None:
         path = self.checkpointer.save(name, epoch=epoch, iteration=self.trainer.iter)
         self.trainer.last_checkpoint = str(path)
+        self.saved.append(str(path))
 
 
 class MetricsLogger(HookBase):
