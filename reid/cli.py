@@ -13,17 +13,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-from reid.errors import ReidError, one_line
+from reid.errors import (USER_ERROR_PREFIX, ReidError, Terminated, describe_os_error, one_line,
+                         raise_terminated)
 from reid.utils.logs import LOG_FORMAT, attach_log_file
+from reid.utils.run_lock import INHERITED_ENV, hold_output_dir
 
 logger = logging.getLogger("reid")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
 PARENT_RUN_ENV = "REID_PARENT_RUN_ID"
-USER_ERROR_PREFIX = "reid: error: "  # what a user error's one line starts with, on stderr
 QUIET_LOGGERS = ("alembic", "mlflow", "httpx", "httpcore", "prefect", "urllib3", "PIL", "matplotlib")
 
 
@@ -31,10 +34,22 @@ def setup_logging(output_dir: str | None = None) -> None:
     """Console logging at INFO; with ``output_dir``, also its log.txt for the whole command
     (the stage functions write there too, see ``reid.utils.logs``)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(drop_reported_user_errors)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     if output_dir:
         attach_log_file(output_dir)
+
+
+def drop_reported_user_errors(record: logging.LogRecord) -> bool:
+    """Console filter: Prefect logs a failed task's or flow's exception (with its traceback)
+    several times over; a ReidError is printed once, as the command's last line, instead.
+    The records still reach the Prefect server's run logs."""
+    if not record.name.startswith("prefect"):
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, ReidError) and "ReidError" not in record.getMessage()
 
 
 def recipe(path: str | None) -> str:
@@ -61,12 +76,23 @@ def print_results(results: dict) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> None:
+    """Checks what can fail in seconds (the config, OUTPUT_DIR free, the tracking server)
+    before the flow starts Prefect's temporary server, then runs the flow."""
+    from reid.config import load_config
+    if args.flow == "distill" and not args.config:
+        raise ReidError("reid run --flow distill needs --config (a student recipe with KD.*), "
+                        "e.g. params/kd-synthetic.yml")
+    cfg = load_config(recipe(args.config), args.opts)
+    with hold_output_dir(cfg.OUTPUT_DIR):
+        from tasks.tracking import check_server  # sets the embedded store's URI by default
+        check_server(os.environ["MLFLOW_TRACKING_URI"])
+        _run_flow(args)
+
+
+def _run_flow(args: argparse.Namespace) -> None:
     from flows.distill import distill
     from flows.pipeline import pipeline
     if args.flow == "distill":
-        if not args.config:
-            raise ReidError("reid run --flow distill needs --config (a student recipe with KD.*), "
-                            "e.g. params/kd-synthetic.yml")
         out = distill(config=args.config, overrides=list(args.opts),
                       compare_without_kd=not args.no_compare,
                       nproc_per_node=args.nproc_per_node)
@@ -90,23 +116,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve_prefect_file(args.prefect_file, only=args.only, limit=args.limit or None)
 
 
-def _stage(args: argparse.Namespace, untracked: Callable, tracked: Callable) -> dict:
-    """Run one stage: ``untracked()``, or ``tracked(tasks.tracked, Tracker(), parent)`` in an
-    MLflow run, nested under REID_PARENT_RUN_ID when set (to group DVC's stage processes).
+def _stage(args: argparse.Namespace, cfg, untracked: Callable, tracked: Callable) -> dict:
+    """Run one stage holding OUTPUT_DIR (one run at a time): ``untracked()``, or
+    ``tracked(tasks.tracked, Tracker(), parent)`` in an MLflow run, nested under
+    REID_PARENT_RUN_ID when set (to group DVC's stage processes).
 
     Under torchrun only rank 0 (RANK, set before the process group exists) talks to MLflow.
     """
-    if args.no_track or int(os.environ.get("RANK", "0")) != 0:
-        return untracked()
-    from tasks import tracked as tracked_stages
-    from tasks.tracking import Tracker
-    return tracked(tracked_stages, Tracker(), os.environ.get(PARENT_RUN_ENV) or None)
+    with hold_output_dir(cfg.OUTPUT_DIR):
+        if args.no_track or int(os.environ.get("RANK", "0")) != 0:
+            return untracked()
+        from tasks import tracked as tracked_stages
+        from tasks.tracking import Tracker
+        tracker, parent = Tracker(), os.environ.get(PARENT_RUN_ENV) or None
+        if not os.environ.get(INHERITED_ENV):  # the lock's owner: no live run of ours
+            tracker.close_abandoned(cfg.OUTPUT_DIR, keep=(parent,))
+        return tracked(tracked_stages, tracker, parent)
 
 
 def cmd_prepare(args):
     from reid import stages
     cfg = load(args)
-    out = _stage(args, lambda: stages.prepare(cfg),
+    out = _stage(args, cfg, lambda: stages.prepare(cfg),
                  lambda ts, t, parent: ts.prepare(cfg, t, parent))
     for name, splits in out["datasets"].items():
         logger.info("%s: %s", name, splits)
@@ -116,7 +147,7 @@ def cmd_train(args, stage: str = "train"):
     from reid import stages
     cfg = load(args)
     fn = stages.distill if stage == "distill" else stages.train
-    out = _stage(args, lambda: fn(cfg, resume=args.resume),
+    out = _stage(args, cfg, lambda: fn(cfg, resume=args.resume),
                  lambda ts, t, parent: ts.train(cfg, t, parent, resume=args.resume, stage=stage))
     logger.info("final checkpoint: %s", out["checkpoint"])
 
@@ -136,7 +167,7 @@ def cmd_precise_bn(args):
     from reid import stages
     cfg = load(args)
     weights = args.weights or default_weights(cfg, stages.FINAL_CHECKPOINT)
-    out = _stage(args, lambda: stages.precise_bn(cfg, weights),
+    out = _stage(args, cfg, lambda: stages.precise_bn(cfg, weights),
                  lambda ts, t, parent: ts.precise_bn(cfg, weights, t, parent))
     logger.info("checkpoint: %s", out["checkpoint"])
 
@@ -148,7 +179,7 @@ def cmd_eval(args):
                                               stages.FINAL_CHECKPOINT)
     if args.register and args.no_track:
         raise ReidError("reid eval --register needs MLflow: drop --no-track")
-    out = _stage(args, lambda: stages.evaluate(cfg, weights),
+    out = _stage(args, cfg, lambda: stages.evaluate(cfg, weights),
                  lambda ts, t, parent: ts.evaluate(cfg, weights, t, parent,
                                                    register=args.register))
     print_results(out["results"])
@@ -172,7 +203,7 @@ def cmd_export(args):
         from tasks.export import export
         return export(cfg, weights, args.output, tracker, parent, args.format, **options)
 
-    out = _stage(args, lambda: export_model(cfg, weights, args.output, args.format, **options),
+    out = _stage(args, cfg, lambda: export_model(cfg, weights, args.output, args.format, **options),
                  tracked)
     cosine = ", ".join(f"batch {b}: {c:.6f}" for b, c in out["cosine"].items())
     print(f"wrote {out['output']} ({out['format']}, {out['exporter']} exporter; onnxruntime vs "
@@ -367,11 +398,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_parser.parse_args(options, namespace=args)  # resets args.opts: set it after
     args.opts = overrides
     setup_logging()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         args.fn(args)
     except ReidError as exc:
         print(f"{USER_ERROR_PREFIX}{one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the run needs (disk full, permissions): no traceback
+        print(f"{USER_ERROR_PREFIX}{describe_os_error(exc)}", file=sys.stderr)
+        return 1
+    except Terminated:
+        print("reid: terminated (SIGTERM); runs closed as KILLED", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("reid: interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,8 @@ def one_line(exc: BaseException) -> str:
 
 USER_ERROR_PREFIX = "reid: error: "  # what a user error's one line starts with, on stderr
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# File errors only the user can fix: a retry would fail the same way.
+USER_FIXABLE = DISK_FULL | {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,4 +44,6 @@ def describe_os_error(exc: OSError) -> str:
     text = f"{exc.strerror or one_line(exc)}{where}"
     if exc.errno in DISK_FULL:
         text += "; free some space (a training resumes from its last checkpoint with --resume)"
+    elif exc.errno in USER_FIXABLE:
+        text += "; check that this user may write there, or set OUTPUT_DIR elsewhere"
     return text

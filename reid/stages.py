@@ -27,7 +27,7 @@ from reid.engine.hooks import (LayerFreezer, MetricsLogger, MetricsSink, Periodi
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
 from reid.engine.precise_bn import update_bn_stats
 from reid.engine.trainer import Trainer, build_gradient_clipper
-from reid.errors import ReidError
+from reid.errors import USER_FIXABLE, ReidError, describe_os_error
 from reid.evaluation.evaluator import Evaluator
 from reid.evaluation.extract import extract_features
 from reid.inference import build_inference_model, folder_features, list_images
@@ -36,6 +36,7 @@ from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
 from reid.utils.io import atomic_write, atomic_write_json
 from reid.utils.logs import log_file
+from reid.utils.run_lock import hold_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,18 @@ RESULTS_FILE = "results.json"
 
 
 def logged(stage: Callable) -> Callable:
-    """Decorates a stage function ``(cfg, ...)``: its log also goes to OUTPUT_DIR/log.txt,
-    whoever calls it (CLI, Prefect task, notebook)."""
+    """Decorates a stage function ``(cfg, ...)``: it holds OUTPUT_DIR (one run at a time, see
+    ``reid.utils.run_lock``) and its log also goes to OUTPUT_DIR/log.txt, whoever calls it
+    (CLI, Prefect task, notebook)."""
     @functools.wraps(stage)
     def run(cfg: CfgNode, *args, **kwargs):
-        with log_file(cfg.OUTPUT_DIR):
-            return stage(cfg, *args, **kwargs)
+        try:
+            with hold_output_dir(cfg.OUTPUT_DIR), log_file(cfg.OUTPUT_DIR):
+                return stage(cfg, *args, **kwargs)
+        except OSError as exc:
+            if exc.errno in USER_FIXABLE:  # a full disk, no permission: retrying cannot help
+                raise ReidError(describe_os_error(exc)) from exc
+            raise
     return run
 
 
@@ -93,7 +100,10 @@ def prepare(cfg: CfgNode) -> dict:
 
     Writes ``OUTPUT_DIR/datasets.json`` (the per-split counts) and returns it.
     """
-    names = list(dict.fromkeys(list(cfg.DATASETS.NAMES) + list(cfg.DATASETS.TESTS)))
+    names = list(cfg.DATASETS.NAMES) + list(cfg.DATASETS.TESTS)
+    if cfg.TEST.PRECISE_BN.ENABLED:  # a missing one fails here, not after the training
+        names.append(precise_bn_dataset(cfg))
+    names = list(dict.fromkeys(names))
     if SYNTHETIC in names:
         ensure_synthetic(cfg)
     splits = ("train", "query", "gallery")
@@ -196,6 +206,12 @@ def load_model(cfg: CfgNode, weights: str | Path, device: torch.device) -> torch
 
 
 # --------------------------------------------------------------------------- precise-BN
+def precise_bn_dataset(cfg: CfgNode) -> str:
+    """TEST.PRECISE_BN.DATASET, or the first training set when it is empty: a recipe that
+    leaves it empty works on whatever DATASETS.NAMES the user gives."""
+    return cfg.TEST.PRECISE_BN.DATASET or cfg.DATASETS.NAMES[0]
+
+
 @logged
 def precise_bn(cfg: CfgNode, weights: str | Path) -> dict:
     """Recompute BatchNorm statistics over TEST.PRECISE_BN.NUM_ITER training batches.
@@ -211,7 +227,7 @@ def precise_bn(cfg: CfgNode, weights: str | Path) -> dict:
         return {"checkpoint": str(target)}
     device = resolve_device(cfg.MODEL.DEVICE)
     model = load_model(cfg, weights, device)
-    loader, _ = build_train_loader(cfg, dataset_names=(cfg.TEST.PRECISE_BN.DATASET,),
+    loader, _ = build_train_loader(cfg, dataset_names=(precise_bn_dataset(cfg),),
                                    train_transforms=False)
     update_bn_stats(model, _images_only(loader, device), cfg.TEST.PRECISE_BN.NUM_ITER)
     Checkpointer(model, target.parent).save(target.stem)

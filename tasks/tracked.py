@@ -15,14 +15,20 @@ from reid import stages
 from reid.config import CfgNode
 from reid.engine.checkpoint import read_checkpoint
 from tasks import registry, reports
-from tasks.tracking import Tracker
+from tasks.tracking import Tracker, output_dir_tags
 
 
 CHECKPOINTS_DIR = "checkpoints"  # the artifact folder of a stage's weights
 
 
-def _stage_run(tracker: Tracker, parent_id: str | None, stage: str, cfg: CfgNode):
-    return tracker.run(stage, parent_id, tags={"reid.stage": stage})
+def _stage_run(tracker: Tracker, parent_id: str | None, stage: str, cfg: CfgNode,
+               resume: bool = False):
+    """The stage's nested run; a resumed stage continues its unfinished run (one curve)."""
+    existing = None
+    if resume:
+        existing = tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": stage}, parent_id)
+    return tracker.run(stage, parent_id, tags={"reid.stage": stage, **output_dir_tags(cfg)},
+                       existing_id=existing)
 
 
 def log_weights(tracker: Tracker, run_id: str, checkpoints: Iterable[str | Path]) -> None:
@@ -61,7 +67,7 @@ def prepare(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None) -> dic
 def train(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None, resume: bool = False,
           stage: str = "train") -> dict:
     run_fn = stages.distill if stage == "distill" else stages.train
-    with _stage_run(tracker, parent_id, stage, cfg) as run_id:
+    with _stage_run(tracker, parent_id, stage, cfg, resume=resume) as run_id:
         tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
         result = run_fn(cfg, sink=tracker.sink(run_id), resume=resume)

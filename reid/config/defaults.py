@@ -273,7 +273,7 @@ _C.TEST.RERANK.LAMBDA = 0.3
 
 _C.TEST.PRECISE_BN = CN()
 _C.TEST.PRECISE_BN.ENABLED = False
-_C.TEST.PRECISE_BN.DATASET = "Market1501"
+_C.TEST.PRECISE_BN.DATASET = "Market1501"  # (reid) "" = the first of DATASETS.NAMES
 _C.TEST.PRECISE_BN.NUM_ITER = 300
 
 # ---------------------------------------------------------------------------- #
