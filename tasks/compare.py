@@ -4,9 +4,10 @@ Compared runs are the finished runs that hold a trained model's final results
 (``<test set>.<metric>`` metrics) and are not stage runs: the pipeline flow's top-level runs
 and the distill flow's teacher / student runs. The table shows, best first by a rank metric:
 run name and id, recipe, Rank-1 / mAP / mINP per test set, training time (the run's train /
-distill stage runs), data version (DVC hash), git commit, and only the params that differ
-between the runs. The figure shows their training loss and mAP curves. Both are logged as
-artifacts of a new run tagged ``reid.comparison`` (which later comparisons skip).
+distill stage runs), data version (``dvc:<md5>`` or ``content:<md5>``, tasks/data_version.py),
+git commit, and only the params that differ between the runs. The figure shows their
+training loss and mAP curves. Both are logged as artifacts of a new run tagged
+``reid.comparison`` (which later comparisons skip).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from reid.errors import ReidError
 from tasks.reports import stage_runs, training_curves
-from tasks.tracking import DATA_TAG, EXPERIMENT, PARENT_TAG, RECIPE_TAG, Tracker
+from tasks.tracking import DATA_VERSION_TAG, EXPERIMENT, PARENT_TAG, RECIPE_TAG, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ RESULT_COLUMN = re.compile(r"^metrics\.(?P<set>.+)\.(?P<metric>Rank-\d+|mAP|mINP
 MAX_FIGURE_RUNS = 10   # one colour each in the figure
 MISSING = "\u2014"     # an em dash for absent values
 # Long identifiers shortened for people (the CSV keeps them whole).
-SHORTENED = {"run id": 8, "git commit": 8, "data (DVC md5)": 10}
+SHORTENED = {"run id": 8, "git commit": 8, "data version": 16}  # "content:" + 8 hex digits
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Training:
 
     run_ids: list[str] = field(default_factory=list)  # oldest first
     seconds: float | None = None                      # summed: a resumed training has two
-    data_md5: str | None = None                       # their DVC hash of the data
+    data_version: str | None = None                   # the version of the data they read
 
 
 def training_of(client: MlflowClient, experiment_id: str, run_ids: list[str]
@@ -131,7 +132,7 @@ def training_of(client: MlflowClient, experiment_id: str, run_ids: list[str]
         if child.info.end_time:
             elapsed = (child.info.end_time - child.info.start_time) / 1000.0
             found.seconds = (found.seconds or 0.0) + elapsed
-        found.data_md5 = child.data.tags.get(DATA_TAG, found.data_md5)
+        found.data_version = child.data.tags.get(DATA_VERSION_TAG, found.data_version)
     return out
 
 
@@ -167,8 +168,8 @@ def comparison_table(runs: pd.DataFrame, metric: str, training: dict[str, Traini
         table[title] = score
     table["train time (s)"] = runs["run_id"].map(lambda r: training[r].seconds).astype(float)
     # A distill flow's teacher / student runs have no dataset tag: their training runs do.
-    table["data (DVC md5)"] = _column(runs, f"tags.{DATA_TAG}").fillna(
-        runs["run_id"].map(lambda r: training[r].data_md5))
+    table["data version"] = _column(runs, f"tags.{DATA_VERSION_TAG}").fillna(
+        runs["run_id"].map(lambda r: training[r].data_version))
     table["git commit"] = _column(runs, "tags.mlflow.source.git.commit")
     params = differing_params(runs)
     for key in params:

@@ -8,8 +8,10 @@ frozen into a graph or pickled.
 
 Promotion rule: every registration becomes ``candidate``; it becomes ``champion`` when there is
 no champion yet, or when its mAP strictly beats the champion's on the same test set and the
-same data version (the DVC hash of ``data/``). An unknown data version never takes the title
-from a champion: set the alias by hand after checking
+same data version (the evaluate run's ``reid.data.version``: the ``.dvc`` hash of
+``DATASETS.ROOT`` when current, else a content hash of the images read; tasks/data_version.py).
+When either version is unknown (a run without one, a champion registered before versions were
+recorded), the candidate does not take the title: set the alias by hand after checking
 (``MlflowClient().set_registered_model_alias(name, "champion", version)``).
 
 Concurrent registrations (a nightly retrain and a distillation run finishing together) read
@@ -44,7 +46,8 @@ from reid.config import CfgNode, save_config
 from reid.engine.checkpoint import read_checkpoint
 from reid.errors import ReidError
 from reid.utils.io import atomic_torch_save
-from tasks.tracking import DATA_TAG, Tracker, local_store_path
+from tasks.data_version import KINDS
+from tasks.tracking import DATA_VERSION_TAG, Tracker, local_store_path
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +57,13 @@ ARTIFACT_DIR = "registered_model"
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.pth"
 # What Tracker.log_dataset / Tracker.start write on a run.
-RUN_DATA_TAG = DATA_TAG
+RUN_DATA_TAG = DATA_VERSION_TAG
 RUN_COMMIT_TAG = "mlflow.source.git.commit"
-UNKNOWN_DATA = ("", "untracked")
+UNKNOWN_DATA = "unknown"
 # Copied onto each model version, so the promotion rule reads versions only.
 TAG_TEST_SET = "reid.test_set"
 TAG_MAP = "reid.mAP"
-TAG_DATA = DATA_TAG
+TAG_DATA = DATA_VERSION_TAG
 TAG_COMMIT = "git.commit"
 TAG_WEIGHTS = "reid.weights"
 
@@ -73,12 +76,22 @@ class Standing:
     mAP: float
 
 
+def is_known(data_version: Optional[str]) -> bool:
+    """``dvc:<md5>`` or ``content:<md5>`` (tasks/data_version.py); anything else cannot be
+    compared (an older tag held the repository's data.dvc hash whatever data was read)."""
+    kind, _, digest = (data_version or "").partition(":")
+    return kind in KINDS and bool(digest)
+
+
 def should_promote(candidate: Standing, champion: Optional[Standing]) -> tuple[bool, str]:
     """(promote?, why): the promotion rule, kept pure so it is tested on its own."""
     if champion is None:
         return True, "there is no champion yet"
-    if candidate.data_version in (None, *UNKNOWN_DATA):
-        return False, "the candidate's data version is unknown (no data.dvc hash on its run)"
+    if not is_known(candidate.data_version):
+        return False, f"the candidate's data version is unknown (no {RUN_DATA_TAG} on its run)"
+    if not is_known(champion.data_version):
+        return False, ("the champion's data version is unknown (registered before data "
+                       "versions were recorded)")
     if candidate.test_set != champion.test_set:
         return False, (f"the candidate was evaluated on {candidate.test_set}, "
                        f"the champion on {champion.test_set}")
@@ -92,7 +105,7 @@ def should_promote(candidate: Standing, champion: Optional[Standing]) -> tuple[b
 
 # --------------------------------------------------------------------------- standings
 def run_standing(client: MlflowClient, run_id: str, test_set: str) -> Standing:
-    """The standing an evaluate run logged: metric ``<test set>.mAP`` and its DVC hash tag."""
+    """The standing an evaluate run logged: metric ``<test set>.mAP`` and its data version."""
     run = client.get_run(run_id)
     metric = f"{test_set}.mAP"
     if metric not in run.data.metrics:
@@ -151,7 +164,7 @@ def register(tracker: Tracker, run_id: str, name: str, cfg: CfgNode, weights: st
     ensure_registered_model(client, name)
     run_tags = client.get_run(run_id).data.tags
     tags = {TAG_TEST_SET: standing.test_set, TAG_MAP: repr(standing.mAP),
-            TAG_DATA: standing.data_version or "untracked",
+            TAG_DATA: standing.data_version or UNKNOWN_DATA,
             TAG_COMMIT: run_tags.get(RUN_COMMIT_TAG, "unknown"), TAG_WEIGHTS: str(weights)}
     version = client.create_model_version(name, f"runs:/{run_id}/{ARTIFACT_DIR}", run_id=run_id,
                                           tags=tags).version

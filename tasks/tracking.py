@@ -14,18 +14,23 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import tasks.environment  # noqa: F401  (telemetry off, embedded store) before mlflow loads
-import yaml
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from reid.config import CfgNode
+from reid.errors import ReidError, one_line
+from tasks.data_version import DataVersion, data_version, dataset_names
 
 logger = logging.getLogger(__name__)
 
 EXPERIMENT = "reid"
 PARENT_TAG = "mlflow.parentRunId"
 RECIPE_TAG = "reid.recipe"  # the recipe file a run was configured from
-DATA_TAG = "dvc.data.md5"  # the DVC hash of the datasets root a run read
+# The version of the data a run read (tasks/data_version.py): "dvc:<md5>.dir" or
+# "content:<md5>", what the model registry and `reid compare` go by.
+DATA_VERSION_TAG = "reid.data.version"
+DATA_TAG = "dvc.data.md5"  # the .dvc md5 of the datasets root, only when that is the version
+DATA_NOTE_TAG = "reid.data.note"  # why a .dvc file was not used, or why there is no version
 MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 SQLITE_SCHEME = "sqlite:///"
 
@@ -36,15 +41,6 @@ def git_commit(cwd: Path | None = None) -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def dvc_digest(dvc_file: str | Path = "data.dvc") -> Optional[str]:
-    """The md5 that ``data.dvc`` records for the datasets root (None when there is none)."""
-    path = Path(dvc_file)
-    if not path.is_file():
-        return None
-    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
-    return outs[0].get("md5")
 
 
 def local_store_path(tracking_uri: str) -> Optional[Path]:
@@ -126,13 +122,25 @@ class Tracker:
         if Path(path).exists():
             self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def log_dataset(self, run_id: str, cfg: CfgNode, dvc_file: str | Path = "data.dvc") -> None:
-        """Record the datasets root with its DVC hash as the run's input dataset."""
-        digest = dvc_digest(dvc_file) or "untracked"
-        names = ",".join(dict.fromkeys(list(cfg.DATASETS.NAMES) + list(cfg.DATASETS.TESTS)))
-        dataset = Dataset(name=names, digest=digest[:36], source_type="dvc",
-                          source=str(Path(cfg.DATASETS.ROOT).resolve()))
+    def log_dataset(self, run_id: str, cfg: CfgNode, version: DataVersion | None = None
+                    ) -> None:
+        """Record the version of the data ``cfg`` reads (``version`` when given) as the run's
+        input dataset and tags. Data that cannot be read yet (a flow's parent run, logged
+        before ``prepare`` generates the set) gets a note instead of a version."""
+        try:
+            version = version or data_version(cfg)
+        except ReidError as exc:
+            logger.warning("no data version recorded for run %s: %s", run_id, one_line(exc))
+            self.client.set_tag(run_id, DATA_NOTE_TAG, one_line(exc)[:5000])
+            return
+        dataset = Dataset(name=",".join(dataset_names(cfg)), digest=version.digest[:36],
+                          source_type="dvc" if version.kind == "dvc" else "local",
+                          source=version.root)
         self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context",
                                                                          "training")])])
-        self.client.set_tag(run_id, DATA_TAG, digest)
-        self.client.set_tag(run_id, "dvc.file", str(dvc_file))
+        tags = {DATA_VERSION_TAG: version.tag}
+        if version.kind == "dvc":
+            tags.update({DATA_TAG: version.digest, "dvc.file": version.dvc_file})
+        if version.note:
+            tags[DATA_NOTE_TAG] = version.note
+        self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])

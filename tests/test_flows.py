@@ -9,8 +9,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import RECIPE, ROOT, TINY_DATA, TINY_TRAIN, as_yaml
-from tasks.tracking import dvc_digest
+import tasks.environment  # noqa: F401  (Prefect reads its logging settings when it loads)
+from conftest import RECIPE, TINY_DATA, TINY_TRAIN, as_yaml
+from reid.config import load_config
+from tasks.data_version import data_version
 
 STAGES = {"prepare", "train", "precise_bn", "evaluate"}
 METRICS = {"Rank-1", "Rank-5", "Rank-10", "mAP", "mINP"}
@@ -50,7 +52,9 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
     assert parent.data.metrics["SyntheticMarket1501.mAP"] == pytest.approx(
         results["SyntheticMarket1501"]["mAP"])
     inputs = parent.inputs.dataset_inputs
-    assert inputs and inputs[0].dataset.digest == dvc_digest(ROOT / "data.dvc")[:36]
+    version = data_version(load_config(RECIPE, tiny_overrides))  # the tiny set, untracked
+    assert inputs and inputs[0].dataset.digest == version.digest[:36]
+    assert parent.data.tags["reid.data.version"] == f"content:{version.digest}"
     # The MLflow run names the Prefect flow run behind it.
     from prefect.client.orchestration import get_client
     with get_client(sync_client=True) as prefect_client:

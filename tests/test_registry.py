@@ -13,6 +13,7 @@ from reid.cli import main
 from reid.config import load_config
 from reid.errors import ReidError
 from reid.modeling import build_model
+from tasks.data_version import DataVersion, data_version
 from tasks.registry import (CANDIDATE, CHAMPION, Standing, load_registered, register,
                             should_promote)
 from tasks.tracking import Tracker
@@ -20,7 +21,8 @@ from tasks.tracking import Tracker
 TEST_SET = "SyntheticMarket1501"
 OVERRIDES = ["MODEL.DEVICE", "cpu", "INPUT.SIZE_TEST", "[64, 32]", "MODEL.HEADS.NUM_CLASSES", "4",
              "MODEL.BACKBONE.PRETRAIN", "False"]
-DATA_V1, DATA_V2 = "11111111111111111111111111111111.dir", "22222222222222222222222222222222.dir"
+# Data versions as Tracker.log_dataset records them (tasks/data_version.py).
+DATA_V1, DATA_V2 = "dvc:" + "1" * 32 + ".dir", "content:" + "2" * 32
 
 
 # --------------------------------------------------------------------------- the rule alone
@@ -35,8 +37,13 @@ DATA_V1, DATA_V2 = "11111111111111111111111111111111.dir", "22222222222222222222
      "data version"),
     (Standing("Market1501", DATA_V1, 90.0), Standing(TEST_SET, DATA_V1, 40.0), False,
      "evaluated on Market1501"),
-    (Standing(TEST_SET, "untracked", 90.0), Standing(TEST_SET, "untracked", 40.0), False,
-     "unknown"),
+    (Standing(TEST_SET, None, 90.0), Standing(TEST_SET, DATA_V1, 40.0), False,
+     "candidate's data version is unknown"),
+    # A champion registered before data versions: its dvc.data.md5 could be another data's.
+    (Standing(TEST_SET, DATA_V1, 90.0), Standing(TEST_SET, None, 40.0), False,
+     "champion's data version is unknown"),
+    (Standing(TEST_SET, "1" * 32 + ".dir", 90.0), Standing(TEST_SET, "1" * 32 + ".dir", 40.0),
+     False, "unknown"),  # a bare md5 (the old tag) is not a version
 ])
 def test_promotion_rule(candidate, champion, promoted, why):
     decision, reason = should_promote(candidate, champion)
@@ -71,12 +78,13 @@ def tiny_checkpoint(path, seed: int, with_optimizer: bool = False):
     return path
 
 
-def evaluated_run(tracker: Tracker, tmp_path, mAP: float, data_md5: str) -> str:
-    """An MLflow run carrying what tasks.tracked.evaluate logs: results and the data hash."""
-    dvc_file = tmp_path / f"{data_md5}.dvc"
-    dvc_file.write_text(f"outs:\n- md5: {data_md5}\n  path: data\n")
+def evaluated_run(tracker: Tracker, tmp_path, mAP: float, data: str) -> str:
+    """An MLflow run carrying what tasks.tracked.evaluate logs: results and the data version
+    ``data`` (``kind:digest``)."""
+    kind, _, digest = data.partition(":")
+    version = DataVersion(kind, digest, str(tmp_path / "data"), files=1)
     with tracker.run("evaluate") as run_id:
-        tracker.log_dataset(run_id, load_config(RECIPE, OVERRIDES), dvc_file)
+        tracker.log_dataset(run_id, load_config(RECIPE, OVERRIDES), version)
         tracker.log_results(run_id, {TEST_SET: {"mAP": mAP, "Rank-1": mAP + 10}})
     return run_id
 
@@ -116,7 +124,7 @@ def test_aliases_follow_the_promotion_rule_and_the_champion_loads_exactly(tmp_pa
     assert (out["version"], out["promoted"]) == (3, False) and "data version" in out["reason"]
     assert aliases(client, "tiny") == {CANDIDATE: 3, CHAMPION: 2}
     tags = client.get_model_version("tiny", "3").tags
-    assert (tags["reid.test_set"], float(tags["reid.mAP"]), tags["dvc.data.md5"]) == (
+    assert (tags["reid.test_set"], float(tags["reid.mAP"]), tags["reid.data.version"]) == (
         TEST_SET, 90.0, DATA_V2)
 
     # The registered champion is the checkpoint of version 2, feature for feature, any batch.
@@ -147,9 +155,7 @@ def test_registration_errors_name_the_problem(tmp_path, cfg, mlflow_uri):
 
 # --------------------------------------------------------------------------- through the CLI
 def test_reid_eval_register_registers_the_evaluated_weights(tmp_path, tiny_overrides, mlflow_uri,
-                                                            monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the run's data version comes from ./data.dvc
-    (tmp_path / "data.dvc").write_text(f"outs:\n- md5: {DATA_V1}\n  path: data\n")
+                                                            capsys):
     weights = tiny_checkpoint(tmp_path / "w.pth", seed=3)
     argv = ["eval", "--config", str(RECIPE), "--weights", str(weights), *tiny_overrides]
     assert main([*argv, "--register", "reid-tiny"]) == 0
@@ -157,7 +163,10 @@ def test_reid_eval_register_registers_the_evaluated_weights(tmp_path, tiny_overr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     version = MlflowClient(mlflow_uri).get_model_version_by_alias("reid-tiny", CHAMPION)
     assert float(version.tags["reid.mAP"]) == pytest.approx(results[TEST_SET]["mAP"])
-    assert version.tags["dvc.data.md5"] == DATA_V1
+    # The data read: the tiny set, untracked.
+    assert version.tags["reid.data.version"] == data_version(
+        load_config(RECIPE, tiny_overrides)).tag
+    assert version.tags["reid.data.version"].startswith("content:")
     assert main([*argv, "--no-track", "--register", "reid-tiny"]) == 2
     assert "--register needs MLflow: drop --no-track" in capsys.readouterr().err
 

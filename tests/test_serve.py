@@ -237,7 +237,8 @@ def test_reid_serve_runs_a_scheduled_pipeline_that_logs_to_mlflow(
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from tasks.tracking import dvc_digest
+    from reid.config import load_config
+    from tasks.data_version import data_version
 
     overrides = tiny_overrides + ["SOLVER.MAX_EPOCH", "1", "SOLVER.STEPS", "[1]"]
     output_dir = Path(tiny_overrides[tiny_overrides.index("OUTPUT_DIR") + 1])
@@ -282,7 +283,8 @@ def test_reid_serve_runs_a_scheduled_pipeline_that_logs_to_mlflow(
     assert parent.data.params["OUTPUT_DIR"] == str(output_dir)
     assert parent.data.params["SOLVER.MAX_EPOCH"] == "1"
     assert parent.data.metrics["SyntheticMarket1501.mAP"] == pytest.approx(results["mAP"])
-    assert parent.data.tags["dvc.data.md5"] == dvc_digest(ROOT / "data.dvc")
+    assert parent.data.tags["reid.data.version"] == data_version(  # the tiny set, untracked
+        load_config(RECIPE, overrides)).tag
     assert parent.data.tags["mlflow.source.git.commit"] in {commit_before, git_head()}
     stages = mlflow.search_runs([experiment.experiment_id],
                                 f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")

@@ -7,8 +7,9 @@ from prefect.states import Failed
 
 from reid.config import load_config
 from reid.errors import ReidError
+from tasks.data_version import DataVersion, read_dvc_out
 from tasks.pipeline_tasks import transient_only
-from tasks.tracking import Tracker, dvc_digest
+from tasks.tracking import Tracker
 
 
 @pytest.mark.parametrize("error, retried", [
@@ -22,12 +23,12 @@ def test_retries_only_transient_failures(error, retried):
 
 def test_tracker_nests_runs_and_logs_config_metrics_dataset(tmp_path, mlflow_uri):
     cfg = load_config(None, ["DATASETS.ROOT", str(tmp_path)])
-    dvc_file = tmp_path / "data.dvc"
-    dvc_file.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    md5 = "0123456789abcdef0123456789abcdef.dir"
+    version = DataVersion("dvc", md5, str(tmp_path), 1, str(tmp_path.parent / "x.dvc"))
     tracker = Tracker()
     with tracker.run("pipeline") as parent:
         tracker.log_config(parent, cfg)
-        tracker.log_dataset(parent, cfg, dvc_file)
+        tracker.log_dataset(parent, cfg, version)
         with tracker.run("train", parent) as child:
             sink = tracker.sink(child)
             sink({"total_loss": 2.0, "lr": 0.1}, 1)
@@ -37,8 +38,10 @@ def test_tracker_nests_runs_and_logs_config_metrics_dataset(tmp_path, mlflow_uri
     run = client.get_run(parent)
     assert run.data.params["DATASETS.ROOT"] == str(tmp_path)
     assert run.data.metrics == {"Market1501.mAP": 42.0, "Market1501.Rank-1": 60.5}
-    assert run.data.tags["dvc.data.md5"] == "0123456789abcdef0123456789abcdef.dir"
-    assert run.inputs.dataset_inputs[0].dataset.source_type == "dvc"
+    assert (run.data.tags["reid.data.version"], run.data.tags["dvc.data.md5"]) == (
+        f"dvc:{md5}", md5)
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert (dataset.source_type, dataset.source, dataset.digest) == ("dvc", str(tmp_path), md5)
     assert "config.yaml" in {a.path for a in client.list_artifacts(parent)}
     child_run = client.get_run(child)
     assert child_run.data.tags["mlflow.parentRunId"] == parent
@@ -55,10 +58,10 @@ def test_failed_block_marks_the_run_failed(mlflow_uri):
     assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
 
 
-def test_dvc_digest_reads_data_dvc(tmp_path):
-    assert dvc_digest(tmp_path / "absent.dvc") is None
+def test_read_dvc_out_reads_a_dvc_file(tmp_path):
+    assert read_dvc_out(tmp_path / "absent.dvc") is None
     (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  path: data\n")
-    assert dvc_digest(tmp_path / "data.dvc") == "abc.dir"
+    assert read_dvc_out(tmp_path / "data.dvc") == {"md5": "abc.dir", "path": "data"}
 
 
 def test_cli_stage_nests_under_reid_parent_run_id(tiny_overrides, mlflow_uri, monkeypatch):
