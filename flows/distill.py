@@ -75,8 +75,8 @@ def _distill(cfg: CfgNode, config: str, tracker: Tracker, compare_without_kd: bo
     rows = []
     tags = {"reid.flow": "distill", **output_dir_tags(cfg), **prefect_run_tags()}
     with tracker.run(f"distill:{Path(config).stem}", tags=tags) as parent:
-        tracker.log_dataset(parent, cfg)
         teachers = teacher_checkpoints(cfg, tracker, parent, nproc_per_node)
+        tracker.log_dataset(parent, cfg)  # after the teachers' prepare stages made the data
         results = {role: teacher_results for role, (_, teacher_results) in teachers.items()}
         for role, teacher_results in results.items():
             rows += result_rows(role, teacher_results)

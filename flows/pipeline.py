@@ -35,6 +35,7 @@ def run_stages(cfg: CfgNode, tracker: Tracker, parent_id: str, resume: bool = Fa
     ``nproc_per_node > 1``, training runs on that many local DDP processes."""
     check_process_count(cfg, nproc_per_node)  # before any work
     prepare_task(cfg, tracker, parent_id)
+    tracker.log_dataset(parent_id, cfg)  # after prepare: the data exists and is checked
     trained = train_task(cfg, tracker, parent_id, resume=resume, stage=train_stage,
                          nproc_per_node=nproc_per_node)
     bn = precise_bn_task(cfg, trained["checkpoint"], tracker, parent_id)
@@ -85,7 +86,6 @@ def pipeline(config: Optional[str] = None, overrides: Optional[list[str]] = None
 def _tracked_pipeline(cfg: CfgNode, config: str, tracker: Tracker, parent: str, resume: bool,
                       register_model: Optional[str], nproc_per_node: int) -> dict:
     tracker.log_config(parent, cfg, config)
-    tracker.log_dataset(parent, cfg)
     out = run_stages(cfg, tracker, parent, resume=resume, register=register_model,
                      nproc_per_node=nproc_per_node)
     tracker.log_results(parent, out["results"])

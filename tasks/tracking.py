@@ -9,17 +9,24 @@ import logging
 import math
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
 import tasks.environment  # noqa: F401  (telemetry off, embedded store) before mlflow loads
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from mlflow.tracking import MlflowClient, get_tracking_uri
 
 from reid.config import CfgNode
 from reid.errors import ReidError, one_line
 from tasks.data_version import DataVersion, data_version, dataset_names
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): local stores are not locked there
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,9 @@ DATA_TAG = "dvc.data.md5"  # the .dvc md5 of the datasets root, only when that i
 DATA_NOTE_TAG = "reid.data.note"  # why a .dvc file was not used, or why there is no version
 MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 SQLITE_SCHEME = "sqlite:///"
+OUTPUT_DIR_TAG = "reid.output_dir"  # where a run's files are: finds abandoned and resumed runs
+ABANDONED_TAG = "reid.abandoned"
+SERVER_TIMEOUT_S = 5  # one check at start; MLflow's own client retries for minutes
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -51,10 +61,59 @@ def local_store_path(tracking_uri: str) -> Optional[Path]:
     return None if "://" in tracking_uri else Path(tracking_uri)
 
 
+def check_server(tracking_uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
+    """A ReidError at once when an MLflow server does not answer (any HTTP answer will do:
+    a proxy or an authenticating server answers too); nothing for a local store."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ReidError(f"the MLflow tracking server {tracking_uri} (MLFLOW_TRACKING_URI) does "
+                        f"not answer within {timeout:g} s ({reason}): start it, point "
+                        "MLFLOW_TRACKING_URI at a running server or unset it for the embedded "
+                        "store, or pass --no-track to a stage command") from None
+
+
+@contextmanager
+def store_lock(tracking_uri: str, purpose: str) -> Iterator[None]:
+    """Exclusive across processes on this machine for ``purpose`` on a local store (SQLite or
+    a file store) on a POSIX system; a no-op for a server, which serialises on its own."""
+    store = local_store_path(tracking_uri)
+    if store is None or fcntl is None:
+        yield
+        return
+    store.parent.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in purpose)
+    with open(store.parent / f".{store.name}.{safe}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Ctrl-C or SIGTERM: KeyboardInterrupt (``reid.errors.Terminated`` too), or the signal
+    exceptions Prefect raises inside a flow run (its ``ExternalSignal`` family; matched by
+    name, as this module does not import Prefect)."""
+    return isinstance(exc, KeyboardInterrupt) or any(
+        cls.__name__ == "ExternalSignal" for cls in type(exc).__mro__)
+
+
+def output_dir_tags(cfg: CfgNode) -> dict[str, str]:
+    return {OUTPUT_DIR_TAG: str(Path(cfg.OUTPUT_DIR).resolve())}
+
+
 class Tracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> None:
-        self.client = MlflowClient(tracking_uri)
-        self.experiment_id = self._experiment(experiment)
+        uri = tracking_uri or get_tracking_uri()
+        check_server(uri)
+        # Two processes creating a fresh SQLite store at once would both create its tables
+        # (the client creates them when it opens the store).
+        with store_lock(uri, "create"):
+            self.client = MlflowClient(uri)
+            self.experiment_id = self._experiment(experiment)
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -74,25 +133,73 @@ class Tracker:
             tags[PARENT_TAG] = parent_id
         return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
-    def end(self, run_id: str, failed: bool = False) -> None:
-        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
 
     @contextmanager
     def run(self, name: str, parent_id: str | None = None, tags: dict | None = None,
             existing_id: str | None = None) -> Iterator[str]:
-        """A run that ends FINISHED, or FAILED when the block raises."""
+        """A run that ends FINISHED, KILLED when interrupted (Ctrl-C, SIGTERM), or FAILED
+        when the block raises. ``existing_id`` continues that run (a resumed training)."""
+        if existing_id:
+            self.client.update_run(existing_id, status="RUNNING")
         run_id = existing_id or self.start(name, parent_id, tags)
         try:
             yield run_id
-        except BaseException:
-            self.end(run_id, failed=True)
+        except BaseException as exc:
+            self.end(run_id, "KILLED" if interrupted(exc) else "FAILED")
             raise
         self.end(run_id)
 
+    def _runs_of(self, output_dir: str | Path, tags: dict[str, str], status: str = "") -> list:
+        where = {OUTPUT_DIR_TAG: str(Path(output_dir).resolve()), **tags}
+        terms = [f"tags.`{key}` = '{value}'" for key, value in where.items()]
+        if status:
+            terms.append(f"attributes.status = '{status}'")
+        return self.client.search_runs([self.experiment_id], " and ".join(terms),
+                                       order_by=["attributes.start_time DESC"], max_results=1000)
+
+    def close_abandoned(self, output_dir: str | Path, keep: tuple = ()) -> list[str]:
+        """Runs of ``output_dir`` left RUNNING by a process that died (kill -9, a lost
+        machine) end as KILLED. Call it while holding OUTPUT_DIR (``reid.utils.run_lock``):
+        then no live run of another process can be among them."""
+        closed = []
+        for run in self._runs_of(output_dir, {}, status="RUNNING"):
+            if run.info.run_id in keep:
+                continue
+            self.client.set_tag(run.info.run_id, ABANDONED_TAG,
+                                "its process ended without closing it; closed by a later run")
+            self.end(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+        if closed:
+            logger.info("closed %d MLflow run(s) of %s left RUNNING by a killed process",
+                        len(closed), output_dir)
+        return closed
+
+    def resumable(self, output_dir: str | Path, tags: dict[str, str],
+                  parent_id: str | None = None) -> Optional[str]:
+        """The newest unfinished run of ``output_dir`` with ``tags`` (under ``parent_id`` when
+        given): what a resumed training continues, so its loss curve stays one curve."""
+        if parent_id:
+            tags = {**tags, PARENT_TAG: parent_id}
+        for run in self._runs_of(output_dir, tags):
+            if run.info.status != "FINISHED":
+                return run.info.run_id
+        return None
+
     # ------------------------------------------------------------------ logging
     def log_config(self, run_id: str, cfg: CfgNode, config_file: str | Path | None = None) -> None:
-        """The flattened config as params, the merged config as ``config.yaml``, the recipe file."""
-        params = [Param(key, str(value)[:6000]) for key, value in cfg.flatten()]
+        """The flattened config as params, the merged config as ``config.yaml``, the recipe file.
+
+        A continued run (a resume) keeps the params it has: MLflow refuses to change one."""
+        logged = self.client.get_run(run_id).data.params
+        params = [Param(key, str(value)[:6000]) for key, value in cfg.flatten()
+                  if key not in logged]
+        changed = [key for key, value in cfg.flatten() if logged.get(key, str(value)[:6000])
+                   != str(value)[:6000]]
+        if changed:
+            logger.warning("run %s keeps its logged values of %s (MLflow params cannot change); "
+                           "config.yaml has this run's", run_id, ", ".join(changed))
         for start in range(0, len(params), MAX_BATCH):
             self.client.log_batch(run_id, params=params[start:start + MAX_BATCH])
         self.client.log_text(run_id, cfg.dump(), "config.yaml")

@@ -38,7 +38,7 @@ def train_child(tracker, parent, seconds, losses=(), evals=(), output_dir=None, 
 def fake_pipeline(tracker, name, lr, epochs, results, trainings=(), status="FINISHED"):
     cfg = load_config(None, ["SOLVER.BASE_LR", str(lr), "SOLVER.MAX_EPOCH", str(epochs)])
     parent = tracker.start(f"pipeline:{name}", tags={"reid.flow": "pipeline",
-                                                     "dvc.data.md5": MD5})
+                                                     "reid.data.version": f"dvc:{MD5}"})
     tracker.log_config(parent, cfg, f"params/{name}.yml")
     for training in trainings:
         train_child(tracker, parent, **training)
@@ -94,10 +94,10 @@ def test_compare_ranks_runs_shows_differing_params_and_logs_a_run(store, tmp_pat
     assert list(table["mean mAP"]) == [67.5, 60.0, 52.5]
     assert list(table["recipe"]) == ["params/C.yml", "params/A.yml", "params/B.yml"]
     assert list(table["train time (s)"]) == [12.25, 70.5, 100.0]  # A: two (resumed) trainings
-    assert list(table["data (DVC md5)"]) == [MD5] * 3
+    assert list(table["data version"]) == [f"dvc:{MD5}"] * 3
     fixed = ["#", "run", "run id", "recipe"] + [
         f"{s} {m}" for s in ("DukeMTMC", "Market1501") for m in ("Rank-1", "mAP", "mINP")] + [
-        "mean mAP", "train time (s)", "data (DVC md5)", "git commit"]
+        "mean mAP", "train time (s)", "data version", "git commit"]
     assert list(table.columns) == fixed + ["SOLVER.BASE_LR", "SOLVER.MAX_EPOCH"]
     assert list(table["SOLVER.BASE_LR"]) == ["0.003", "0.001", "0.002"]
     assert list(table["SOLVER.MAX_EPOCH"]) == ["20", "10", "10"]
