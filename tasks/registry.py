@@ -22,17 +22,11 @@ registrations to the same model name apart (the registry logs every decision).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows): registrations are not locked there
-    fcntl = None
 
 import tasks.environment  # noqa: F401  (telemetry off, embedded store) before mlflow loads
 import mlflow.artifacts
@@ -47,7 +41,7 @@ from reid.engine.checkpoint import read_checkpoint
 from reid.errors import ReidError
 from reid.utils.io import atomic_torch_save
 from tasks.data_version import KINDS
-from tasks.tracking import DATA_VERSION_TAG, Tracker, local_store_path
+from tasks.tracking import DATA_VERSION_TAG, Tracker, store_lock
 
 logger = logging.getLogger(__name__)
 
@@ -183,22 +177,10 @@ def register(tracker: Tracker, run_id: str, name: str, cfg: CfgNode, weights: st
             "reason": reason}
 
 
-@contextlib.contextmanager
 def promotion_lock(tracking_uri: str, name: str):
     """Exclusive for the registered model ``name`` across processes on this machine, for a
     local store on a POSIX system; a no-op for a remote store (module doc)."""
-    store = local_store_path(tracking_uri)
-    if store is None or fcntl is None:
-        yield
-        return
-    lock_file = store.parent / f".{store.name}.registry-{_file_safe(name)}.lock"
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-        yield
-
-
-def _file_safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return store_lock(tracking_uri, f"registry-{name}")
 
 
 # --------------------------------------------------------------------------- load
