@@ -1,4 +1,5 @@
 import io
+import math
 
 import pytest
 import torch
@@ -92,11 +93,14 @@ def lrs_per_iteration(cfg, iters_per_epoch, count):
 
 
 def test_linear_warmup_then_multistep():
-    # 3 iterations per epoch: milestones at epochs 2 and 4 are iterations 6 and 12.
+    # 3 iterations per epoch, 4 warm-up iterations: the warm-up ends in epoch 1, so FastReID's
+    # per-epoch main schedule first steps at the end of epoch 1 and its milestones (epochs 2
+    # and 4 of the main schedule) fall at epochs 3 and 5 = iterations 9 and 15.
     cfg = solver_cfg(SCHED="MultiStepLR", BASE_LR=1.0, BIAS_LR_FACTOR=3.0, STEPS=[2, 4],
                      GAMMA=0.1, WARMUP_METHOD="linear", WARMUP_ITERS=4, WARMUP_FACTOR=0.2)
-    lrs = lrs_per_iteration(cfg, iters_per_epoch=3, count=14)
-    expected_weight = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01]
+    lrs = lrs_per_iteration(cfg, iters_per_epoch=3, count=18)
+    expected_weight = ([0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0]
+                       + [0.1] * 6 + [0.01] * 3)
     assert [w for w, _ in lrs] == pytest.approx(expected_weight)
     assert [b for _, b in lrs] == pytest.approx([3 * v for v in expected_weight])
 
@@ -108,27 +112,112 @@ def test_constant_warmup():
     assert lrs == pytest.approx([0.05, 0.05, 0.05, 0.5, 0.5])
 
 
-def test_warmup_multiplies_a_decayed_lr():
-    # Warmup (8 iterations) outlasts the first milestone (epoch 2 = iteration 6).
+def test_the_main_schedule_starts_after_the_warmup():
+    # Warm-up of 8 iterations, 3 per epoch: it ends in epoch 2, so the milestone "epoch 2"
+    # is reached at epoch 2 + 2 = 4 (iteration 12); the warm-up never scales a decayed LR.
     cfg = solver_cfg(SCHED="MultiStepLR", BASE_LR=1.0, STEPS=[2], GAMMA=0.1,
                      WARMUP_METHOD="linear", WARMUP_ITERS=8, WARMUP_FACTOR=0.5)
-    lrs = [w for w, _ in lrs_per_iteration(cfg, iters_per_epoch=3, count=9)]
+    lrs = [w for w, _ in lrs_per_iteration(cfg, iters_per_epoch=3, count=13)]
     assert lrs[5] == pytest.approx(0.8125)       # 0.5 * 3/8 + 5/8
-    assert lrs[7] == pytest.approx(0.09375)      # (0.5 * 1/8 + 7/8) * 0.1
-    assert lrs[8] == pytest.approx(0.1)
+    assert lrs[7] == pytest.approx(0.9375)       # 0.5 * 1/8 + 7/8
+    assert lrs[8:12] == pytest.approx([1.0] * 4)
+    assert lrs[12] == pytest.approx(0.1)
+
+
+def test_a_warmup_ending_on_an_epoch_boundary_starts_the_main_schedule_there():
+    # 6 warm-up iterations = 2 whole epochs of 3: the main schedule steps after epoch 1, so
+    # milestone 1 is reached at epoch 2, the first iteration after the warm-up.
+    cfg = solver_cfg(SCHED="MultiStepLR", BASE_LR=1.0, STEPS=[1], GAMMA=0.1,
+                     WARMUP_METHOD="constant", WARMUP_ITERS=6, WARMUP_FACTOR=0.5)
+    lrs = [w for w, _ in lrs_per_iteration(cfg, iters_per_epoch=3, count=8)]
+    assert lrs == pytest.approx([0.5] * 6 + [0.1] * 2)
+
+
+def test_delay_epochs_hold_the_multistep_schedule_back():
+    # No warm-up, DELAY_EPOCHS 2: the main schedule first steps after epoch 2.
+    cfg = solver_cfg(SCHED="MultiStepLR", BASE_LR=1.0, STEPS=[1], GAMMA=0.1, WARMUP_ITERS=0,
+                     DELAY_EPOCHS=2)
+    lrs = [w for w, _ in lrs_per_iteration(cfg, iters_per_epoch=3, count=12)]
+    assert lrs == pytest.approx([1.0] * 9 + [0.1] * 3)
 
 
 def test_cosine_with_delay():
-    # 4 iterations per epoch: constant for 1 epoch (4 its), cosine down to 0.01 at iteration 12.
+    # 4 iterations per epoch, DELAY_EPOCHS 1, MAX_EPOCH 3: the cosine has 3 - 1 = 2 epochs and
+    # steps per epoch from the end of epoch 1: 1.0 for epochs 0-1, half way in epoch 2, then
+    # ETA_MIN_LR.
     cfg = solver_cfg(SCHED="CosineAnnealingLR", BASE_LR=1.0, DELAY_EPOCHS=1, MAX_EPOCH=3,
                      ETA_MIN_LR=0.01, WARMUP_ITERS=0)
     lrs = [w for w, _ in lrs_per_iteration(cfg, iters_per_epoch=4, count=14)]
-    assert lrs[:5] == pytest.approx([1.0] * 5)
-    assert lrs[6] == pytest.approx(0.85501786)   # 0.01 + 0.99 * (1 + cos(pi/4)) / 2
-    assert lrs[8] == pytest.approx(0.505)        # half way
-    assert lrs[10] == pytest.approx(0.15498214)  # 0.01 + 0.99 * (1 - cos(pi/4)) / 2
-    assert lrs[12] == pytest.approx(0.01)
-    assert lrs[13] == pytest.approx(0.01)
+    assert lrs[:8] == pytest.approx([1.0] * 8)
+    assert lrs[8:12] == pytest.approx([0.505] * 4)   # 0.01 + 0.99 * (1 + cos(pi/2)) / 2
+    assert lrs[12:] == pytest.approx([0.01] * 2)
+
+
+def test_cosine_after_a_warmup_is_shortened_by_the_warmup_epochs():
+    # 5 warm-up iterations over 4-iteration epochs span 2 epochs: the cosine gets
+    # MAX_EPOCH - 2 = 2 epochs and starts stepping after epoch 1.
+    cfg = solver_cfg(SCHED="CosineAnnealingLR", BASE_LR=1.0, MAX_EPOCH=4, ETA_MIN_LR=0.0,
+                     WARMUP_METHOD="constant", WARMUP_ITERS=5, WARMUP_FACTOR=0.1)
+    lrs = [w for w, _ in lrs_per_iteration(cfg, iters_per_epoch=4, count=16)]
+    assert lrs == pytest.approx([0.1] * 5 + [1.0] * 3 + [0.5] * 4 + [0.0] * 4)
+
+
+def reference_lrs(solver, iters_per_epoch, count):
+    """FastReID 1.4's scheme rebuilt from torch's own schedulers: the main one (MultiStepLR
+    or CosineAnnealingLR with T_max = MAX_EPOCH - max(ceil(WARMUP_ITERS / iters_per_epoch),
+    DELAY_EPOCHS)) stepped after an epoch once ``iteration + 1 > WARMUP_ITERS`` and
+    ``epoch + 1 > DELAY_EPOCHS``, a linear warm-up (LambdaLR) stepped after each iteration
+    while ``iteration + 1 <= WARMUP_ITERS``."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=solver["BASE_LR"])
+    if solver["SCHED"] == "MultiStepLR":
+        main = torch.optim.lr_scheduler.MultiStepLR(optimizer, solver["STEPS"], solver["GAMMA"])
+    else:
+        t_max = solver["MAX_EPOCH"] - max(math.ceil(solver["WARMUP_ITERS"] / iters_per_epoch),
+                                          solver["DELAY_EPOCHS"])
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t_max, solver["ETA_MIN_LR"])
+    warmup_iters, factor = solver["WARMUP_ITERS"], solver["WARMUP_FACTOR"]
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: 1.0 if it >= warmup_iters else
+        factor * (1 - it / warmup_iters) + it / warmup_iters)
+    lrs = []
+    for it in range(count):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if it + 1 <= warmup_iters:
+            warmup.step()
+        if (it + 1) % iters_per_epoch == 0 and it + 2 > warmup_iters \
+                and (it + 1) // iters_per_epoch > solver["DELAY_EPOCHS"]:
+            main.step()
+    return lrs
+
+
+@pytest.mark.parametrize("solver, iters_per_epoch", [
+    (dict(SCHED="MultiStepLR", STEPS=[20, 27], WARMUP_ITERS=100, DELAY_EPOCHS=0), 18),
+    (dict(SCHED="MultiStepLR", STEPS=[40, 90], WARMUP_ITERS=2000, DELAY_EPOCHS=0), 202),
+    (dict(SCHED="MultiStepLR", STEPS=[3, 5], WARMUP_ITERS=20, DELAY_EPOCHS=0), 10),
+    (dict(SCHED="MultiStepLR", STEPS=[2, 6], WARMUP_ITERS=7, DELAY_EPOCHS=4), 5),
+    (dict(SCHED="CosineAnnealingLR", STEPS=[1], WARMUP_ITERS=100, DELAY_EPOCHS=0), 18),
+    (dict(SCHED="CosineAnnealingLR", STEPS=[1], WARMUP_ITERS=2000, DELAY_EPOCHS=30), 202),
+    (dict(SCHED="CosineAnnealingLR", STEPS=[1], WARMUP_ITERS=0, DELAY_EPOCHS=0), 7),
+])
+def test_schedules_follow_fastreids_two_schedulers(solver, iters_per_epoch):
+    solver = dict(solver, BASE_LR=0.00035, GAMMA=0.1, MAX_EPOCH=40 if iters_per_epoch < 100
+                  else 60, ETA_MIN_LR=1e-7, WARMUP_FACTOR=0.1, WARMUP_METHOD="linear")
+    cfg = solver_cfg(**solver)
+    count = solver["MAX_EPOCH"] * iters_per_epoch
+    ours = [w for (w,) in lrs_per_iteration_one_group(cfg, iters_per_epoch, count)]
+    assert ours == pytest.approx(reference_lrs(solver, iters_per_epoch, count), rel=1e-9)
+
+
+def lrs_per_iteration_one_group(cfg, iters_per_epoch, count):
+    optimizer = build_optimizer(cfg, nn.Linear(2, 2, bias=False))
+    scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch)
+    lrs = []
+    for _ in range(count):
+        lrs.append(tuple(g["lr"] for g in optimizer.param_groups))
+        optimizer.step()
+        scheduler.step()
+    return lrs
 
 
 def test_scheduler_state_round_trips_through_a_weights_only_checkpoint():
@@ -151,7 +240,8 @@ def test_scheduler_state_round_trips_through_a_weights_only_checkpoint():
     optimizer2, scheduler2 = fresh()
     scheduler2.load_state_dict(state)
     assert scheduler2.last_epoch == 4
-    for _ in range(3):  # iterations 5, 6 (first decayed one), 7
+    # iterations 5..10; the warm-up ends in epoch 1, so milestone 2 falls at epoch 3 (iteration 9)
+    for _ in range(6):
         optimizer.step(), scheduler.step()
         optimizer2.step(), scheduler2.step()
         assert scheduler2.get_last_lr() == pytest.approx(scheduler.get_last_lr())

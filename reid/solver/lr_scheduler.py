@@ -1,13 +1,21 @@
-"""Per-iteration learning-rate schedules: a warmup factor times a main schedule.
+"""Learning-rate schedules as FastReID 1.4 runs them: a per-iteration warm-up, then a main
+schedule counted in epochs from the end of the warm-up.
 
-The scheduler is stepped once per iteration and computes every LR in closed form from the
-iteration count, so a resumed run (which restores only the count) gets exactly the LRs an
-uninterrupted run would have had. Epoch-based settings (SOLVER.STEPS, DELAY_EPOCHS,
-MAX_EPOCH) are converted to iterations with ``iters_per_epoch``.
+FastReID 1.4 has two schedulers: the warm-up one steps after every iteration while
+``iteration + 1 <= WARMUP_ITERS``; the main one (``SOLVER.SCHED``) steps after every epoch, but
+only once the warm-up is over and the epoch is past ``DELAY_EPOCHS``. So the main schedule's
+epochs count from the first epoch that ends after the warm-up: with 100 warm-up iterations
+and 18 iterations per epoch, ``STEPS: [20, 27]`` decays the LR at epochs 25 and 32, not 20 and
+27; a cosine spans ``MAX_EPOCH - max(ceil(WARMUP_ITERS / iters_per_epoch), DELAY_EPOCHS)``
+epochs. The warm-up factor never multiplies a decayed LR.
+
+Here one scheduler is stepped once per iteration and computes every LR in closed form from the
+iteration count (``main_steps``: how many times FastReID's main scheduler has stepped before
+that iteration), so a resumed run, which restores only the count, gets exactly the LRs an
+uninterrupted run would have had.
 """
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Any, Callable
 
@@ -26,30 +34,58 @@ WARMUP_REGISTRY = Registry("warmup method (SOLVER.WARMUP_METHOD)")
 Schedule = Callable[[float, int], float]
 
 
-class MultiStepSchedule:
-    """``base_lr * gamma ** (number of milestones reached)``; milestones in iterations."""
+def warmup_epochs(solver: CfgNode, iters_per_epoch: int) -> int:
+    """Epochs (whole or begun) that the warm-up spans: ``ceil(WARMUP_ITERS / iters_per_epoch)``."""
+    return math.ceil(solver.WARMUP_ITERS / iters_per_epoch)
 
-    def __init__(self, milestones: list[int], gamma: float) -> None:
+
+class MainSteps:
+    """How many times FastReID's per-epoch main scheduler has stepped before ``iteration``.
+
+    It steps at the end of epoch ``e`` (0-based) when ``(e + 1) * iters_per_epoch >=
+    WARMUP_ITERS`` and ``e + 1 > DELAY_EPOCHS``, i.e. from epoch
+    ``max(ceil(WARMUP_ITERS / iters_per_epoch) - 1, DELAY_EPOCHS)`` on.
+    """
+
+    def __init__(self, iters_per_epoch: int, first_epoch: int) -> None:
+        self.iters_per_epoch = iters_per_epoch
+        self.first_epoch = first_epoch
+
+    @classmethod
+    def from_solver(cls, solver: CfgNode, iters_per_epoch: int) -> "MainSteps":
+        first = max(warmup_epochs(solver, iters_per_epoch) - 1, solver.DELAY_EPOCHS)
+        return cls(iters_per_epoch, first)
+
+    def __call__(self, iteration: int) -> int:
+        return max(0, iteration // self.iters_per_epoch - self.first_epoch)
+
+
+class MultiStepSchedule:
+    """``base_lr * gamma ** (number of milestones reached)``; a milestone ``m`` (epochs of the
+    main schedule) is reached once the main scheduler has stepped ``m`` times (``m`` >= 1, as
+    torch's MultiStepLR: a milestone 0 is never reached)."""
+
+    def __init__(self, milestones: list[int], gamma: float, steps: Callable[[int], int]) -> None:
         self.milestones = milestones
         self.gamma = gamma
+        self.steps = steps
 
     def __call__(self, base_lr: float, iteration: int) -> float:
-        return base_lr * self.gamma ** bisect.bisect_right(self.milestones, iteration)
+        done = self.steps(iteration)
+        return base_lr * self.gamma ** sum(1 for m in self.milestones if 0 < m <= done)
 
 
 class CosineSchedule:
-    """Constant for ``delay`` iterations, then half a cosine from base_lr down to ``eta_min``
-    at ``total`` iterations (and ``eta_min`` after that)."""
+    """Half a cosine from base_lr down to ``eta_min`` over ``t_max`` steps of the main
+    schedule (torch's CosineAnnealingLR in closed form), constant before its first step."""
 
-    def __init__(self, delay: int, total: int, eta_min: float) -> None:
-        self.delay = delay
-        self.total = total
+    def __init__(self, t_max: int, eta_min: float, steps: Callable[[int], int]) -> None:
+        self.t_max = t_max
         self.eta_min = eta_min
+        self.steps = steps
 
     def __call__(self, base_lr: float, iteration: int) -> float:
-        if iteration < self.delay:
-            return base_lr
-        progress = min(1.0, (iteration - self.delay) / max(1, self.total - self.delay))
+        progress = min(1.0, self.steps(iteration) / self.t_max)
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * progress)) / 2
 
 
@@ -58,7 +94,8 @@ def build_multistep(solver: CfgNode, iters_per_epoch: int) -> Schedule:
     steps = list(solver.STEPS)
     if steps != sorted(steps):
         raise ReidError(f"SOLVER.STEPS must be increasing epochs, got {steps}")
-    return MultiStepSchedule([int(epoch * iters_per_epoch) for epoch in steps], solver.GAMMA)
+    return MultiStepSchedule([int(epoch) for epoch in steps], solver.GAMMA,
+                             MainSteps.from_solver(solver, iters_per_epoch))
 
 
 @SCHEDULE_REGISTRY.register(name="CosineAnnealingLR")
@@ -66,8 +103,13 @@ def build_cosine(solver: CfgNode, iters_per_epoch: int) -> Schedule:
     if solver.DELAY_EPOCHS >= solver.MAX_EPOCH:
         raise ReidError(f"SOLVER.DELAY_EPOCHS ({solver.DELAY_EPOCHS}) must be below "
                         f"SOLVER.MAX_EPOCH ({solver.MAX_EPOCH}) for CosineAnnealingLR")
-    return CosineSchedule(delay=solver.DELAY_EPOCHS * iters_per_epoch,
-                          total=solver.MAX_EPOCH * iters_per_epoch, eta_min=solver.ETA_MIN_LR)
+    t_max = solver.MAX_EPOCH - max(warmup_epochs(solver, iters_per_epoch), solver.DELAY_EPOCHS)
+    if t_max < 1:
+        raise ReidError(f"SOLVER.WARMUP_ITERS ({solver.WARMUP_ITERS}, "
+                        f"{warmup_epochs(solver, iters_per_epoch)} epochs of {iters_per_epoch} "
+                        f"iterations) leaves no epoch of SOLVER.MAX_EPOCH ({solver.MAX_EPOCH}) "
+                        f"for CosineAnnealingLR")
+    return CosineSchedule(t_max, solver.ETA_MIN_LR, MainSteps.from_solver(solver, iters_per_epoch))
 
 
 @WARMUP_REGISTRY.register(name="linear")
