@@ -206,3 +206,45 @@ def test_recipe_inherits_like_fastreid(name):
         actual = list(flat[key]) if isinstance(flat[key], (list, tuple)) else flat[key]
         assert actual == value, f"{name}: {key}"
     assert same_pooling(flat["MODEL.HEADS.POOL_LAYER"], EXPECTED_POOLING[name])
+
+
+# --------------------------------------------------------------------------- recipes = FastReID's
+
+FASTREID_RECIPES = REPO / "benchmarks" / "fastreid_recipes"
+# Keys where a params/ recipe may read differently from FastReID's file, and why.
+SPELLING_ONLY = {
+    # "" = the seed's PK_SAMPLER True / NAIVE_WAY True choice, which is NaiveIdentitySampler
+    "DATALOADER.SAMPLER_TRAIN": ("", "NaiveIdentitySampler"),
+    "MODEL.HEADS.POOL_LAYER": ("avgpool", "GlobalAvgPool"),
+    "MODEL.HEADS.CLS_LAYER": ("linear", "Linear"),
+}
+# FastReID 1.4's default WEIGHT_DECAY_BIAS is WEIGHT_DECAY (0.0005); the default here is the
+# seed's 0.0, so params/Base-bagtricks.yml spells FastReID 1.4's value out.
+DOCUMENTED_ADDITIONS = {"SOLVER.WEIGHT_DECAY_BIAS": (0.0005, 0.0)}
+
+
+def recipe_differences(ours_path: Path, fastreid_path: Path, allowed: dict) -> dict:
+    ours = dict(load_config(ours_path).flatten())
+    theirs = dict(load_config(fastreid_path).flatten())
+    return {key: (ours[key], theirs[key]) for key in ours
+            if key != "OUTPUT_DIR" and ours[key] != theirs[key]
+            and tuple(allowed.get(key, ())) != (ours[key], theirs[key])}
+
+
+def test_base_bagtricks_is_fastreids():
+    # BIAS_LR_FACTOR 2.0 (FastReID's older recipes) and a missing AMP switch were here before
+    # issue 11; FastReID 1.4's Base-bagtricks.yml has neither.
+    differences = recipe_differences(PARAMS / "Base-bagtricks.yml",
+                                     FASTREID_RECIPES / "Base-bagtricks.yml",
+                                     {**SPELLING_ONLY, **DOCUMENTED_ADDITIONS})
+    assert differences == {}
+    cfg = load_config(PARAMS / "Base-bagtricks.yml")
+    assert cfg.SOLVER.BIAS_LR_FACTOR == 1.0 and cfg.SOLVER.FP16_ENABLED is True
+
+
+def test_the_shared_r18_recipe_reads_the_same_in_both_formats():
+    # benchmarks/fastreid_recipes/bagtricks_R18-128x64.yml spells WEIGHT_DECAY_BIAS out, so
+    # fed unchanged here it trains like FastReID 1.4 and like the params/ file.
+    differences = recipe_differences(PARAMS / "bagtricks_R18-128x64.yml",
+                                     FASTREID_RECIPES / "bagtricks_R18-128x64.yml", SPELLING_ONLY)
+    assert differences == {}

@@ -168,3 +168,21 @@ def test_with_loss_scaling_the_true_gradient_is_clipped():
     model = run_one_step(GradientClipper("norm", clip_value=2.0), loss_scale=1024.0)
     expected = -100 * torch.tensor([0.3, -0.4, 1.2]) * (2.0 / (130.0 + 1e-6))
     assert torch.allclose(model.w.detach(), expected, atol=1e-6)
+
+
+def test_the_embedded_default_still_decays_at_epochs_8_and_11():
+    # params/synthetic.yml (make run): 1,200 training images = 18 iterations per epoch, 20
+    # warm-up iterations (ending in epoch 1). Since issue 11 the main schedule counts its
+    # epochs from there, as FastReID's does, so STEPS [7, 10] keep the decays at epochs 8 and
+    # 11 (iterations 144 and 198), where they were with STEPS [8, 11] before.
+    cfg = load_config(PARAMS / "synthetic.yml")
+    optimizer = build_optimizer(cfg, nn.Linear(2, 2, bias=False))
+    scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch=18)
+    lrs = []
+    for _ in range(cfg.SOLVER.MAX_EPOCH * 18):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    drops = [i for i in range(21, len(lrs)) if lrs[i] < lrs[i - 1]]
+    assert drops == [144, 198]
+    assert lrs[143] == pytest.approx(3.5e-4) and lrs[-1] == pytest.approx(3.5e-6)
