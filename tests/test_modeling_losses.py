@@ -87,15 +87,20 @@ def distance(a, b):
     return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
 
 
+def cosine_distance(a, b):
+    """2 - 2 cos: FastReID 1.4's distance for TRI.NORM_FEAT True."""
+    dot = sum(x * y for x, y in zip(a, b))
+    return 2 - 2 * dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
 def triplet_reference(emb, targets, margin, hard_mining, normalise=False):
     rows = emb.tolist()
-    if normalise:
-        rows = [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in rows]
+    dist = cosine_distance if normalise else distance
     ids = targets.tolist()
     losses = []
     for i, anchor in enumerate(rows):
-        pos = [distance(anchor, rows[j]) for j in range(len(rows)) if ids[j] == ids[i]]
-        neg = [distance(anchor, rows[j]) for j in range(len(rows)) if ids[j] != ids[i]]
+        pos = [dist(anchor, rows[j]) for j in range(len(rows)) if ids[j] == ids[i]]
+        neg = [dist(anchor, rows[j]) for j in range(len(rows)) if ids[j] != ids[i]]
         if hard_mining:
             d_ap, d_an = max(pos), min(neg)
         else:
@@ -116,6 +121,16 @@ def test_triplet_loss_against_loops_over_anchors(margin, hard_mining, norm_feat)
     expected = triplet_reference(emb, targets, margin, hard_mining, normalise=norm_feat)
     assert expected > 0
     assert got.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_normalised_triplet_uses_two_minus_two_cos_as_fastreid():
+    # Same direction within an identity (d_ap = 0), orthogonal across (cos 0): FastReID 1.4's
+    # cosine distance is 2 - 2 * 0 = 2, so the loss is 3 - 2 = 1 (the euclidean distance of
+    # the unit vectors, sqrt(2), would give 1.586).
+    emb = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.0, 0.5]])
+    targets = torch.tensor([0, 0, 1, 1])
+    loss = triplet_loss(emb, targets, 3.0, norm_feat=True, hard_mining=True)
+    assert loss.item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_triplet_loss_with_one_identity_is_zero_with_finite_gradient():

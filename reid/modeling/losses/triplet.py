@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from reid.modeling.losses.build import LOSS_REGISTRY
-from reid.modeling.losses.distances import euclidean_dist, identity_masks
+from reid.modeling.losses.distances import cosine_dist, euclidean_dist, identity_masks
 
 
 def hard_example_mining(dist: torch.Tensor, is_pos: torch.Tensor,
@@ -33,14 +33,16 @@ def weighted_example_mining(dist: torch.Tensor, is_pos: torch.Tensor,
 
 def triplet_loss(embedding: torch.Tensor, targets: torch.Tensor, margin: float,
                  norm_feat: bool, hard_mining: bool) -> torch.Tensor:
-    """Mean triplet loss on euclidean distances.
+    """Mean triplet loss on euclidean distances, or with ``norm_feat`` on FastReID 1.4's cosine
+    distance ``2 - 2 cos`` (the squared euclidean distance of the unit-length features).
 
     ``margin`` > 0: max(0, d_ap - d_an + margin); ``margin`` == 0: the soft margin
     log(1 + exp(d_ap - d_an)). Anchors with no negative in the batch are skipped.
     """
     if norm_feat:
-        embedding = F.normalize(embedding, dim=1)
-    dist = euclidean_dist(embedding, embedding)
+        dist = cosine_dist(embedding, embedding)
+    else:
+        dist = euclidean_dist(embedding, embedding)
     is_pos, is_neg = identity_masks(targets)
     has_neg = is_neg.any(dim=1)
     if not has_neg.any():
