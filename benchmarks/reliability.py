@@ -243,14 +243,15 @@ def real_dataset_default_recipe(b: Bench, o: Outcome) -> None:
         return
     results = json.loads((b.workdir / "real" / "results.json").read_text())
     o.expect(list(results) == ["Market1501"], f"results.json sets {list(results)}")
-    from tasks.data_version import data_version, dvc_digest
-    from tasks.tracking import DATA_VERSION_TAG
     from reid.config import load_config
+    from tasks.data_version import data_version, read_dvc_out
+    from tasks.tracking import DATA_VERSION_TAG
     pipeline = [r for r in b.runs("real") if r.data.tags.get("reid.flow") == "pipeline"]
     recorded = pipeline[0].data.tags.get(DATA_VERSION_TAG, "") if pipeline else ""
     folder = data_version(load_config(ROOT / "params" / "synthetic.yml", b.args("real")))
-    o.expect(dvc_digest(ROOT / "data.dvc") not in recorded and folder.digest in recorded,
-             f"recorded data version {recorded!r}, the folder's is {folder.digest!r}")
+    repo_md5 = read_dvc_out(ROOT / "data.dvc")["md5"]
+    o.expect(repo_md5 not in recorded and recorded == folder.tag,
+             f"recorded data version {recorded!r}, the folder's is {folder.tag!r}")
 
 
 @case

@@ -94,7 +94,8 @@ def test_ranks_end_with_identical_weights_that_moved(ranks):
     for name, weight in rank0["final"].items():
         assert torch.equal(rank0["initial"][name], rank1["initial"][name]), name  # broadcast
         assert torch.equal(weight, rank1["final"][name]), name
-        assert not torch.equal(weight, rank0["initial"][name]), name
+        if name != "backbone.1.bias":  # feeds a BatchNorm, which cancels it: no gradient
+            assert not torch.equal(weight, rank0["initial"][name]), name
 
 
 def test_layers_frozen_for_some_iterations_train_in_step_on_every_rank(ranks):

@@ -31,7 +31,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         Path(tmp).unlink(missing_ok=True)
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
-        if isinstance(exc, OSError) and exc.filename is None:  # say which file failed
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # say which file failed
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     return path
