@@ -20,11 +20,11 @@ import tempfile
 from pathlib import Path
 
 from reid import stages
-from reid.cli import PARENT_RUN_ENV, USER_ERROR_PREFIX
 from reid.config import CfgNode, load_config, save_config
-from reid.errors import ReidError
+from reid.errors import USER_ERROR_PREFIX, ReidError
 from reid.utils.logs import LOG_FILE
 from reid.utils.run_lock import hold_output_dir, inherit_env
+from tasks.tracking import PARENT_RUN_ENV
 
 
 def check_process_count(cfg: CfgNode, nproc_per_node: int) -> None:

@@ -38,6 +38,9 @@ RECIPE_TAG = "reid.recipe"  # the recipe file a run was configured from
 DATA_VERSION_TAG = "reid.data.version"
 DATA_TAG = "dvc.data.md5"  # the .dvc md5 of the datasets root, only when that is the version
 DATA_NOTE_TAG = "reid.data.note"  # why a .dvc file was not used, or why there is no version
+# A run id: stage runs started in this environment nest under it (the flow's parent run for
+# its torchrun workers, or `REID_PARENT_RUN_ID=<run id> dvc repro`).
+PARENT_RUN_ENV = "REID_PARENT_RUN_ID"
 MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 SQLITE_SCHEME = "sqlite:///"
 OUTPUT_DIR_TAG = "reid.output_dir"  # where a run's files are: finds abandoned and resumed runs
