@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import IO, Optional
 
-from reid.engine.hooks import HookBase, MetricsSink
+from reid.engine.hook_base import HookBase, MetricsSink
 from reid.utils import comm
 from reid.utils.io import atomic_write_text
 

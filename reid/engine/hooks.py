@@ -1,9 +1,7 @@
 """Trainer hooks: checkpointing, metrics, progress bar and layer freezing.
 
-A hook overrides any of ``before_train``, ``before_epoch``, ``before_step``, ``after_step``,
-``after_epoch``, ``after_train``; the trainer sets ``hook.trainer`` before training starts.
-``after_train`` also runs when training fails, so it must check ``trainer.completed``
-before doing end-of-training work.
+``HookBase`` (what a hook is) and ``MetricsSink`` live in ``reid.engine.hook_base`` and are
+importable from here too.
 """
 from __future__ import annotations
 
@@ -16,38 +14,14 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from reid.engine.hook_base import HookBase, MetricsSink
 from reid.errors import ReidError
 from reid.utils import comm
 
 if TYPE_CHECKING:
     from reid.engine.checkpoint import Checkpointer
-    from reid.engine.trainer import Trainer
 
 logger = logging.getLogger(__name__)
-
-MetricsSink = Callable[[dict, int], None]
-
-
-class HookBase:
-    trainer: "Trainer"
-
-    def before_train(self) -> None:
-        pass
-
-    def after_train(self) -> None:
-        pass
-
-    def before_epoch(self) -> None:
-        pass
-
-    def after_epoch(self) -> None:
-        pass
-
-    def before_step(self) -> None:
-        pass
-
-    def after_step(self) -> None:
-        pass
 
 
 class PeriodicCheckpointer(HookBase):

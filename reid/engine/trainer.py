@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from reid.engine.hooks import HookBase
+from reid.engine.hook_base import HookBase
 from reid.errors import ReidError
 from reid.utils import comm
 

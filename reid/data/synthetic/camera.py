@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from reid.data.synthetic.identity import RGB
-from reid.data.synthetic.scene import BACKGROUNDS
+from reid.data.synthetic.kinds import BACKGROUND_KINDS
 from reid.data.synthetic.seeds import CAMERA_SET_STREAM, CAMERA_STREAM, rng_for
 
 SCENE_CONTRAST = 45.0  # spread of a scene's grey levels around its camera's brightness
@@ -43,7 +43,7 @@ class Camera:
     noise: float         # sensor noise sigma (0..255)
     lowres: float        # resolution factor (1 = sharp)
     scale: float         # typical person height, fraction of the image height
-    view_probs: tuple[float, float, float]  # front, back, side
+    view_probs: tuple[float, float, float]  # front, back, side (kinds.VIEWS)
     occlusion: float     # probability that an occluder hides part of the person
 
 
@@ -52,7 +52,7 @@ def sample_camera(seed: int, cam: int) -> Camera:
     # Cameras are spread apart rather than drawn independently, so that no seed gives two
     # look-alike cameras: background kinds in turn, brightness levels by the golden ratio.
     shared = rng_for(seed, CAMERA_SET_STREAM)
-    kinds = sorted(BACKGROUNDS)
+    kinds = sorted(BACKGROUND_KINDS)
     background = kinds[(cam + int(shared.integers(len(kinds)))) % len(kinds)]
     base = 70.0 + 120.0 * ((shared.random() + cam * 0.618034) % 1.0)  # scene brightness
     rng = rng_for(seed, CAMERA_STREAM, cam)

@@ -1,7 +1,7 @@
 """The scene around the person: camera backgrounds, clutter and occluders.
 
 Each kind of background and occluder is a registry entry, so a camera or shot names its kind
-and adding one is a new function plus a line in the registry.
+and adding one is a new function, a line in the registry and its name in ``kinds.py``.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 from PIL import ImageDraw
 
 from reid.data.synthetic.identity import RGB, random_colour
+from reid.data.synthetic.kinds import BACKGROUND_KINDS, OCCLUDER_KINDS
 
-if TYPE_CHECKING:  # annotations only: camera and shot import the registries of this module
+if TYPE_CHECKING:  # annotations only
     from reid.data.synthetic.camera import Camera
     from reid.data.synthetic.shot import Shot
 
@@ -115,3 +116,8 @@ def _occ_passer(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cam: Camera
 OCCLUDERS: dict[str, Callable[..., None]] = {
     "box": _occ_box, "pole": _occ_pole, "passer": _occ_passer,
 }
+
+# Cameras and shots draw kinds by the names in kinds.py: the registries hold exactly those.
+for _registry, _names in ((BACKGROUNDS, BACKGROUND_KINDS), (OCCLUDERS, OCCLUDER_KINDS)):
+    if sorted(_registry) != sorted(_names):
+        raise RuntimeError(f"scene registry {sorted(_registry)} != kinds.py {sorted(_names)}")
