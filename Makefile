@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # Everything the commands import, including DVC's parameter parser (hydra), so that a broken
 # install fails here and not halfway through a run.
-export SMOKE_IMPORTS := import reid.cli, reid.stages, reid.export, flows.pipeline, flows.distill, flows.serve, tasks.tracking, tasks.registry, tasks.export, timm, onnxruntime, onnxscript, dvc.repo, hydra.core.override_parser.overrides_parser, h5py, scipy.io
+export SMOKE_IMPORTS := import reid.cli, reid.stages, reid.export, flows.pipeline, flows.distill, flows.serve, tasks.tracking, tasks.model_registry, tasks.export, timm, onnxruntime, onnxscript, dvc.repo, hydra.core.override_parser.overrides_parser, h5py, scipy.io
 
 .PHONY: install data run test repro clean
 

@@ -14,7 +14,7 @@ import torch
 from reid import stages
 from reid.config import CfgNode
 from reid.engine.checkpoint import read_checkpoint
-from tasks import registry, reports
+from tasks import model_registry as registry, reports
 from tasks.tracking import Tracker, output_dir_tags
 
 

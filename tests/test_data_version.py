@@ -14,10 +14,10 @@ from conftest import RECIPE, ROOT
 from reid.config import load_config
 from tasks import data_version as dv
 from tasks.data_version import data_version, dvc_dir_md5
-from tasks.registry import CHAMPION, register
+from tasks.model_registry import CHAMPION, register
 from tasks.tracking import Tracker
 from test_dvc import BIN, dvc_out, git_dvc_repo, sh
-from test_registry import OVERRIDES, TEST_SET, tiny_checkpoint
+from test_model_registry import OVERRIDES, TEST_SET, tiny_checkpoint
 
 IMAGE = "SyntheticMarket1501/Market-1501-v15.09.15/bounding_box_train"
 

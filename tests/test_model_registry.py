@@ -14,8 +14,8 @@ from reid.config import load_config
 from reid.errors import ReidError
 from reid.modeling import build_model
 from tasks.data_version import DataVersion, data_version
-from tasks.registry import (CANDIDATE, CHAMPION, Standing, load_registered, register,
-                            should_promote)
+from tasks.model_registry import (CANDIDATE, CHAMPION, Standing, load_registered, register,
+                                  should_promote)
 from tasks.tracking import Tracker
 
 TEST_SET = "SyntheticMarket1501"
@@ -178,7 +178,7 @@ def test_racing_registrations_leave_the_better_one_champion(tmp_path, cfg, mlflo
     unlocked, A's stale decision would overwrite B's title."""
     import threading
 
-    from tasks import registry
+    from tasks import model_registry as registry
 
     tracker, client = Tracker(), MlflowClient(mlflow_uri)
     register(tracker, evaluated_run(tracker, tmp_path, 50.0, DATA_V1), "race", cfg,

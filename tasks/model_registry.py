@@ -50,14 +50,13 @@ CHAMPION = "champion"
 ARTIFACT_DIR = "registered_model"
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.pth"
-# What Tracker.log_dataset / Tracker.start write on a run.
-RUN_DATA_TAG = DATA_VERSION_TAG
+# What Tracker.start writes on a run (Tracker.log_dataset writes DATA_VERSION_TAG).
 RUN_COMMIT_TAG = "mlflow.source.git.commit"
 UNKNOWN_DATA = "unknown"
-# Copied onto each model version, so the promotion rule reads versions only.
+# Copied onto each model version, so the promotion rule reads versions only; the data version
+# keeps its run tag's name (DATA_VERSION_TAG) there.
 TAG_TEST_SET = "reid.test_set"
 TAG_MAP = "reid.mAP"
-TAG_DATA = DATA_VERSION_TAG
 TAG_COMMIT = "git.commit"
 TAG_WEIGHTS = "reid.weights"
 
@@ -82,7 +81,7 @@ def should_promote(candidate: Standing, champion: Optional[Standing]) -> tuple[b
     if champion is None:
         return True, "there is no champion yet"
     if not is_known(candidate.data_version):
-        return False, f"the candidate's data version is unknown (no {RUN_DATA_TAG} on its run)"
+        return False, f"the candidate's data version is unknown (no {DATA_VERSION_TAG} on its run)"
     if not is_known(champion.data_version):
         return False, ("the champion's data version is unknown (registered before data "
                        "versions were recorded)")
@@ -105,12 +104,12 @@ def run_standing(client: MlflowClient, run_id: str, test_set: str) -> Standing:
     if metric not in run.data.metrics:
         raise ReidError(f"run {run_id} has no metric {metric}: register the run of an evaluate "
                         f"stage on {test_set}")
-    return Standing(test_set, run.data.tags.get(RUN_DATA_TAG), run.data.metrics[metric])
+    return Standing(test_set, run.data.tags.get(DATA_VERSION_TAG), run.data.metrics[metric])
 
 
 def version_standing(version: ModelVersion) -> Standing:
     tags = version.tags
-    return Standing(tags.get(TAG_TEST_SET, ""), tags.get(TAG_DATA),
+    return Standing(tags.get(TAG_TEST_SET, ""), tags.get(DATA_VERSION_TAG),
                     float(tags.get(TAG_MAP, "nan")))
 
 
@@ -158,7 +157,7 @@ def register(tracker: Tracker, run_id: str, name: str, cfg: CfgNode, weights: st
     ensure_registered_model(client, name)
     run_tags = client.get_run(run_id).data.tags
     tags = {TAG_TEST_SET: standing.test_set, TAG_MAP: repr(standing.mAP),
-            TAG_DATA: standing.data_version or UNKNOWN_DATA,
+            DATA_VERSION_TAG: standing.data_version or UNKNOWN_DATA,
             TAG_COMMIT: run_tags.get(RUN_COMMIT_TAG, "unknown"), TAG_WEIGHTS: str(weights)}
     version = client.create_model_version(name, f"runs:/{run_id}/{ARTIFACT_DIR}", run_id=run_id,
                                           tags=tags).version
