@@ -96,7 +96,7 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
 def test_distill_flow_trains_teacher_then_students(prefect_server, tiny_root, tmp_path,
                                                    mlflow_uri):
     from flows.distill import distill
-    from reid.engine.checkpoint import Checkpointer
+    from reid.engine.checkpoint import read_checkpoint
 
     tiny = {**TINY_DATA, **TINY_TRAIN, "DATASETS.ROOT": str(tiny_root)}
     teacher = tmp_path / "teacher.yml"
@@ -113,7 +113,7 @@ def test_distill_flow_trains_teacher_then_students(prefect_server, tiny_root, tm
     assert (tmp_path / "t" / "model_precise_bn.pth").is_file()  # the teacher was trained
     assert (tmp_path / "s" / "no-kd" / "results.json").is_file()
     # The KD student's checkpoint holds no teacher weights: it is a plain student.
-    state = Checkpointer.read(tmp_path / "s" / "model_final.pth")["model"]
+    state = read_checkpoint(tmp_path / "s" / "model_final.pth")["model"]
     assert not any(key.startswith(("teacher", "model_t")) for key in state)
 
     client = MlflowClient(mlflow_uri)

@@ -100,8 +100,6 @@ class Checkpointer:
         states = {"optimizer": optimizer, "scheduler": scheduler, **extra}
         self.checkpointables = {name: obj for name, obj in states.items() if obj is not None}
 
-    read = staticmethod(read_checkpoint)
-
     # ------------------------------------------------------------------ saving
     def path_of(self, name: str) -> Path:
         if self.save_dir is None:
