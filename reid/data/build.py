@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from reid.config import CfgNode
 from reid.data.datasets import DATASET_REGISTRY, ImageDataset, Record
-from reid.data.samplers import EpochBatchSampler, InferenceSampler, build_train_sampler
+from reid.data.samplers import EpochSampler, InferenceSampler, build_train_sampler
 from reid.data.transforms import build_transforms
 from reid.errors import ReidError
 from reid.utils import comm
@@ -77,7 +77,7 @@ class AugmentationSeeds(Sampler[tuple[int, int]]):
     keep state between images (RandomPatch's pool) stay outside this guarantee.
     """
 
-    def __init__(self, sampler: EpochBatchSampler) -> None:
+    def __init__(self, sampler: EpochSampler) -> None:
         self.sampler = sampler
 
     def set_epoch(self, epoch: int) -> None:

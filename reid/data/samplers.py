@@ -35,11 +35,13 @@ SEED_STYLE_SAMPLERS = {
 }
 
 
-class EpochBatchSampler(Sampler[int]):
+class EpochSampler(Sampler[int]):
     """Base of the training samplers: rank slicing, epochs and length.
 
-    Subclasses implement ``global_batches(epoch) -> list[list[int]]`` returning ``num_batches``
-    batches of ``mini_batch_size`` dataset indices.
+    An index sampler (a DataLoader's ``sampler``: it yields dataset indices, this process's
+    slice of every global batch), not a batch sampler. Subclasses implement
+    ``global_batches(epoch) -> list[list[int]]`` returning ``num_batches`` batches of
+    ``mini_batch_size`` dataset indices.
     """
 
     # True for samplers configured per DATASETS.NAMES entry (they only fit the training sets)
@@ -71,7 +73,7 @@ class EpochBatchSampler(Sampler[int]):
 
     @classmethod
     def from_config(cls, cfg: Any, data_source: Sequence[tuple], set_ids: Sequence[int],
-                    rank: int = 0, world_size: int = 1) -> "EpochBatchSampler":
+                    rank: int = 0, world_size: int = 1) -> "EpochSampler":
         """Built from SOLVER.IMS_PER_BATCH, DATALOADER.NUM_INSTANCE and SEED; ``set_ids[i]`` is
         the DATASETS.NAMES entry record ``i`` comes from (used by set-aware samplers)."""
         return cls(data_source, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE,
@@ -96,7 +98,7 @@ class EpochBatchSampler(Sampler[int]):
         return self.num_batches * self.per_rank
 
 
-class IdentityBatchSampler(EpochBatchSampler):
+class IdentitySampler(EpochSampler):
     """Base of the P x K samplers: batches of P identities x K images each
     (``mini_batch_size = P * K``, K = num_instances), an identity's K images contiguous.
     ``data_source`` holds ``(img_path, pid, camid)`` records. Subclasses build one pass over
@@ -133,7 +135,7 @@ class IdentityBatchSampler(EpochBatchSampler):
 
 
 @SAMPLER_REGISTRY.register()
-class NaiveIdentitySampler(IdentityBatchSampler):
+class NaiveIdentitySampler(IdentitySampler):
     """P x K batches; identities drawn uniformly, images without replacement within a pass.
 
     An identity's images are used without replacement while it has >= K left; an identity with
@@ -165,7 +167,7 @@ class NaiveIdentitySampler(IdentityBatchSampler):
 
 
 @SAMPLER_REGISTRY.register(aliases=("TrainingSampler",))
-class ShuffledSampler(EpochBatchSampler):
+class ShuffledSampler(EpochSampler):
     """A seeded random permutation per epoch, cut into global batches (no identity balance).
 
     FastReID's ``TrainingSampler``: its infinite stream of permutations, cut here at epochs
@@ -183,16 +185,13 @@ class ShuffledSampler(EpochBatchSampler):
         return [order[i * b:(i + 1) * b].tolist() for i in range(self.num_batches)]
 
 
-TrainingSampler = ShuffledSampler
-
-
 def pick(rng: np.random.Generator, pool: Sequence[int], count: int) -> list[int]:
     """``count`` items of ``pool``: without replacement when it has enough, else with."""
     return [int(i) for i in rng.choice(pool, size=count, replace=len(pool) < count)]
 
 
 @SAMPLER_REGISTRY.register()
-class BalancedIdentitySampler(IdentityBatchSampler):
+class BalancedIdentitySampler(IdentitySampler):
     """P x K batches whose K images of an identity span its cameras (FastReID's balanced way).
 
     A pass visits every identity once in random order (the last ``ids % P`` are left for the
@@ -224,7 +223,7 @@ class BalancedIdentitySampler(IdentityBatchSampler):
 
 
 @SAMPLER_REGISTRY.register()
-class SetReWeightSampler(IdentityBatchSampler):
+class SetReWeightSampler(IdentitySampler):
     """P x K batches whose identities come from the training sets in proportion to weights.
 
     ``set_ids[i]`` is the set (DATASETS.NAMES entry) of record ``i``; set ``s`` gets a share
@@ -302,7 +301,7 @@ class SetReWeightSampler(IdentityBatchSampler):
 
 
 @SAMPLER_REGISTRY.register()
-class ImbalancedDatasetSampler(EpochBatchSampler):
+class ImbalancedDatasetSampler(EpochSampler):
     """Images drawn with replacement, each with weight ``1 / (images of its identity)``, so
     every identity is drawn equally often in expectation (``weights`` holds them)."""
 
@@ -323,15 +322,23 @@ class ImbalancedDatasetSampler(EpochBatchSampler):
         return [draws[i * b:(i + 1) * b].tolist() for i in range(self.num_batches)]
 
 
+def seed_style_sampler_name(cfg: Any) -> str:
+    """The sampler the seed's DATALOADER.PK_SAMPLER / NAIVE_WAY select."""
+    return SEED_STYLE_SAMPLERS[(cfg.DATALOADER.PK_SAMPLER, cfg.DATALOADER.NAIVE_WAY)]
+
+
 def train_sampler_name(cfg: Any) -> str:
     """DATALOADER.SAMPLER_TRAIN, or the sampler the seed's PK_SAMPLER / NAIVE_WAY select."""
-    loader = cfg.DATALOADER
-    return loader.SAMPLER_TRAIN or SEED_STYLE_SAMPLERS[(loader.PK_SAMPLER, loader.NAIVE_WAY)]
+    return cfg.DATALOADER.SAMPLER_TRAIN or seed_style_sampler_name(cfg)
+
+
+def is_training_sampler(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, EpochSampler)
 
 
 def build_train_sampler(cfg: Any, data_source: Sequence[tuple], set_ids: Sequence[int],
                         rank: int = 0, world_size: int = 1,
-                        training_sets: bool = True) -> EpochBatchSampler:
+                        training_sets: bool = True) -> EpochSampler:
     """The training sampler the config names, over ``data_source`` records.
 
     ``training_sets=False`` (a loader over other sets than DATASETS.NAMES, e.g. precise-BN's)
@@ -340,15 +347,15 @@ def build_train_sampler(cfg: Any, data_source: Sequence[tuple], set_ids: Sequenc
     name = train_sampler_name(cfg)
     sampler_cls = SAMPLER_REGISTRY.get(name)
     if not training_sets and getattr(sampler_cls, "needs_training_sets", False):
-        name = SEED_STYLE_SAMPLERS[(cfg.DATALOADER.PK_SAMPLER, cfg.DATALOADER.NAIVE_WAY)]
+        name = seed_style_sampler_name(cfg)
         logger.info("%s applies to DATASETS.NAMES only; this loader uses %s",
                     sampler_cls.__name__, name)
         sampler_cls = SAMPLER_REGISTRY.get(name)
-    if not (isinstance(sampler_cls, type) and issubclass(sampler_cls, EpochBatchSampler)):
-        training = [n for n in SAMPLER_REGISTRY.names()
-                    if issubclass(SAMPLER_REGISTRY.get(n), EpochBatchSampler)]
+    if not is_training_sampler(sampler_cls):
+        training = [n for n in SAMPLER_REGISTRY.names(aliases=True)
+                    if is_training_sampler(SAMPLER_REGISTRY.get(n))]
         raise ReidError(f"DATALOADER.SAMPLER_TRAIN {name!r} is not a training sampler; "
-                        f"use one of {', '.join(training + ['TrainingSampler'])}")
+                        f"use one of {', '.join(training)}")
     return sampler_cls.from_config(cfg, data_source, set_ids, rank, world_size)
 
 

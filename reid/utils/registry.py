@@ -55,8 +55,9 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return self._aliases.get(name, name) in self._objects
 
-    def names(self) -> list[str]:
-        return sorted(self._objects)
+    def names(self, aliases: bool = False) -> list[str]:
+        """The registered names, sorted; with ``aliases``, their aliases too."""
+        return sorted([*self._objects, *(self._aliases if aliases else ())])
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         builder: Callable[..., Any] = self.get(name)
