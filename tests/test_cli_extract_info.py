@@ -12,7 +12,7 @@ from reid.cli import main
 from reid.config import load_config
 from reid.inference import load_model
 from reid.modeling import build_model
-from test_inference import SIZE, randomised_state, save_fastreid_style, write_config
+from toys import TINY_SIZE as SIZE, randomised_state, save_fastreid_style, write_config
 
 # relative path -> seed of its random pixels; nested folders and every extension's case
 IMAGES = {"b.png": 1, "a/z.png": 2, "a/c.PNG": 3, "d/e/f.png": 4, "0.png": 5}

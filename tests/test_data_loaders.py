@@ -6,57 +6,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import bicubic_chw, with_changes
 from PIL import Image
 
-from reid.config import get_cfg
+from oracles import bicubic_chw
 from reid.data.build import build_test_loader, build_train_loader, read_image, relabel
 from reid.data.samplers import NaiveIdentitySampler, ShuffledSampler
 from reid.errors import ReidError, one_line
 from reid.utils import comm
+from toys import (MARKET_SIZE, MARKET_TEST_PIDS, MARKET_TRAIN_PIDS, loader_cfg,
+                  market_tree)
 
-H, W = 32, 16
-TRAIN_PIDS = [3, 8, 11, 20, 21, 40]   # 4 images each over 2 cameras
-TEST_PIDS = [50, 61, 72]              # query: 1 per camera; gallery: 2 per camera
-
-
-def tree(base: Path) -> Path:
-    """A tiny Market-1501 tree; every image has its own colour so content follows the path."""
-    names = {"bounding_box_train": [], "query": [], "bounding_box_test": []}
-    for pid in TRAIN_PIDS:
-        names["bounding_box_train"] += [f"{pid:04d}_c{1 + j % 2}s1_{100 + j:06d}_01.jpg"
-                                        for j in range(4)]
-    for pid in TEST_PIDS:
-        names["query"] += [f"{pid:04d}_c{c}s1_000001_01.jpg" for c in (1, 2)]
-        names["bounding_box_test"] += [f"{pid:04d}_c{c}s1_{200 + j:06d}_01.jpg"
-                                       for c in (1, 2) for j in range(2)]
-    names["bounding_box_test"] += ["0000_c1s1_000300_01.jpg", "-1_c2s1_000301_01.jpg"]
-    rng = np.random.default_rng(0)
-    for split, files in names.items():
-        (base / split).mkdir(parents=True)
-        for name in files:
-            arr = rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(base / split / name, quality=95)
-    return base
+H, W = MARKET_SIZE
+TRAIN_PIDS, TEST_PIDS = MARKET_TRAIN_PIDS, MARKET_TEST_PIDS
 
 
 @pytest.fixture
 def root(tmp_path) -> Path:
-    tree(tmp_path / "Market-1501-v15.09.15")
+    market_tree(tmp_path / "Market-1501-v15.09.15")
     return tmp_path
-
-
-def make_cfg(root: Path, **changes):
-    cfg = get_cfg()
-    cfg.DATASETS.ROOT = str(root)
-    cfg.DATASETS.NAMES = ("Market1501",)
-    cfg.INPUT.SIZE_TRAIN = [H, W]
-    cfg.INPUT.SIZE_TEST = [H, W]
-    cfg.SOLVER.IMS_PER_BATCH = 8
-    cfg.DATALOADER.NUM_INSTANCE = 4
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.TEST.IMS_PER_BATCH = 5
-    return with_changes(cfg, changes)
 
 
 def pid_of(path: str) -> int:
@@ -69,7 +36,7 @@ def reference_image(path: str) -> torch.Tensor:
 
 
 def test_train_batches(root):
-    loader, num_classes = build_train_loader(make_cfg(root))
+    loader, num_classes = build_train_loader(loader_cfg(root))
     assert num_classes == len(TRAIN_PIDS)
     assert isinstance(loader.sampler.sampler, NaiveIdentitySampler)  # in AugmentationSeeds
     batches = list(loader)
@@ -89,7 +56,7 @@ def test_train_batches(root):
 
 
 def test_test_loader_is_query_then_gallery_with_raw_pids(root):
-    loader, num_query = build_test_loader(make_cfg(root), "Market1501")
+    loader, num_query = build_test_loader(loader_cfg(root), "Market1501")
     batches = list(loader)
     paths = sum((b["img_paths"] for b in batches), [])
     targets = torch.cat([b["targets"] for b in batches]).tolist()
@@ -104,7 +71,7 @@ def test_test_loader_is_query_then_gallery_with_raw_pids(root):
 
 
 def test_train_loader_with_test_transforms(root):
-    loader, _ = build_train_loader(make_cfg(root, INPUT__REA__ENABLED=True),
+    loader, _ = build_train_loader(loader_cfg(root, INPUT__REA__ENABLED=True),
                                    train_transforms=False)
     batch = next(iter(loader))
     for img, path in zip(batch["images"], batch["img_paths"]):
@@ -112,7 +79,7 @@ def test_train_loader_with_test_transforms(root):
 
 
 def test_combineall_adds_query_and_gallery_identities(root):
-    loader, num_classes = build_train_loader(make_cfg(root, DATASETS__COMBINEALL=True))
+    loader, num_classes = build_train_loader(loader_cfg(root, DATASETS__COMBINEALL=True))
     assert num_classes == len(TRAIN_PIDS) + len(TEST_PIDS)  # distractor pid 0 left out
     assert len(loader.dataset) == 24 + 6 + 12
 
@@ -126,8 +93,8 @@ def test_relabel_keeps_datasets_apart():
 
 
 def test_two_datasets_get_disjoint_labels(root):
-    tree(root / "SyntheticMarket1501" / "Market-1501-v15.09.15")
-    cfg = make_cfg(root, DATASETS__NAMES=("Market1501", "SyntheticMarket1501"))
+    market_tree(root / "SyntheticMarket1501" / "Market-1501-v15.09.15")
+    cfg = loader_cfg(root, DATASETS__NAMES=("Market1501", "SyntheticMarket1501"))
     loader, num_classes = build_train_loader(cfg)
     assert num_classes == 2 * len(TRAIN_PIDS)
     labels = {}
@@ -138,18 +105,18 @@ def test_two_datasets_get_disjoint_labels(root):
 
 
 def test_shuffled_sampler_and_per_rank_batch(root, monkeypatch):
-    loader, _ = build_train_loader(make_cfg(root, DATALOADER__PK_SAMPLER=False))
+    loader, _ = build_train_loader(loader_cfg(root, DATALOADER__PK_SAMPLER=False))
     assert isinstance(loader.sampler.sampler, ShuffledSampler)
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(comm, "get_rank", lambda: 1)
-    loader, _ = build_train_loader(make_cfg(root))
+    loader, _ = build_train_loader(loader_cfg(root))
     assert loader.batch_size == 4 and loader.sampler.sampler.rank == 1 and len(loader) == 3
-    test_loader, _ = build_test_loader(make_cfg(root), "Market1501")
+    test_loader, _ = build_test_loader(loader_cfg(root), "Market1501")
     assert list(test_loader.sampler) == list(range(10, 19))
 
 
 def test_workers_give_reproducible_batches(root):
-    cfg = make_cfg(root, DATALOADER__NUM_WORKERS=1, INPUT__REA__ENABLED=True)
+    cfg = loader_cfg(root, DATALOADER__NUM_WORKERS=1, INPUT__REA__ENABLED=True)
     first = [b["images"] for b in build_train_loader(cfg)[0]]
     second = [b["images"] for b in build_train_loader(cfg)[0]]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
@@ -167,35 +134,35 @@ def epoch_images(loader, epoch: int) -> list[torch.Tensor]:
 
 
 def test_augmentations_do_not_depend_on_the_number_of_workers(root):
-    batches = {workers: epoch_images(build_train_loader(make_cfg(
+    batches = {workers: epoch_images(build_train_loader(loader_cfg(
         root, DATALOADER__NUM_WORKERS=workers, **AUGMENTED))[0], 1) for workers in (0, 2)}
     assert len(batches[0]) == 3
     assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[2]))
     # and they are random: two epochs differ, as do two seeds
-    loader = build_train_loader(make_cfg(root, **AUGMENTED))[0]
+    loader = build_train_loader(loader_cfg(root, **AUGMENTED))[0]
     assert not torch.equal(epoch_images(loader, 1)[0], epoch_images(loader, 2)[0])
 
 
 def test_a_resumed_epoch_is_augmented_as_in_the_uninterrupted_run(root):
-    loader = build_train_loader(make_cfg(root, **AUGMENTED))[0]
+    loader = build_train_loader(loader_cfg(root, **AUGMENTED))[0]
     uninterrupted = [[b["images"] for b in loader] for _ in range(3)]  # epochs 0, 1, 2
-    resumed = build_train_loader(make_cfg(root, **AUGMENTED))[0]
+    resumed = build_train_loader(loader_cfg(root, **AUGMENTED))[0]
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted[2], epoch_images(resumed, 2)))
 
 
 def test_two_processes_see_the_slices_of_the_single_process_batches(root, monkeypatch):
-    single = epoch_images(build_train_loader(make_cfg(root, **AUGMENTED))[0], 0)
+    single = epoch_images(build_train_loader(loader_cfg(root, **AUGMENTED))[0], 0)
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     per_rank = []
     for rank in (0, 1):
         monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
-        per_rank.append(epoch_images(build_train_loader(make_cfg(root, **AUGMENTED))[0], 0))
+        per_rank.append(epoch_images(build_train_loader(loader_cfg(root, **AUGMENTED))[0], 0))
     for whole, first, second in zip(single, *per_rank):
         assert torch.equal(whole, torch.cat([first, second]))
 
 
 def test_seeded_augmentation_leaves_the_callers_random_state_alone(root):
-    loader = build_train_loader(make_cfg(root, **AUGMENTED))[0]
+    loader = build_train_loader(loader_cfg(root, **AUGMENTED))[0]
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
@@ -207,7 +174,7 @@ def test_seeded_augmentation_leaves_the_callers_random_state_alone(root):
 def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(root, workers):
     bad = root / "Market-1501-v15.09.15" / "bounding_box_train" / "0003_c1s1_000100_01.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    loader, _ = build_train_loader(make_cfg(root, DATALOADER__NUM_WORKERS=workers))
+    loader, _ = build_train_loader(loader_cfg(root, DATALOADER__NUM_WORKERS=workers))
     with pytest.raises(ReidError) as err:
         for _ in loader:
             pass

@@ -11,8 +11,7 @@ from reid.data.samplers import (SAMPLER_REGISTRY, BalancedIdentitySampler,
                                 ImbalancedDatasetSampler, NaiveIdentitySampler,
                                 SetReWeightSampler, ShuffledSampler, build_train_sampler)
 from reid.errors import ReidError
-from test_data_loaders import make_cfg as loader_cfg
-from test_data_loaders import tree
+from toys import loader_cfg, market_tree
 
 
 def chunks(seq, size):
@@ -218,7 +217,7 @@ def test_set_indices_follow_the_named_entries():
 
 
 def test_loader_with_set_weights_and_its_precise_bn_fallback(tmp_path):
-    tree(tmp_path / "Market-1501-v15.09.15")
+    market_tree(tmp_path / "Market-1501-v15.09.15")
     # the same set twice: two entries, one weight each (2 + 2 identities per batch of 4 x 2)
     cfg = loader_cfg(tmp_path, DATASETS__NAMES=("Market1501", "Market1501"),
                      DATALOADER__SAMPLER_TRAIN="SetReWeightSampler",

@@ -1,12 +1,13 @@
 """Transforms: float32 CHW in 0..255, each INPUT.* switch does what it says."""
 import pytest
 import torch
-from data_helpers import bicubic_chw, picture, with_changes
 from PIL import Image
 
+from oracles import bicubic_chw
 from reid.config import get_cfg
 from reid.data.transforms import RandomPatch, build_transforms
 from reid.errors import ReidError
+from toys import picture, with_changes
 
 H, W = 32, 16
 

@@ -2,13 +2,14 @@
 INPUT.AUTOAUG, INPUT.AUGMIX; outputs stay float32 CHW in 0..255."""
 import pytest
 import torch
-from data_helpers import bicubic_chw, picture
 from PIL import Image
 from torchvision.transforms import v2
 
+from oracles import bicubic_chw
 from reid.config import load_config
 from reid.data.transforms import build_transforms
 from reid.errors import ReidError
+from toys import picture
 
 H, W = 32, 16
 BASE = ["INPUT.SIZE_TRAIN", f"[{H}, {W}]", "INPUT.SIZE_TEST", f"[{H}, {W}]",

@@ -12,7 +12,7 @@ from reid.engine.trainer import Trainer, TrainingDiverged
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
 from conftest import free_port
-from test_engine_toys import ToyReidNet, make_loader, solver_cfg
+from toys import ToyReidNet, make_loader, solver_cfg
 
 WORLD_SIZE = 2
 DEADLINE_S = 90

@@ -7,7 +7,7 @@ from reid.engine.checkpoint import LAST_CHECKPOINT, Checkpointer
 from reid.errors import ReidError
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
-from test_engine_toys import ToyReidNet, make_loader, solver_cfg
+from toys import ToyReidNet, make_loader, solver_cfg
 
 CFG = solver_cfg(OPT="Adam", BASE_LR=0.01, WARMUP_ITERS=3, STEPS=[2])
 

@@ -9,8 +9,7 @@ from reid.engine import events
 from reid.engine.events import MetricsFile, MetricsPrinter, fan_out, read_metrics
 from reid.engine.hooks import MetricsLogger
 from reid.utils import comm
-from test_engine_toys import make_loader
-from test_engine_trainer import make_trainer
+from toys import make_loader, make_trainer
 
 
 def lines(path):

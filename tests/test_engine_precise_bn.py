@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from reid.engine.precise_bn import update_bn_stats
-from test_engine_toys import ToyReidNet, make_loader
+from toys import ToyReidNet, make_loader
 
 
 def make_batches(count=5, size=6):

@@ -13,24 +13,10 @@ from reid.engine import hooks as hooks_module
 from reid.engine.checkpoint import Checkpointer
 from reid.engine.hooks import (HookBase, LayerFreezer, MetricsLogger, PeriodicCheckpointer,
                                PeriodicEvaluator, ProgressBar)
-from reid.engine.trainer import Trainer, TrainingDiverged, set_sampler_epoch
+from reid.engine.trainer import TrainingDiverged, set_sampler_epoch
 from reid.errors import ReidError
-from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
-from test_engine_toys import ToyReidNet, make_loader, make_records, solver_cfg
-
-
-def make_trainer(max_epoch=2, hooks=(), model=None, loader=None, cfg=None, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    model = ToyReidNet() if model is None else model
-    loader = make_loader() if loader is None else loader
-    cfg = cfg or solver_cfg(OPT="Adam", BASE_LR=0.01, WARMUP_ITERS=2, STEPS=[3],
-                            MAX_EPOCH=max_epoch)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer, kwargs.get("iters_per_epoch") or len(loader))
-    hooks = hooks(model, optimizer, scheduler) if callable(hooks) else hooks
-    return Trainer(model, loader, optimizer, scheduler, max_epoch=max_epoch, device="cpu",
-                   hooks=hooks, **kwargs)
+from toys import ToyReidNet, make_loader, make_records, make_trainer, solver_cfg
 
 
 class Recorder(HookBase):

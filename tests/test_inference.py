@@ -1,77 +1,15 @@
 """reid.load_model: FastReID-style checkpoints load strictly; mismatches are named; features."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import reid
-from conftest import as_yaml
 from reid.config import load_config
 from reid.errors import ReidError
 from reid.inference import build_inference_model, load_model
-from reid.modeling import BACKBONE_REGISTRY, build_model
-
-TINY_BACKBONE = "build_tiny_inference_test_backbone"
-SIZE = (32, 16)
-
-
-class TinyBackbone(nn.Module):
-    """conv 3x3 stride 2 -> BN -> ReLU: small enough to recompute by hand below."""
-
-    def __init__(self, channels: int = 8) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, channels, 3, stride=2, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(channels)
-        self.out_channels = channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x)))
-
-
-if TINY_BACKBONE not in BACKBONE_REGISTRY:
-    BACKBONE_REGISTRY.register(lambda cfg: TinyBackbone(cfg.MODEL.BACKBONE.FEAT_DIM),
-                               name=TINY_BACKBONE)
-
-TINY_CONFIG = {
-    "MODEL.DEVICE": "cpu",
-    "MODEL.BACKBONE.NAME": TINY_BACKBONE,
-    "MODEL.BACKBONE.FEAT_DIM": 8,
-    "MODEL.BACKBONE.PRETRAIN": False,
-    "MODEL.HEADS.NUM_CLASSES": 0,
-    "INPUT.SIZE_TEST": list(SIZE),
-    "DATALOADER.NUM_WORKERS": 0,
-}
-
-
-def write_config(path: Path, extra: dict | None = None) -> Path:
-    path.write_text(as_yaml({**TINY_CONFIG, **(extra or {})}))
-    return path
-
-
-def randomised_state(num_classes: int = 5) -> dict[str, torch.Tensor]:
-    """A trained-looking state of the tiny model (not the values a fresh build starts with)."""
-    cfg = load_config(None, ["MODEL.BACKBONE.NAME", TINY_BACKBONE, "MODEL.BACKBONE.FEAT_DIM", "8",
-                             "MODEL.BACKBONE.PRETRAIN", "False",
-                             "MODEL.HEADS.NUM_CLASSES", str(num_classes)])
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for key, value in build_model(cfg).state_dict().items():
-        if value.is_floating_point():
-            value = torch.rand(value.shape, generator=generator) + 0.5  # positive: valid var
-        state[key] = value
-    return state
-
-
-def save_fastreid_style(path: Path, state: dict[str, torch.Tensor]) -> Path:
-    """As FastReID's trainer saves a DistributedDataParallel model, pixel statistics included."""
-    model = {f"module.{key}": value for key, value in state.items()}
-    model["module.pixel_mean"] = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
-    torch.save({"model": model, "iteration": 1234, "optimizer": {}}, path)
-    return path
+from toys import TINY_SIZE, randomised_state, save_fastreid_style, write_config
 
 
 @pytest.fixture
@@ -104,7 +42,7 @@ def test_fastreid_checkpoint_loads_every_key_and_gives_eval_features(setup):
     for key, value in state.items():
         assert torch.equal(loaded[key], value), key
     assert model.heads.weight.shape == (5, 8)  # NUM_CLASSES 0 in the config: the checkpoint's
-    images = torch.rand(3, 3, *SIZE, generator=torch.Generator().manual_seed(1)) * 255
+    images = torch.rand(3, 3, *TINY_SIZE, generator=torch.Generator().manual_seed(1)) * 255
     with torch.no_grad():
         features = model(images)
     assert features.shape == (3, 8)

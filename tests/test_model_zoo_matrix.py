@@ -6,10 +6,10 @@ backward, and every trainable parameter of backbone and head must receive a fini
 """
 import pytest
 import torch
-from modeling_helpers import backbone_cfg
 
 from reid.modeling import BACKBONE_REGISTRY, CLS_LAYER_REGISTRY, build_backbone, build_heads
 from reid.modeling.losses import build_losses
+from toys import backbone_cfg
 
 NUM_CLASSES = 4
 # (registry name, DEPTH, FEAT_DIM, extra config): the smallest variant of each family.

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from modeling_helpers import backbone_cfg, error_message
 
 from reid.errors import ReidError
 from reid.modeling import build_backbone, wants_sync_bn
 from reid.modeling.backbones import pretrained
+from toys import backbone_cfg, error_message
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,11 +2,12 @@
 import pytest
 import torch
 import yaml
-from modeling_helpers import backbone_cfg, hand_js, hand_kl, identity_batch
 
+from oracles import hand_js, hand_kl
 from reid.config import load_config
 from reid.errors import ReidError
 from reid.modeling import Baseline, build_model
+from toys import backbone_cfg, identity_batch
 
 NUM_CLASSES = 4
 TEACHER_YAML = {"MODEL": {"BACKBONE": {"DEPTH": "18x", "FEAT_DIM": 512, "PRETRAIN": False},

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from modeling_helpers import backbone_cfg, hand_kl, identity_batch
 from torch import nn
 
+from oracles import hand_kl
 from reid.config import merge_overrides
 from reid.engine.checkpoint import Checkpointer
 from reid.errors import ReidError
@@ -16,6 +16,7 @@ from reid.modeling import Baseline, build_model
 from reid.modeling.losses.distillation import bn_margins, overhaul_distillation
 from reid.modeling.meta_arch.overhaul import build_connector, last_block
 from reid.modeling.meta_arch.teachers import paths_override, teacher_paths
+from toys import backbone_cfg, identity_batch
 
 NUM_CLASSES = 4
 FEAT_DIM = {"18x": 512, "50x": 2048}

@@ -3,10 +3,10 @@ import math
 
 import pytest
 import torch
-from modeling_helpers import backbone_cfg
 
 from reid.errors import ReidError
 from reid.modeling import POOLING_REGISTRY, build_heads
+from toys import backbone_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

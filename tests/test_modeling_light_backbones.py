@@ -4,12 +4,12 @@ import logging
 import pytest
 import torch
 import torchvision
-from modeling_helpers import backbone_cfg, error_message, num_params
 from torch import nn
 
 from reid.errors import ReidError
 from reid.modeling.backbones.build import build_backbone
 from reid.modeling.backbones import mobilenetv2, mobilenetv3, osnet, shufflenetv2  # noqa: F401
+from toys import backbone_cfg, error_message, num_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,10 +1,10 @@
 """Baseline model: FastReID key names, normalisation inside the model, losses, a training step."""
 import pytest
 import torch
-from modeling_helpers import backbone_cfg, identity_batch
 
 from reid.errors import ReidError
 from reid.modeling import Baseline, build_model
+from toys import backbone_cfg, identity_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from modeling_helpers import backbone_cfg, identity_batch
 from torch import nn
 
 from reid.errors import ReidError
@@ -12,6 +11,7 @@ from reid.modeling.backbones.build import BACKBONE_REGISTRY
 from reid.modeling.meta_arch.build import build_model
 from reid.modeling.meta_arch.mgn import FEATURE_ORDER, MGN
 from reid.modeling.meta_arch.moco import MEMORY_GAMMA, MEMORY_MARGIN, Memory, MoCo, memory_dim
+from toys import backbone_cfg, identity_batch
 
 NUM_CLASSES = 3
 DIM = 512  # ResNet-18

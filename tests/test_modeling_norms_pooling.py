@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from modeling_helpers import backbone_cfg
 from torch import nn
 
 from reid.errors import ReidError
@@ -10,6 +9,7 @@ from reid.modeling.backbones.resnet import build_resnet_backbone
 from reid.modeling.heads import build_heads
 from reid.modeling.layers.norm import FrozenBatchNorm, GhostBatchNorm, get_norm
 from reid.modeling.layers.pooling import POOLING_REGISTRY
+from toys import backbone_cfg
 
 EPS = 1e-5
 

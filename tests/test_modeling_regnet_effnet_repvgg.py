@@ -4,10 +4,10 @@ import functools
 import pytest
 import torch
 import torchvision
-from modeling_helpers import backbone_cfg, error_message, num_params
 
 from reid.errors import ReidError
 from reid.modeling.backbones import effnet, regnet, repvgg
+from toys import backbone_cfg, error_message, num_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from modeling_helpers import backbone_cfg, error_message
 
 from reid.config import load_config
 from reid.errors import ReidError
@@ -14,6 +13,7 @@ from reid.modeling.backbones import resnest  # registers build_resnest_backbone
 from reid.modeling.backbones.build import BACKBONE_REGISTRY
 from reid.modeling.layers.norm import FrozenBatchNorm
 from reid.modeling.layers.splat import SplitAttentionConv2d, radix_softmax
+from toys import backbone_cfg, error_message
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from modeling_helpers import backbone_cfg, error_message, num_params
 
 from reid.errors import ReidError
 from reid.modeling.backbones.resnet import build_resnet_backbone
@@ -15,6 +14,7 @@ from reid.modeling.backbones.resnext import build_resnext_backbone
 from reid.modeling.layers.ibn import IBN
 from reid.modeling.layers.non_local import NonLocal
 from reid.modeling.layers.se import SELayer
+from toys import backbone_cfg, error_message, num_params
 
 BLOCKS = {"18x": (2, 2, 2, 2), "34x": (3, 4, 6, 3), "50x": (3, 4, 6, 3),
           "101x": (3, 4, 23, 3), "152x": (3, 8, 36, 3)}

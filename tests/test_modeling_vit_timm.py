@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from modeling_helpers import backbone_cfg
 
 from reid.errors import ReidError
 from reid.modeling.backbones import vit
@@ -13,6 +12,7 @@ from reid.modeling.backbones.build import build_backbone
 from reid.modeling.backbones.timm_backbone import build_timm_backbone
 from reid.modeling.backbones.vit import (DropPath, ViTArch, VisionTransformer, build_vit_backbone,
                                          infer_grid, resize_pos_embed)
+from toys import backbone_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

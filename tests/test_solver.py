@@ -7,7 +7,7 @@ from torch import nn
 
 from reid.errors import ReidError
 from reid.solver import build_lr_scheduler, build_optimizer
-from test_engine_toys import solver_cfg
+from toys import solver_cfg
 
 
 class TwoPartNet(nn.Module):

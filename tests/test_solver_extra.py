@@ -10,7 +10,7 @@ from reid.config import load_config
 from reid.engine.trainer import GradientClipper, Trainer, build_gradient_clipper
 from reid.errors import ReidError
 from reid.solver import build_lr_scheduler, build_optimizer
-from test_engine_toys import solver_cfg
+from toys import solver_cfg
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 
