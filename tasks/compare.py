@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import tasks.environment  # noqa: F401  (telemetry off, embedded store) before mlflow loads
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException

@@ -1,4 +1,5 @@
-"""Process-wide defaults: embedded stores, no telemetry. Imported before prefect or mlflow."""
+"""Process-wide defaults: embedded stores, no telemetry. Run by `tasks/__init__.py` and
+`flows/__init__.py`, so before any module of those packages imports prefect or mlflow."""
 from __future__ import annotations
 
 import os

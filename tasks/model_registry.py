@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import tasks.environment  # noqa: F401  (telemetry off, embedded store) before mlflow loads
 import mlflow.artifacts
 import torch
 from mlflow.entities.model_registry import ModelVersion
