@@ -133,10 +133,13 @@ def exact(case: Case, data: dict, roc: bool = False) -> dict:
     from reid.evaluation.streaming import StreamingEvaluation
 
     if case.from_features:
-        return evaluate_features(data["q"], data["g"], *data["ids"], metric="cosine", roc=roc)
-    with StreamingEvaluation(*data["ids"], roc=roc) as evaluation:
-        evaluation.add(0, data["dist"])
-        return evaluation.result().as_dict()
+        result = evaluate_features(data["q"], data["g"], *data["ids"], metric="cosine", roc=roc)
+    else:
+        with StreamingEvaluation(*data["ids"], roc=roc) as evaluation:
+            evaluation.add(0, data["dist"])
+            result = evaluation.result()
+    out = {"cmc": result.cmc, "AP": result.all_ap, "INP": result.all_inp}
+    return {**out, "TAR@FAR": result.tar_at_far} if result.roc is not None else out
 
 
 def naive(case: Case, data: dict) -> dict:

@@ -36,6 +36,7 @@ from rerank_benchmark import PROBLEMS, synthetic_features  # noqa: E402
 from reid.config import load_config  # noqa: E402
 from reid.engine.trainer import Trainer  # noqa: E402
 from reid.evaluation.features import evaluate_features  # noqa: E402
+from reid.evaluation.options import AqeOptions, RerankOptions  # noqa: E402
 from reid.evaluation.query_expansion import average_query_expansion  # noqa: E402
 from reid.evaluation.rerank import rerank_distance  # noqa: E402
 from reid.modeling import build_model  # noqa: E402
@@ -83,13 +84,14 @@ def small_problem(seed: int = 0):
 def gpu_equals_cpu():
     q, g, qp, gp, qc, gc = small_problem()
     out = {}
-    for name, extra in (("plain", {}), ("rerank", {"rerank": RERANK}), ("aqe", {"aqe": AQE})):
+    for name, extra in (("plain", {}), ("rerank", {"rerank": RerankOptions(**RERANK)}),
+                        ("aqe", {"aqe": AqeOptions(**AQE)})):
         cpu = evaluate_features(q, g, qp, gp, qc, gc, device="cpu", **extra)
         gpu = evaluate_features(q, g, qp, gp, qc, gc, device="cuda", **extra)
-        out[name] = {"mAP cpu": round(float(cpu["mAP"]) * 100, 4),
-                     "mAP gpu": round(float(gpu["mAP"]) * 100, 4),
-                     "max |AP diff|": float(np.abs(cpu["AP"] - gpu["AP"]).max()),
-                     "max |cmc diff|": float(np.abs(cpu["cmc"] - gpu["cmc"]).max())}
+        out[name] = {"mAP cpu": round(cpu.mAP * 100, 4),
+                     "mAP gpu": round(gpu.mAP * 100, 4),
+                     "max |AP diff|": float(np.abs(cpu.all_ap - gpu.all_ap).max()),
+                     "max |cmc diff|": float(np.abs(cpu.cmc - gpu.cmc).max())}
     dense_cpu = rerank_distance(q, g, device="cpu", **RERANK)
     dense_gpu = rerank_distance(q, g, device="cuda", **RERANK)
     out["rerank max |dist diff|"] = float(np.abs(dense_cpu - dense_gpu).max())
@@ -109,14 +111,14 @@ def retrieval_throughput(quick: bool):
         args = (f.q, f.g, f.q_pids, f.g_pids, f.q_cams, f.g_cams)
         evaluate_features(f.q[:64], f.g[:256], f.q_pids[:64], f.g_pids[:256], f.q_cams[:64],
                           f.g_cams[:256], device="cuda")  # warm-up (CUDA context, kernels)
-        for variant, extra in (("plain", {}), ("rerank", {"rerank": RERANK}),
-                               ("aqe", {"aqe": AQE})):
+        for variant, extra in (("plain", {}), ("rerank", {"rerank": RerankOptions(**RERANK)}),
+                               ("aqe", {"aqe": AqeOptions(**AQE)})):
             torch.cuda.reset_peak_memory_stats()
             res, secs = synchronized_time(lambda: evaluate_features(*args, device="cuda",
                                                                     **extra))
             out[f"{name} {variant}"] = {
-                "s": round(secs, 2), "Rank-1": round(float(res["cmc"][0]) * 100, 2),
-                "mAP": round(float(res["mAP"]) * 100, 2),
+                "s": round(secs, 2), "Rank-1": round(float(res.cmc[0]) * 100, 2),
+                "mAP": round(res.mAP * 100, 2),
                 "peak GPU GB": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
             print(f"   {name} {variant}: {out[f'{name} {variant}']}", flush=True)
     return out

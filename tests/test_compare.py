@@ -198,7 +198,7 @@ def test_evaluation_report_is_logged_under_visual(mlflow_store, tmp_path):
     out = tmp_path / "out"
     (out / "examples").mkdir(parents=True)
     (out / "examples" / "SetA.json").write_text(json.dumps(collector.report(
-        metrics["AP"], q_paths=[str(image)] * 6, g_paths=[str(image)] * 20)))
+        metrics.all_ap, q_paths=[str(image)] * 6, g_paths=[str(image)] * 20)))
     cfg = load_config(None, ["OUTPUT_DIR", str(out), "DATASETS.TESTS", '["SetA"]'])
 
     tracker = Tracker()

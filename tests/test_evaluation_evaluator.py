@@ -12,6 +12,7 @@ from reid.evaluation.distance import compute_distance
 from reid.evaluation.evaluator import Evaluator, evaluate_model
 from reid.evaluation.features import evaluate_features
 from reid.evaluation.rank import summarize
+from reid.evaluation.results import SetResult
 from test_evaluation_extract import FirstRowModel, make_loader
 
 # 4 queries then 12 gallery items of 4 identities, 3 cameras; features are 3-D rows.
@@ -38,7 +39,7 @@ def expected(protocol="market", **kwargs):
     metrics = evaluate_features(ROWS[:NUM_QUERY], ROWS[NUM_QUERY:], PIDS[:NUM_QUERY],
                                 PIDS[NUM_QUERY:], CAMS[:NUM_QUERY], CAMS[NUM_QUERY:],
                                 protocol=protocol, **kwargs)
-    return summarize(metrics["cmc"], metrics["AP"], metrics["INP"])
+    return summarize(metrics.cmc, metrics.all_ap, metrics.all_inp)
 
 
 def test_every_test_set_is_evaluated_and_loaders_are_reused():
@@ -79,7 +80,7 @@ def test_roc_enabled_reports_tar_and_writes_the_curve(tmp_path):
     metrics = evaluate_features(ROWS[:4], ROWS[4:], PIDS[:4], PIDS[4:], CAMS[:4], CAMS[4:],
                                 roc=True)
     assert [results[k] for k in tar_keys] == pytest.approx(
-        [100 * v for v in metrics["TAR@FAR"].values()])
+        [100 * v for v in metrics.tar_at_far.values()])
     assert (tmp_path / "roc" / "SetA.csv").exists() and (tmp_path / "roc" / "SetA.png").exists()
 
 
@@ -115,7 +116,7 @@ def test_only_the_main_process_computes_metrics(monkeypatch):
     monkeypatch.setattr(evaluator_module.comm, "is_main_process", lambda: False)
     monkeypatch.setattr(evaluator_module, "extract_features",
                         lambda *a, **k: (np.zeros((16, 3), np.float32), PIDS, CAMS))
-    from_rank0 = {"Rank-1": 12.5}
+    from_rank0 = SetResult({"Rank-1": 12.5})
     monkeypatch.setattr(evaluator_module.comm, "all_gather",
                         lambda mine: [("ok", from_rank0), mine])
     assert evaluate_model(FirstRowModel(), [], NUM_QUERY, "cpu") == from_rank0
@@ -149,3 +150,27 @@ def test_proposed_config_keys_override_protocol_and_fars():
     results = evaluator.evaluate(FirstRowModel(), "cpu")["SetA"]
     assert [k for k in results if k.startswith("TAR")] == ["TAR_at_FAR_5e-02", "TAR_at_FAR_2e-01"]
     assert results["Rank-1"] == pytest.approx(expected("cuhk03")["Rank-1"])
+
+
+def test_options_are_typed_once_and_run_returns_the_files_written(tmp_path):
+    from reid.evaluation.options import AqeOptions, EvalOptions, RerankOptions
+
+    cfg = config(**{"DATASETS.TESTS": '["SetA"]', "TEST.ROC_ENABLED": "True",
+                    "TEST.AQE.ENABLED": "True", "TEST.AQE.QE_K": "3",
+                    "TEST.RERANK.ENABLED": "True", "TEST.RERANK.K1": "9"})
+    options = EvalOptions.from_config(cfg)
+    assert options.aqe == AqeOptions(alpha=3.0, qe_time=1, qe_k=3)
+    assert options.rerank == RerankOptions(k1=9, k2=6, lambda_value=0.3)
+    assert EvalOptions.from_config(config()).aqe is None
+    assert EvalOptions.from_config(config()).rerank is None
+
+    evaluator = Evaluator(config(**{"TEST.ROC_ENABLED": "True"}), output_dir=tmp_path,
+                          build_loader=loaders([]))  # SetA and SetB
+    run = evaluator.run(FirstRowModel(), "cpu")
+    assert list(run.sets) == ["SetA", "SetB"]
+    assert run.metrics == evaluator.evaluate(FirstRowModel(), "cpu")
+    set_a = run.sets["SetA"]
+    assert set_a.roc_files == (tmp_path / "roc" / "SetA.csv", tmp_path / "roc" / "SetA.png")
+    assert set_a.examples_file == tmp_path / "examples" / "SetA.json"
+    assert set_a.examples_file.exists()
+    assert run.files == [*set_a.files, *run.sets["SetB"].files]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from reid.errors import ReidError
-from reid.evaluation import evaluate_model, extract
+from reid.evaluation import EvalOptions, evaluate_model, extract
 from reid.evaluation.extract import extract_features
 
 
@@ -103,7 +103,8 @@ CAMIDS = np.array([0, 0, 1, 1, 2, 0, 2])
 
 def test_evaluate_model_end_to_end():
     loader = make_loader(QUERY_ROWS + GALLERY_ROWS, PIDS, CAMIDS, batch_size=3)
-    results = evaluate_model(FirstRowModel(), loader, num_query=2, device="cpu", metric="cosine")
+    results = evaluate_model(FirstRowModel(), loader, num_query=2, device="cpu",
+                             options=EvalOptions(metric="cosine")).metrics
     # Query 0 (pid 0, cam 0), cosine similarity order g3 g0 g1 g2 g4; g3 is junk (pid 0, cam 0).
     #   Kept: g0(+) g1(-) g2(-) g4(+): AP = (1/1 + 2/4) / 2 = 3/4, INP = 2/4, first hit rank 1.
     # Query 1 (pid 1, cam 0), order g4 g2 g1 g0 g3; no junk.
@@ -119,8 +120,9 @@ def test_evaluate_model_euclidean_differs_from_cosine():
     # g0 becomes [9, 0.9], far from query 0 in euclidean terms.
     rows = QUERY_ROWS + [[9.0, 0.9]] + GALLERY_ROWS[1:]
     loader = make_loader(rows, PIDS, CAMIDS, batch_size=4)
-    cosine = evaluate_model(FirstRowModel(), loader, 2, "cpu", metric="cosine")
-    euclid = evaluate_model(FirstRowModel(), loader, 2, "cpu", metric="euclidean")
+    cosine = evaluate_model(FirstRowModel(), loader, 2, "cpu", EvalOptions(metric="cosine")).metrics
+    euclid = evaluate_model(FirstRowModel(), loader, 2, "cpu",
+                            EvalOptions(metric="euclidean")).metrics
     assert cosine["Rank-1"] == pytest.approx(50.0)
     # Query 0 by squared euclidean: g3 0 (junk), g1 .04, g2 1.81, g4 2, g0 64.81.
     #   Kept g1(-) g2(-) g4(+) g0(+): first hit at rank 3, AP = (1/3 + 2/4) / 2.

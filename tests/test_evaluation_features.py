@@ -7,6 +7,7 @@ from reid.errors import ReidError
 from reid.evaluation import query_expansion, rerank, streaming
 from reid.evaluation.distance import compute_distance
 from reid.evaluation.features import evaluate_features
+from reid.evaluation.options import AqeOptions, RerankOptions
 from reid.evaluation.rank import evaluate_rank
 from reid.evaluation.streaming import StreamingEvaluation
 
@@ -28,11 +29,11 @@ def labelled_features(seed, num_q=23, num_g=70, dim=6, integer=True):
 
 def assert_same_metrics(result, expected):
     cmc, all_ap, all_inp = expected
-    np.testing.assert_allclose(result["cmc"], cmc, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(result["AP"], all_ap, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(result["INP"], all_inp, rtol=0, atol=1e-6)
-    assert result["mAP"] == pytest.approx(float(np.mean(all_ap)), abs=1e-6)
-    assert result["mINP"] == pytest.approx(float(np.mean(all_inp)), abs=1e-6)
+    np.testing.assert_allclose(result.cmc, cmc, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.all_ap, all_ap, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.all_inp, all_inp, rtol=0, atol=1e-6)
+    assert result.mAP == pytest.approx(float(np.mean(all_ap)), abs=1e-6)
+    assert result.mINP == pytest.approx(float(np.mean(all_inp)), abs=1e-6)
 
 
 def rank_of(dist, ids, **kwargs):
@@ -79,8 +80,8 @@ def test_roc_from_features_matches_the_matrix():
     with StreamingEvaluation(**ids, roc=True, fars=(0.01, 0.1)) as evaluation:
         evaluation.add(0, compute_distance(q, g))
         expected = evaluation.result().roc
-    assert result["TAR@FAR"] == expected.tar_at_far
-    np.testing.assert_array_equal(result["roc"].curve.far, expected.curve.far)
+    assert result.tar_at_far == expected.tar_at_far
+    np.testing.assert_array_equal(result.roc.curve.far, expected.curve.far)
 
 
 class StubReRanker:
@@ -105,7 +106,7 @@ def test_rerank_blocks_are_what_gets_ranked(monkeypatch):
     StubReRanker.calls = []
     q, g, ids = labelled_features(4)
     result = evaluate_features(q, g, **ids, metric="euclidean", block_size=9, device="cpu",
-                               rerank=dict(k1=7, k2=3, lambda_value=0.5))
+                               rerank=RerankOptions(k1=7, k2=3, lambda_value=0.5))
     assert StubReRanker.calls == [dict(k1=7, k2=3, lambda_value=0.5, metric="euclidean",
                                        device="cpu")]
     assert_same_metrics(result, rank_of(-compute_distance(q, g, "euclidean"), ids))
@@ -121,7 +122,7 @@ def test_aqe_features_are_what_gets_compared(monkeypatch):
     monkeypatch.setattr(query_expansion, "average_query_expansion", stub_aqe)
     q, g, ids = labelled_features(5)
     result = evaluate_features(q, g, **ids, metric="euclidean",
-                               aqe=dict(alpha=2.0, qe_time=2, qe_k=4))
+                               aqe=AqeOptions(alpha=2.0, qe_time=2, qe_k=4))
     assert calls == [dict(alpha=2.0, qe_time=2, qe_k=4)]
     expected_dist = compute_distance(q[:, ::-1].copy(), g * 2.0, "euclidean")
     assert_same_metrics(result, rank_of(expected_dist, ids))
@@ -132,27 +133,49 @@ def test_real_rerank_and_aqe_are_wired_in():
     q, g, ids = labelled_features(6, num_q=15, num_g=40, dim=8, integer=False)
     params = dict(k1=6, k2=3, lambda_value=0.3)
     reranked = rerank.rerank_distance(q, g, metric="cosine", device="cpu", **params)
-    result = evaluate_features(q, g, **ids, rerank=params, block_size=4, device="cpu")
+    result = evaluate_features(q, g, **ids, rerank=RerankOptions(**params), block_size=4,
+                               device="cpu")
     assert_same_metrics(result, rank_of(reranked, ids))
 
     aqe = dict(alpha=3.0, qe_time=1, qe_k=3)
     q_x, g_x = query_expansion.average_query_expansion(q, g, device="cpu", **aqe)
-    result = evaluate_features(q, g, **ids, aqe=aqe, device="cpu")
+    result = evaluate_features(q, g, **ids, aqe=AqeOptions(**aqe), device="cpu")
     assert_same_metrics(result, rank_of(compute_distance(q_x, g_x), ids))
 
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(metric="cosin"), r"unknown distance metric 'cosin'; did you mean 'cosine'"),
     (dict(block_size=0), r"block_size must be >= 1, got 0"),
-    (dict(rerank=dict(k1=5, lam=0.3)), r"rerank takes the parameters k1, k2, lambda_value; "
-                                       r"got unknown lam"),
-    (dict(aqe=dict(alpha=3.0, k=2)), r"aqe takes the parameters alpha, qe_time, qe_k; "
-                                     r"got unknown k"),
 ])
 def test_bad_arguments_are_errors(kwargs, message):
     q, g, ids = labelled_features(7)
     with pytest.raises(ReidError, match=message):
         evaluate_features(q, g, **ids, **kwargs)
+
+
+# Re-ranking and query expansion options are typed; a plain mapping converts once
+# (``from_mapping``), where an unknown name is an error.
+@pytest.mark.parametrize("options,values,message", [
+    (RerankOptions, dict(k1=5, lam=0.3), r"rerank takes the parameters k1, k2, lambda_value; "
+                                         r"got unknown lam"),
+    (AqeOptions, dict(alpha=3.0, k=2), r"aqe takes the parameters alpha, qe_time, qe_k; "
+                                       r"got unknown k"),
+])
+def test_unknown_option_names_are_errors(options, values, message):
+    with pytest.raises(ReidError, match=message):
+        options.from_mapping(values)
+
+
+def test_options_from_a_mapping_and_untyped_options_are_errors():
+    assert RerankOptions.from_mapping(dict(k1=5, lambda_value=0.1)) == RerankOptions(
+        k1=5, k2=6, lambda_value=0.1)
+    assert AqeOptions.from_mapping({}) == AqeOptions(alpha=3.0, qe_time=1, qe_k=5)
+    q, g, ids = labelled_features(7)
+    with pytest.raises(ReidError, match=r"rerank takes RerankOptions or None, got dict "
+                                        r"\(a dict converts with RerankOptions.from_mapping\)"):
+        evaluate_features(q, g, **ids, rerank=dict(k1=5))
+    with pytest.raises(ReidError, match=r"aqe takes AqeOptions or None, got dict"):
+        evaluate_features(q, g, **ids, aqe=dict(alpha=3.0))
 
 
 def test_mismatched_inputs_are_errors():

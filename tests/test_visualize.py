@@ -63,9 +63,9 @@ def test_collector_keeps_top_k_first_match_and_best_worst_like_brute_force(block
         assert (collector.first_match[i], collector.first_match_rank[i]) == (
             ref["first"][0] if ref["first"][0] is not None else -1, ref["first"][1])
     valid = [i for i, ref in enumerate(reference) if ref["ap"] is not None]
-    assert metrics["AP"] == pytest.approx([reference[i]["ap"] for i in valid])
+    assert metrics.all_ap == pytest.approx([reference[i]["ap"] for i in valid])
 
-    report = collector.report(metrics["AP"], num_queries=2)
+    report = collector.report(metrics.all_ap, num_queries=2)
     by_ap = sorted(valid, key=lambda i: (-reference[i]["ap"], i))
     assert [r["index"] for r in report["best"]] == by_ap[:2]
     assert [r["index"] for r in report["worst"]] == sorted(
@@ -237,7 +237,7 @@ def test_evaluation_report_from_the_evaluate_stage_outputs(tmp_path):
     collector = ExampleCollector(qp, gp, qc, gc, top_k=3)
     metrics = evaluate_features(q, g, qp, gp, qc, gc, metric="euclidean",
                                 observe=collector.observe)
-    report = collector.report(metrics["AP"], q_paths=[image] * len(q), g_paths=[image] * len(g))
+    report = collector.report(metrics.all_ap, q_paths=[image] * len(q), g_paths=[image] * len(g))
     (tmp_path / "out" / "examples").mkdir(parents=True)
     (tmp_path / "out" / "examples" / "SetA.json").write_text(json.dumps(report))
     training = Curves(series={"total_loss": ([1, 2, 3], [3.0, 2.0, 1.5])})

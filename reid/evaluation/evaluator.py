@@ -1,10 +1,11 @@
 """Evaluate a model: extract features -> streamed rank metrics (+ ROC) -> percents.
 
 One entry point for every caller: :class:`Evaluator` reads the ``TEST.*`` options of a config
-and evaluates a model on each ``DATASETS.TESTS`` set (the evaluate stage, ``reid eval`` and a
-trainer eval hook use it); :func:`evaluate_model` does one test loader with explicit options.
-Results are ``{"Rank-1", "Rank-5", "Rank-10", "mAP", "mINP"}`` in percent, plus
-``TAR_at_FAR_<far>`` when the ROC is enabled.
+once (:meth:`EvalOptions.from_config`) and evaluates a model on each ``DATASETS.TESTS`` set (the
+evaluate stage, ``reid eval`` and a trainer eval hook use it); :func:`evaluate_model` does one
+test loader with explicit :class:`EvalOptions`. A test set's metrics are
+``{"Rank-1", "Rank-5", "Rank-10", "mAP", "mINP"}`` in percent, plus ``TAR_at_FAR_<far>`` when
+the ROC is enabled (:class:`~reid.evaluation.results.SetResult`, with the files written).
 
 Under several processes every rank extracts its shard of the features (gathered on all
 ranks), the main process computes the metrics and every rank returns them.
@@ -12,11 +13,10 @@ ranks), the main process computes the metrics and every rank returns them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,101 +24,69 @@ from reid.errors import ReidError
 from reid.evaluation.examples import ExampleCollector, write_examples
 from reid.evaluation.extract import extract_features
 from reid.evaluation.features import evaluate_features
+from reid.evaluation.options import EvalOptions
 from reid.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
-from reid.evaluation.rank import summarize
-from reid.evaluation.roc import DEFAULT_FARS, far_key, write_roc
+from reid.evaluation.results import EvaluationRun, SetResult
+from reid.evaluation.roc import write_roc
 from reid.utils import comm
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class EvalOptions:
-    """How to evaluate: the ``TEST.*`` keys of a config (see :meth:`from_config`)."""
-
-    metric: str = "cosine"
-    flip: bool = False
-    max_rank: int = 50
-    aqe: dict | None = None       # dict(alpha=, qe_time=, qe_k=) or None
-    rerank: dict | None = None    # dict(k1=, k2=, lambda_value=) or None
-    roc: bool = False
-    fars: tuple[float, ...] = DEFAULT_FARS
-    protocol: str | None = None   # None: each test set's own ``eval_protocol``
-    examples: bool = False        # keep best/worst rank lists and pair distances for plots
-
-    @classmethod
-    def from_config(cls, cfg) -> "EvalOptions":
-        test = cfg.TEST
-        aqe = (dict(alpha=float(test.AQE.ALPHA), qe_time=int(test.AQE.QE_TIME),
-                    qe_k=int(test.AQE.QE_K)) if test.AQE.ENABLED else None)
-        rerank = (dict(k1=int(test.RERANK.K1), k2=int(test.RERANK.K2),
-                       lambda_value=float(test.RERANK.LAMBDA)) if test.RERANK.ENABLED else None)
-        protocol = test.PROTOCOL or None
-        fars = tuple(float(f) for f in test.ROC_FARS)
-        examples = bool(test.VISUALIZE)
-        return cls(metric=test.METRIC, flip=bool(test.FLIP_ENABLED), aqe=aqe, rerank=rerank,
-                   roc=bool(test.ROC_ENABLED), fars=fars, protocol=protocol, examples=examples)
+__all__ = ["EvalOptions", "Evaluator", "evaluate_model"]
 
 
 def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.device | str,
-                   metric: str = "cosine", flip: bool = False, max_rank: int = 50,
-                   protocol: str = DEFAULT_PROTOCOL, aqe: dict | None = None,
-                   rerank: dict | None = None, roc: bool = False,
-                   fars: tuple[float, ...] = DEFAULT_FARS,
+                   options: EvalOptions = EvalOptions(),
                    roc_path: str | Path | None = None,
-                   examples_path: str | Path | None = None) -> dict[str, float]:
+                   examples_path: str | Path | None = None) -> SetResult:
     """Metrics in percent on one test loader whose first ``num_query`` items are the queries.
 
-    ``roc_path`` (a path without suffix): where the main process writes the ROC curve
-    (``.csv``, and ``.png`` when matplotlib is installed) when ``roc`` is true.
-    ``examples_path``: where the main process writes the retrieval examples (JSON: the best
-    and worst queries' top-k, sampled pair distances; :mod:`reid.evaluation.examples`).
+    ``options.protocol`` None means the Market protocol. ``roc_path`` (a path without suffix):
+    where the main process writes the ROC curve (``.csv``, and ``.png`` when matplotlib is
+    installed) when ``options.roc`` is true. ``examples_path``: where the main process writes
+    the retrieval examples (JSON: the best and worst queries' top-k, sampled pair distances;
+    :mod:`reid.evaluation.examples`). Every rank returns the main process's result.
     """
-    feats, pids, camids = extract_features(model, data_loader, device, flip=flip)
+    protocol = options.protocol or DEFAULT_PROTOCOL
+    feats, pids, camids = extract_features(model, data_loader, device, flip=options.flip)
     total = len(pids)
     if not 0 < num_query < total:
         raise ReidError(f"num_query must split the {total} extracted items into queries and "
                         f"a non-empty gallery, got num_query={num_query}")
 
-    def compute() -> dict[str, float]:
+    def compute() -> SetResult:
         collector = (ExampleCollector(pids[:num_query], pids[num_query:], camids[:num_query],
                                       camids[num_query:]) if examples_path is not None else None)
-        metrics = evaluate_features(
+        result = evaluate_features(
             feats[:num_query], feats[num_query:], pids[:num_query], pids[num_query:],
-            camids[:num_query], camids[num_query:], metric=metric, max_rank=max_rank,
-            protocol=protocol, rerank=rerank, aqe=aqe, roc=roc, fars=fars,
+            camids[:num_query], camids[num_query:], metric=options.metric,
+            max_rank=options.max_rank, protocol=protocol, rerank=options.rerank,
+            aqe=options.aqe, roc=options.roc, fars=options.fars,
             device=_distance_device(device),
             observe=collector.observe if collector is not None else None)
+        examples_file = None
         if collector is not None:
             paths = _item_paths(data_loader)
             q_paths, g_paths = (paths[:num_query], paths[num_query:]) if paths else (None, None)
-            examples = collector.report(metrics["AP"], q_paths=q_paths, g_paths=g_paths)
-            write_examples({**examples, "metric": metric}, examples_path)
-        return report(metrics, roc_path)
+            examples = collector.report(result.all_ap, q_paths=q_paths, g_paths=g_paths)
+            examples_file = write_examples({**examples, "metric": options.metric}, examples_path)
+        roc_files: tuple[Path, ...] = ()
+        if result.roc is not None and roc_path is not None:
+            roc_files = tuple(write_roc(result.roc, roc_path))
+            logger.info("ROC curve written to %s", ", ".join(str(p) for p in roc_files))
+        return SetResult(result.summary(), roc_files=roc_files, examples_file=examples_file)
 
-    results = _on_main_process(compute)
-    logger.info("evaluation (%s distance, %s protocol%s): %s", metric, protocol,
-                ", flip test" if flip else "",
-                ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
-    return results
+    set_result = _on_main_process(compute)
+    logger.info("evaluation (%s distance, %s protocol%s): %s", options.metric, protocol,
+                ", flip test" if options.flip else "",
+                ", ".join(f"{k} {v:.2f}" for k, v in set_result.metrics.items()))
+    return set_result
 
 
 def _item_paths(data_loader) -> list[str] | None:
     """Image paths of the loader's items in order (None when its dataset has no records)."""
     records = getattr(getattr(data_loader, "dataset", None), "records", None)
     return [str(record[0]) for record in records] if records is not None else None
-
-
-def report(metrics: dict, roc_path: str | Path | None = None) -> dict[str, float]:
-    """The percent summary of ``evaluate_features``' output; writes the ROC curve if asked."""
-    # float32 like evaluate_rank's (FastReID's) arrays: results.json keeps its exact digits.
-    results = summarize(*(np.asarray(metrics[k], dtype=np.float32) for k in ("cmc", "AP", "INP")))
-    for far, tar in metrics.get("TAR@FAR", {}).items():
-        results[far_key(far)] = float(tar * 100.0)
-    if "roc" in metrics and roc_path is not None:
-        written = write_roc(metrics["roc"], roc_path)
-        logger.info("ROC curve written to %s", ", ".join(str(p) for p in written))
-    return results
 
 
 class Evaluator:
@@ -142,23 +110,28 @@ class Evaluator:
         self._loaders: dict[str, tuple] = {}
 
     def evaluate(self, model: nn.Module, device: torch.device | str) -> dict[str, dict[str, float]]:
-        results = {}
+        """``{"<test set>": {"Rank-1", "Rank-5", "Rank-10", "mAP", "mINP", ...}}`` in percent
+        (``results.json``): :meth:`run`'s ``metrics``."""
+        return self.run(model, device).metrics
+
+    def run(self, model: nn.Module, device: torch.device | str) -> EvaluationRun:
+        """Every test set's :class:`~reid.evaluation.results.SetResult` (metrics and the files
+        written), in ``DATASETS.TESTS`` order."""
+        sets = {}
         for name in self.cfg.DATASETS.TESTS:
             if name not in self._loaders:
                 self._loaders[name] = self._build_loader(self.cfg, name)
             loader, num_query = self._loaders[name]
-            options = self.options
+            options = replace(self.options, protocol=self.protocol_of(name))
             roc_path = (self.output_dir / "roc" / name
                         if options.roc and self.output_dir is not None else None)
             examples_path = (self.output_dir / "examples" / f"{name}.json"
                              if options.examples and self.output_dir is not None else None)
-            results[name] = evaluate_model(
-                model, loader, num_query, device, metric=options.metric, flip=options.flip,
-                max_rank=options.max_rank, protocol=self.protocol_of(name), aqe=options.aqe,
-                rerank=options.rerank, roc=options.roc, fars=options.fars, roc_path=roc_path,
-                examples_path=examples_path)
-            logger.info("%s: %s", name, ", ".join(f"{k} {v:.2f}" for k, v in results[name].items()))
-        return results
+            sets[name] = evaluate_model(model, loader, num_query, device, options,
+                                        roc_path=roc_path, examples_path=examples_path)
+            logger.info("%s: %s", name,
+                        ", ".join(f"{k} {v:.2f}" for k, v in sets[name].metrics.items()))
+        return EvaluationRun(sets)
 
     def protocol_of(self, name: str) -> str:
         """``TEST.PROTOCOL`` when set, else the dataset class's ``eval_protocol``."""
@@ -178,7 +151,7 @@ def _distance_device(device: torch.device | str) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
-def _on_main_process(compute: Callable[[], dict]) -> dict:
+def _on_main_process(compute: Callable[[], SetResult]) -> SetResult:
     """Run ``compute`` on the main process only; every rank returns its result (or its error)."""
     if comm.get_world_size() == 1:
         return compute()

@@ -5,15 +5,16 @@ query rows at a time (a matrix product on the GPU when there is one, else on the
 with torch), hands the block to :class:`~reid.evaluation.streaming.StreamingEvaluation`, and
 reuses the buffer for the next block. Optional steps, with FastReID's semantics:
 
-* ``aqe=dict(alpha=, qe_time=, qe_k=)``: average query expansion of the features first
+* ``aqe=AqeOptions(alpha, qe_time, qe_k)``: average query expansion of the features first
   (:mod:`reid.evaluation.query_expansion`);
-* ``rerank=dict(k1=, k2=, lambda_value=)``: k-reciprocal re-ranked distances, streamed per
-  block of queries (:mod:`reid.evaluation.rerank`);
+* ``rerank=RerankOptions(k1, k2, lambda_value)``: k-reciprocal re-ranked distances, streamed
+  per block of queries (:mod:`reid.evaluation.rerank`);
 * ``roc=True``: TAR at ``fars`` and the ROC curve (:mod:`reid.evaluation.roc`).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Callable, Iterator
 
 import numpy as np
@@ -22,7 +23,9 @@ from tqdm import tqdm
 
 from reid.errors import ReidError
 from reid.evaluation.distance import DISTANCE_METRICS, GalleryDistances
+from reid.evaluation.options import AqeOptions, RerankOptions
 from reid.evaluation.protocols import DEFAULT_PROTOCOL
+from reid.evaluation.results import EvaluationResult
 from reid.evaluation.roc import DEFAULT_FARS
 from reid.evaluation.streaming import StreamingEvaluation
 from reid.utils import comm
@@ -32,17 +35,15 @@ logger = logging.getLogger(__name__)
 # Distances held per block: 2**25 float32 = 128 MiB (about 400 MSMT17 queries).
 BLOCK_CELLS = 1 << 25
 
-RERANK_KEYS = ("k1", "k2", "lambda_value")
-AQE_KEYS = ("alpha", "qe_time", "qe_k")
-
 
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
                       metric: str = "cosine", max_rank: int = 50,
-                      protocol: str = DEFAULT_PROTOCOL, rerank: dict | None = None,
-                      aqe: dict | None = None, roc: bool = False,
+                      protocol: str = DEFAULT_PROTOCOL, rerank: RerankOptions | None = None,
+                      aqe: AqeOptions | None = None, roc: bool = False,
                       block_size: int | None = None, device: str | torch.device | None = None,
                       fars: tuple[float, ...] = DEFAULT_FARS,
-                      observe: Callable[[int, np.ndarray], None] | None = None) -> dict:
+                      observe: Callable[[int, np.ndarray], None] | None = None
+                      ) -> EvaluationResult:
     """CMC, mAP, mINP, per-query AP and INP (and TAR@FAR, ROC) from features.
 
     Args:
@@ -51,7 +52,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
         q_pids, g_pids, q_camids, g_camids: identities and cameras.
         metric: "cosine" (``1 - cos``) or "euclidean" (squared L2), as FastReID.
         max_rank, protocol: as :func:`reid.evaluation.rank.evaluate_rank`.
-        rerank, aqe: parameter dicts (see the module docstring), or None.
+        rerank, aqe: :class:`~reid.evaluation.options.RerankOptions` and
+            :class:`~reid.evaluation.options.AqeOptions` (see the module docstring), or None.
         roc: also compute TAR at each FAR of ``fars`` and the ROC curve.
         block_size: query rows per distance block (default: about 128 MiB of distances).
         device: where distances are computed (default: CUDA when available, else CPU).
@@ -60,15 +62,17 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
             copy what you keep (e.g. :class:`reid.evaluation.examples.ExampleCollector`).
 
     Returns:
-        ``{"cmc", "mAP", "mINP", "AP", "INP"}`` (fractions; ``AP``/``INP`` one per valid
-        query), plus ``"TAR@FAR"`` (``{far: tar}``) and ``"roc"`` (a ``RocResult``) when
-        ``roc`` is true.
+        an :class:`~reid.evaluation.results.EvaluationResult`: ``cmc``, ``all_ap`` and
+        ``all_inp`` (fractions, one per valid query), ``mAP``, ``mINP``, and ``roc`` /
+        ``tar_at_far`` when ``roc`` is true; ``summary()`` gives the percent metrics.
     """
     DISTANCE_METRICS.get(metric)  # an unknown metric fails before any work
+    _check_type(rerank, RerankOptions, "rerank")
+    _check_type(aqe, AqeOptions, "aqe")
     q_feats, g_feats = _features(q_feats, "q_feats"), _features(g_feats, "g_feats")
     _check_counts(q_feats, g_feats, q_pids, g_pids)
     device = _pick_device(device)
-    if aqe:
+    if aqe is not None:
         q_feats, g_feats = _expand_queries(q_feats, g_feats, aqe, device)
     if block_size is not None and block_size < 1:
         raise ReidError(f"evaluate_features: block_size must be >= 1, got {block_size}")
@@ -76,7 +80,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     with StreamingEvaluation(q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
                              protocol=protocol, roc=roc, fars=fars) as evaluation:
         # Plain distances computed on a GPU are ranked there too (``on_device``).
-        blocks = (_reranked_blocks(q_feats, g_feats, rerank, metric, rows, device) if rerank
+        blocks = (_reranked_blocks(q_feats, g_feats, rerank, metric, rows, device)
+                  if rerank is not None
                   else GalleryDistances(g_feats, metric, device).blocks(q_feats, rows))
         # A progress bar updated by hand: one wrapping the iterator would keep the previous
         # block alive while the next is computed (two blocks of memory instead of one).
@@ -89,10 +94,10 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
                 evaluation.add(start, distances, on_device)
                 del distances, on_device
                 progress.update()
-        return evaluation.result().as_dict()
+        return evaluation.result()
 
 
-def _reranked_blocks(q_feats, g_feats, options: dict, metric: str, rows: int,
+def _reranked_blocks(q_feats, g_feats, options: RerankOptions, metric: str, rows: int,
                      device: torch.device
                      ) -> Iterator[tuple[int, int, np.ndarray, torch.Tensor | None]]:
     """Re-ranked blocks as ``GalleryDistances.blocks`` yields them. The rows are combined on
@@ -100,30 +105,29 @@ def _reranked_blocks(q_feats, g_feats, options: dict, metric: str, rows: int,
     milliseconds; ranking it on 2-16 CPU cores takes a second or more)."""
     from reid.evaluation.rerank import ReRanker  # heavy: only imported when re-ranking
 
-    params = _parameters(options, RERANK_KEYS, "rerank")
-    logger.info("k-reciprocal re-ranking %s", params)
-    reranker = ReRanker(q_feats, g_feats, metric=metric, device=device, **params)
+    logger.info("k-reciprocal re-ranking %s", asdict(options))
+    reranker = ReRanker(q_feats, g_feats, k1=options.k1, k2=options.k2,
+                        lambda_value=options.lambda_value, metric=metric, device=device)
     for start, stop, distances in reranker.blocks(rows):
         on_device = torch.from_numpy(distances).to(device) if device.type == "cuda" else None
         yield start, stop, distances, on_device
         del distances, on_device  # freed before the next block is computed
 
 
-def _expand_queries(q_feats, g_feats, options: dict, device: torch.device):
+def _expand_queries(q_feats, g_feats, options: AqeOptions, device: torch.device):
     from reid.evaluation.query_expansion import average_query_expansion
 
-    params = _parameters(options, AQE_KEYS, "aqe")
-    logger.info("average query expansion %s", params)
-    return average_query_expansion(q_feats, g_feats, device=device, **params)
+    logger.info("average query expansion %s", asdict(options))
+    return average_query_expansion(q_feats, g_feats, alpha=options.alpha,
+                                   qe_time=options.qe_time, qe_k=options.qe_k, device=device)
 
 
-def _parameters(options: dict, keys: tuple[str, ...], name: str) -> dict:
-    """The given parameters (missing ones take the implementation's defaults)."""
-    unknown = sorted(set(options) - set(keys))
-    if unknown:
-        raise ReidError(f"{name} takes the parameters {', '.join(keys)}; got unknown "
-                        f"{', '.join(unknown)}")
-    return dict(options)
+def _check_type(options, expected: type, name: str) -> None:
+    """``None`` or the typed options; a plain dict names the converter."""
+    if options is not None and not isinstance(options, expected):
+        raise ReidError(f"evaluate_features: {name} takes {expected.__name__} or None, got "
+                        f"{type(options).__name__} (a dict converts with "
+                        f"{expected.__name__}.from_mapping)")
 
 
 def _features(feats, name: str) -> torch.Tensor:

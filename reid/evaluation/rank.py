@@ -24,7 +24,10 @@ import numpy as np
 
 from reid.errors import ReidError
 from reid.evaluation.protocols import DEFAULT_PROTOCOL
+from reid.evaluation.results import summarize
 from reid.evaluation.streaming import StreamingEvaluation
+
+__all__ = ["evaluate_rank", "summarize"]  # summarize: defined with the result types
 
 
 def evaluate_rank(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
@@ -56,26 +59,6 @@ def evaluate_rank(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
         result = evaluation.result()
     return (result.cmc.astype(np.float32), result.all_ap.astype(np.float32),
             result.all_inp.astype(np.float32))
-
-
-def summarize(cmc: np.ndarray, all_AP: np.ndarray, all_INP: np.ndarray) -> dict[str, float]:
-    """Rank-1/5/10, mAP and mINP in percent.
-
-    When the CMC curve is shorter than k (gallery smaller than k), Rank-k is its last value:
-    with the whole gallery ranked, the top-k hit rate equals the top-G one.
-    """
-    cmc = np.asarray(cmc, dtype=np.float64)
-
-    def rank(k: int) -> float:
-        return float(cmc[min(k, cmc.size) - 1] * 100.0)
-
-    return {
-        "Rank-1": rank(1),
-        "Rank-5": rank(5),
-        "Rank-10": rank(10),
-        "mAP": float(np.mean(np.asarray(all_AP, dtype=np.float64)) * 100.0),
-        "mINP": float(np.mean(np.asarray(all_INP, dtype=np.float64)) * 100.0),
-    }
 
 
 def _check_sizes(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,27 +21,10 @@ from reid.evaluation.device_ranks import DeviceRanker
 from reid.evaluation.positive_ranks import (CHUNK_CELLS, MAX_CHUNK_ROWS, RowBlock, SamePidIndex,
                                             rank_block)
 from reid.evaluation.protocols import DEFAULT_PROTOCOL, build_protocol
-from reid.evaluation.roc import DEFAULT_FARS, RocAccumulator, RocResult
+from reid.evaluation.results import EvaluationResult
+from reid.evaluation.roc import DEFAULT_FARS, RocAccumulator
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EvaluationResult:
-    cmc: np.ndarray            # float, length min(max_rank, CMC candidates)
-    all_ap: np.ndarray         # one per valid query, in query order
-    all_inp: np.ndarray
-    num_queries: int
-    roc: RocResult | None = None
-
-    def as_dict(self) -> dict:
-        """``cmc``, ``AP``, ``INP`` arrays and ``mAP``, ``mINP`` as fractions; ROC when computed."""
-        out = {"cmc": self.cmc, "mAP": float(np.mean(self.all_ap)),
-               "mINP": float(np.mean(self.all_inp)), "AP": self.all_ap, "INP": self.all_inp}
-        if self.roc is not None:
-            out["TAR@FAR"] = dict(self.roc.tar_at_far)
-            out["roc"] = self.roc
-        return out
 
 
 class StreamingEvaluation:
