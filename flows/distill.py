@@ -17,7 +17,8 @@ from typing import Optional
 import tasks.environment  # noqa: F401
 from prefect import flow
 
-from flows.pipeline import prefect_run_tags, publish_results, result_rows, run_stages
+from flows.common import prefect_run_tags, publish_results, result_rows
+from flows.pipeline import run_stages
 from reid.config import CfgNode, load_config, merge_overrides
 from reid.errors import ReidError
 from reid.modeling.meta_arch.teachers import paths_override, teacher_paths
@@ -38,7 +39,7 @@ def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
     with tracker.run(role, parent, tags={"reid.role": "teacher"}) as run:
         tracker.log_config(run, teacher_cfg, config)
         if weights and Path(weights).is_file():
-            results = evaluate_task(teacher_cfg, weights, tracker, run)["results"]
+            results = evaluate_task(teacher_cfg, tracker, run, weights=weights)["results"]
         else:
             out = run_stages(teacher_cfg, tracker, run, nproc_per_node=nproc_per_node)
             weights, results = out["checkpoint"], out["results"]

@@ -9,20 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import tasks.environment  # noqa: F401  (telemetry off, embedded stores) before prefect loads
-import prefect.runtime
+from flows.common import prefect_run_tags, publish_results, result_rows
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from reid.config import CfgNode, load_config
+from reid.utils.run_lock import hold_output_dir
 from tasks.distributed import check_process_count
 from tasks.pipeline_tasks import evaluate_task, precise_bn_task, prepare_task, train_task
 from tasks.reports import report_markdown
-from reid.utils.run_lock import hold_output_dir
-from tasks.prefect_server import watch_temporary_server
 from tasks.tracking import Tracker, output_dir_tags
-
-watch_temporary_server()  # a temporary Prefect server ends with this process, even on SIGKILL
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
 
@@ -38,26 +34,11 @@ def run_stages(cfg: CfgNode, tracker: Tracker, parent_id: str, resume: bool = Fa
     tracker.log_dataset(parent_id, cfg)  # after prepare: the data exists and is checked
     trained = train_task(cfg, tracker, parent_id, resume=resume, stage=train_stage,
                          nproc_per_node=nproc_per_node)
-    bn = precise_bn_task(cfg, trained["checkpoint"], tracker, parent_id)
-    evaluated = evaluate_task(cfg, bn["checkpoint"], tracker, parent_id, register=register)
+    bn = precise_bn_task(cfg, tracker, parent_id, weights=trained["checkpoint"])
+    evaluated = evaluate_task(cfg, tracker, parent_id, weights=bn["checkpoint"],
+                              register=register)
     return {"results": evaluated["results"], "checkpoint": bn["checkpoint"],
             "output_dir": cfg.OUTPUT_DIR, "visual": evaluated.get("visual")}
-
-
-def prefect_run_tags() -> dict[str, str]:
-    """The Prefect flow run behind an MLflow run (links the two UIs); empty outside a flow."""
-    run_id = prefect.runtime.flow_run.id
-    return {"prefect.flow_run_id": str(run_id)} if run_id else {}
-
-
-def publish_results(rows: list[dict], key: str, description: str) -> None:
-    """A Prefect table artifact: one row per (model, test set)."""
-    create_table_artifact(rows, key=key, description=description)
-
-
-def result_rows(model: str, results: dict) -> list[dict]:
-    return [{"model": model, "test set": name, **{k: round(v, 2) for k, v in metrics.items()}}
-            for name, metrics in results.items()]
 
 
 @flow(name="reid-pipeline")

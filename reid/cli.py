@@ -1,12 +1,11 @@
 """The ``reid`` command.
 
 ``reid run`` runs a Prefect flow; ``reid serve`` serves prefect.yaml's scheduled deployments;
-``reid prepare|train|precise-bn|eval|distill|extract`` run one
-stage (what DVC's stages call), logging to MLflow unless ``--no-track`` (``reid eval --register
-NAME`` also registers the model in MLflow's registry; ``reid export`` writes an ONNX file and
-logs it). This module is the
-composition root: it is the only one in ``reid/`` that imports ``tasks``/``flows``, lazily,
-inside the commands that need orchestration or tracking.
+``reid prepare|train|distill|precise-bn|evaluate|export`` run one stage of the stage table
+(what DVC's stages call; ``reid/commands.py``), logging to MLflow unless ``--no-track``;
+``reid extract``, ``info``, ``compare`` and ``gc`` are tools around them. This module and
+``reid/commands.py`` are the composition root: the only ones in ``reid/`` that import
+``tasks``/``flows``, lazily, inside the commands that need orchestration or tracking.
 """
 from __future__ import annotations
 
@@ -16,62 +15,16 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Callable, Sequence
 
+from reid.commands import (add_stage_commands, default_weights, load, print_results, recipe,
+                           setup_logging)
 from reid.errors import (USER_ERROR_PREFIX, ReidError, Terminated, describe_os_error, one_line,
                          raise_terminated)
-from reid.utils.logs import LOG_FORMAT, attach_log_file
-from reid.utils.run_lock import INHERITED_ENV, hold_output_dir
+from reid.stage_table import BEST_WEIGHTS
+from reid.utils.run_lock import hold_output_dir
 
 logger = logging.getLogger("reid")
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
-PARENT_RUN_ENV = "REID_PARENT_RUN_ID"
-QUIET_LOGGERS = ("alembic", "mlflow", "httpx", "httpcore", "prefect", "urllib3", "PIL", "matplotlib")
-
-
-def setup_logging(output_dir: str | None = None) -> None:
-    """Console logging at INFO; with ``output_dir``, also its log.txt for the whole command
-    (the stage functions write there too, see ``reid.utils.logs``)."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(drop_reported_user_errors)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if output_dir:
-        attach_log_file(output_dir)
-
-
-def drop_reported_user_errors(record: logging.LogRecord) -> bool:
-    """Console filter: Prefect logs a failed task's or flow's exception (with its traceback)
-    several times over; a ReidError is printed once, as the command's last line, instead.
-    The records still reach the Prefect server's run logs."""
-    if not record.name.startswith("prefect"):
-        return True
-    error = record.exc_info[1] if record.exc_info else None
-    return not isinstance(error, ReidError) and "ReidError" not in record.getMessage()
-
-
-def recipe(path: str | None) -> str:
-    if path:
-        return path
-    if not DEFAULT_RECIPE.is_file():
-        raise ReidError(f"no --config given and the default recipe {DEFAULT_RECIPE} is missing")
-    return str(DEFAULT_RECIPE)
-
-
-def load(args: argparse.Namespace):
-    from reid.config import load_config
-    cfg = load_config(recipe(args.config), args.opts)
-    setup_logging(cfg.OUTPUT_DIR)
-    return cfg
-
-
-def print_results(results: dict) -> None:
-    keys = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
-    print(f"{'test set':<24}" + "".join(f"{k:>9}" for k in keys))
-    for name, metrics in results.items():
-        print(f"{name:<24}" + "".join(f"{metrics[k]:9.2f}" for k in keys))
 
 
 # --------------------------------------------------------------------------- commands
@@ -116,100 +69,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve_prefect_file(args.prefect_file, only=args.only, limit=args.limit or None)
 
 
-def _stage(args: argparse.Namespace, cfg, untracked: Callable, tracked: Callable) -> dict:
-    """Run one stage holding OUTPUT_DIR (one run at a time): ``untracked()``, or
-    ``tracked(tasks.tracked, Tracker(), parent)`` in an MLflow run, nested under
-    REID_PARENT_RUN_ID when set (to group DVC's stage processes).
-
-    Under torchrun only rank 0 (RANK, set before the process group exists) talks to MLflow.
-    """
-    with hold_output_dir(cfg.OUTPUT_DIR):
-        if args.no_track or int(os.environ.get("RANK", "0")) != 0:
-            return untracked()
-        from tasks import tracked as tracked_stages
-        from tasks.tracking import Tracker
-        tracker, parent = Tracker(), os.environ.get(PARENT_RUN_ENV) or None
-        if not os.environ.get(INHERITED_ENV):  # the lock's owner: no live run of ours
-            tracker.close_abandoned(cfg.OUTPUT_DIR, keep=(parent,))
-        return tracked(tracked_stages, tracker, parent)
-
-
-def cmd_prepare(args):
-    from reid import stages
-    cfg = load(args)
-    out = _stage(args, cfg, lambda: stages.prepare(cfg),
-                 lambda ts, t, parent: ts.prepare(cfg, t, parent))
-    for name, splits in out["datasets"].items():
-        logger.info("%s: %s", name, splits)
-
-
-def cmd_train(args, stage: str = "train"):
-    from reid import stages
-    cfg = load(args)
-    fn = stages.distill if stage == "distill" else stages.train
-    out = _stage(args, cfg, lambda: fn(cfg, resume=args.resume),
-                 lambda ts, t, parent: ts.train(cfg, t, parent, resume=args.resume, stage=stage))
-    logger.info("final checkpoint: %s", out["checkpoint"])
-
-
-def cmd_distill(args):
-    cmd_train(args, stage="distill")
-
-
-def default_weights(cfg, *names: str) -> str:
-    for name in names:
-        if (Path(cfg.OUTPUT_DIR) / name).is_file():
-            return str(Path(cfg.OUTPUT_DIR) / name)
-    raise ReidError(f"no --weights given and none of {', '.join(names)} exists in {cfg.OUTPUT_DIR}")
-
-
-def cmd_precise_bn(args):
-    from reid import stages
-    cfg = load(args)
-    weights = args.weights or default_weights(cfg, stages.FINAL_CHECKPOINT)
-    out = _stage(args, cfg, lambda: stages.precise_bn(cfg, weights),
-                 lambda ts, t, parent: ts.precise_bn(cfg, weights, t, parent))
-    logger.info("checkpoint: %s", out["checkpoint"])
-
-
-def cmd_eval(args):
-    from reid import stages
-    cfg = load(args)
-    weights = args.weights or default_weights(cfg, stages.PRECISE_BN_CHECKPOINT,
-                                              stages.FINAL_CHECKPOINT)
-    if args.register and args.no_track:
-        raise ReidError("reid eval --register needs MLflow: drop --no-track")
-    out = _stage(args, cfg, lambda: stages.evaluate(cfg, weights),
-                 lambda ts, t, parent: ts.evaluate(cfg, weights, t, parent,
-                                                   register=args.register))
-    print_results(out["results"])
-    if out.get("registered"):
-        reg = out["registered"]
-        print(f"\nregistered {reg['name']} version {reg['version']} as "
-              f"{' and '.join(reg['aliases'])} ({reg['reason']})")
-
-
-def cmd_export(args):
-    from reid import stages
-    from reid.export import export_model
-    if not args.output:
-        raise ReidError("reid export needs --output FILE (e.g. model.onnx)")
-    cfg = load(args)
-    weights = args.weights or default_weights(cfg, stages.PRECISE_BN_CHECKPOINT,
-                                              stages.FINAL_CHECKPOINT)
-    options = {"exporter": args.exporter}
-
-    def tracked(ts, tracker, parent):
-        from tasks.export import export
-        return export(cfg, weights, args.output, tracker, parent, args.format, **options)
-
-    out = _stage(args, cfg, lambda: export_model(cfg, weights, args.output, args.format, **options),
-                 tracked)
-    cosine = ", ".join(f"batch {b}: {c:.6f}" for b, c in out["cosine"].items())
-    print(f"wrote {out['output']} ({out['format']}, {out['exporter']} exporter; onnxruntime vs "
-          f"PyTorch cosine {cosine})")
-
-
 def cmd_extract(args):
     """Features of a test set (--dataset, the default) or of an image folder (--input)."""
     from reid import stages
@@ -219,8 +78,7 @@ def cmd_extract(args):
         raise ReidError("reid extract takes --input DIR (an image folder) or --dataset NAME "
                         "(a test set), not both")
     cfg = load(args)
-    weights = args.weights or default_weights(cfg, stages.PRECISE_BN_CHECKPOINT,
-                                              stages.FINAL_CHECKPOINT)
+    weights = args.weights or default_weights(cfg, *BEST_WEIGHTS)
     if args.input:
         out = stages.extract_folder(cfg, weights, args.input, args.output)
     else:
@@ -275,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, fn: Callable, help: str, weights: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+    def command(name: str, fn: Callable, help: str, weights: bool = False,
+                aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, aliases=list(aliases))
         p.add_argument("--config", help="YAML recipe (default: params/synthetic.yml)")
         if weights:
             p.add_argument("--weights", help="checkpoint to load (default: from OUTPUT_DIR)")
@@ -296,28 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train with DDP on N local processes launched by torchrun (one "
                      "per GPU over NCCL; CPU processes over gloo when there is no GPU or "
                      "MODEL.DEVICE is cpu)")
-    stage_commands = [
-        command("prepare", cmd_prepare, "check the datasets; generate the synthetic one"),
-        command("train", cmd_train, "train a model"),
-        command("distill", cmd_distill, "train a student with knowledge distillation"),
-        command("precise-bn", cmd_precise_bn, "recompute BatchNorm statistics", weights=True),
-        command("eval", cmd_eval, "evaluate on DATASETS.TESTS; writes results.json", weights=True),
-    ]
-    export = command("export", cmd_export, "export a model for serving (ONNX, checked against "
-                     "PyTorch); logs the file to MLflow", weights=True)
-    stage_commands.append(export)
-    for p in stage_commands:
-        p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    sub.choices["eval"].add_argument(
-        "--register", metavar="NAME", help="register the weights in the MLflow model registry as "
-        "a version of NAME (alias candidate; champion when its mAP beats the champion's)")
-    export.add_argument("--format", default="onnx", help="export format (default: onnx)")
-    export.add_argument("--exporter", default="dynamo", help="ONNX exporter: dynamo (default, "
-                        "torch.export) or torchscript (legacy tracer)")
-    # Checked in cmd_export, like extract's --output.
-    export.add_argument("--output", help="output file, e.g. model.onnx (required)")
-    for p in stage_commands[1:3]:
-        p.add_argument("--resume", action="store_true", help="resume from OUTPUT_DIR")
+    add_stage_commands(command)
     serve = sub.add_parser("serve", help="serve prefect.yaml's scheduled deployments "
                            "against the Prefect server named by PREFECT_API_URL")
     serve.add_argument("--prefect-file", default="prefect.yaml",

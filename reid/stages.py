@@ -1,8 +1,10 @@
-"""One function per pipeline stage: ``(cfg, inputs) -> outputs + metrics``.
+"""One function per pipeline stage: ``(cfg, inputs) -> outputs + metrics``, each declared
+once in the stage table (``reid/stage_table.py``).
 
 Prefect tasks (``tasks/``), DVC stages (through ``reid/cli.py``) and notebooks all call these
 functions, so the three never diverge. Nothing here knows about Prefect or MLflow: training
-metrics leave through a plain ``sink(metrics, step)`` callable.
+metrics leave through a plain ``sink(metrics, step)`` callable. A stage's result may hold
+``metrics`` (flat numbers) and ``files`` (what it wrote): its tracked adapter logs them.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from reid.evaluation.extract import extract_features
 from reid.inference import build_inference_model, folder_features, list_images
 from reid.modeling import build_model, classifier_weight_names, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
+from reid.stage_table import FINAL_CHECKPOINT, PRECISE_BN_CHECKPOINT
 from reid.utils import comm
 from reid.utils.io import atomic_write, atomic_write_json
 from reid.utils.logs import log_file
@@ -41,9 +44,8 @@ from reid.utils.run_lock import hold_output_dir
 logger = logging.getLogger(__name__)
 
 SYNTHETIC = "SyntheticMarket1501"
-FINAL_CHECKPOINT = "model_final.pth"
-PRECISE_BN_CHECKPOINT = "model_precise_bn.pth"
 RESULTS_FILE = "results.json"
+DATASETS_FILE = "datasets.json"
 
 
 def logged(stage: Callable) -> Callable:
@@ -114,8 +116,10 @@ def prepare(cfg: CfgNode) -> dict:
     paths = (path for dataset in datasets for split in splits
              for path, _, _ in getattr(dataset, split))
     check_images(dict.fromkeys(paths), cfg.DATASETS.CHECK_IMAGES)
-    atomic_write_json(output_dir(cfg) / "datasets.json", summary)
-    return {"datasets": summary}
+    written = atomic_write_json(output_dir(cfg) / DATASETS_FILE, summary)
+    counts = {f"{name}.{split}.{what}": n for name, splits in summary.items()
+              for split, numbers in splits.items() for what, n in numbers.items()}
+    return {"datasets": summary, "metrics": counts, "files": [str(written)]}
 
 
 # --------------------------------------------------------------------------- train
@@ -180,7 +184,8 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     comm.synchronize()
     # "checkpoints": the files this training wrote (OUTPUT_DIR may hold older ones).
     return {"checkpoint": str(out / FINAL_CHECKPOINT), "num_classes": num_classes,
-            "config": str(out / "config.yaml"), "checkpoints": checkpoints.saved}
+            "config": str(out / "config.yaml"), "checkpoints": checkpoints.saved,
+            "files": [str(out / "config.yaml"), str(out / METRICS_FILE)]}
 
 
 @logged
@@ -251,10 +256,19 @@ def _images_only(loader, device):
 def evaluate(cfg: CfgNode, weights: str | Path) -> dict:
     """Rank-1/5/10, mAP and mINP (percent) on every DATASETS.TESTS set; writes results.json."""
     device = resolve_device(cfg.MODEL.DEVICE)
-    results = Evaluator(cfg, output_dir(cfg)).evaluate(load_model(cfg, weights, device), device)
+    run = Evaluator(cfg, output_dir(cfg)).run(load_model(cfg, weights, device), device)
+    results = run.metrics
+    files = [str(path) for result in run.sets.values() for path in result.roc_files]
     if comm.is_main_process():
-        atomic_write_json(output_dir(cfg) / RESULTS_FILE, results)
-    return {"results": results, "weights": str(weights)}
+        files.append(str(atomic_write_json(output_dir(cfg) / RESULTS_FILE, results)))
+    return {"results": results, "weights": str(weights), "files": files}
+
+
+def export(cfg: CfgNode, weights: str | Path, output: str | Path, format: str = "onnx",
+           exporter: str = "dynamo") -> dict:
+    """An ONNX file of the model (``reid.export``), checked against PyTorch."""
+    from reid.export import export_model  # onnx: an optional extra, imported when used
+    return export_model(cfg, weights, output, format, exporter=exporter)
 
 
 @logged

@@ -5,23 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from reid.config import CfgNode
-from reid.export import export_model
+from reid.stage_table import Stage
 from tasks.tracking import Tracker
 
 ARTIFACT_DIR = "export"
 
 
-def export(cfg: CfgNode, weights: str | Path, output: str | Path, tracker: Tracker,
-           parent_id: str | None = None, fmt: str = "onnx", **options) -> dict:
-    """``reid.export.export_model`` in a run named ``export``; returns its result + the run id."""
-    with tracker.run("export", parent_id, tags={"reid.stage": "export"}) as run_id:
+def export(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
+           weights: str | Path = "", output: str | Path = "", format: str = "onnx",
+           exporter: str = "dynamo") -> dict:
+    """The ``export`` stage (``reid.export.export_model``) in its run; returns its result +
+    the run id."""
+    with tracker.run(stage.name, parent_id, tags={"reid.stage": stage.name}) as run_id:
         tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
-        result = export_model(cfg, weights, output, fmt, **options)
-        tracker.client.set_tag(run_id, "reid.export.format", result["format"])
-        tracker.client.set_tag(run_id, "reid.export.exporter", result["exporter"])
-        tracker.client.set_tag(run_id, "reid.export.weights", str(weights))
-        tracker.log_metrics(run_id, {f"{fmt}.cosine.batch{batch}": value
+        result = stage.run(cfg, weights, output, format, exporter)
+        tracker.set_tags(run_id, {"reid.export.format": result["format"],
+                                  "reid.export.exporter": result["exporter"],
+                                  "reid.export.weights": str(weights)})
+        tracker.log_metrics(run_id, {f"{format}.cosine.batch{batch}": value
                                      for batch, value in result["cosine"].items()})
         tracker.log_artifact(run_id, result["output"], ARTIFACT_DIR)
     return {**result, "mlflow_run_id": run_id}

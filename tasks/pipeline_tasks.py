@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from reid.errors import ReidError
+from reid.stage_table import STAGES
 from tasks import distributed, tracked
 
 
@@ -24,12 +25,20 @@ def transient_only(task, task_run, state) -> bool:
     return True
 
 
-def _stage_task(fn, name: str, retries: int):
+def stage_task(name: str, retries: int = 2):
+    """The Prefect task of stage ``name`` of the stage table: its tracked adapter, called as
+    ``task(cfg, tracker, parent_id, **inputs)``."""
+    stage = STAGES[name]
+    adapter = stage.adapter()
+
+    def run(cfg, tracker, parent_id=None, **inputs):
+        return adapter(stage, cfg, tracker, parent_id, **inputs)
+    return _task(run, name, retries)
+
+
+def _task(fn, name: str, retries: int):
     return task(fn, name=name, retries=retries, retry_delay_seconds=5,
                 retry_condition_fn=transient_only, cache_policy=NO_CACHE)
-
-
-prepare_task = _stage_task(tracked.prepare, "prepare", retries=2)
 
 
 def _train_resuming_on_retry(cfg, tracker, parent_id=None, resume=False, stage="train",
@@ -39,10 +48,11 @@ def _train_resuming_on_retry(cfg, tracker, parent_id=None, resume=False, stage="
     resume = resume or task_run.run_count > 1
     if nproc_per_node > 1:
         return distributed.train(cfg, nproc_per_node, tracker.client.tracking_uri, parent_id,
-                                 resume=resume, stage=stage)
-    return tracked.train(cfg, tracker, parent_id, resume=resume, stage=stage)
+                                 resume=resume, stage=STAGES[stage].command)
+    return tracked.train(STAGES[stage], cfg, tracker, parent_id, resume=resume)
 
 
-train_task = _stage_task(_train_resuming_on_retry, "train", retries=1)
-precise_bn_task = _stage_task(tracked.precise_bn, "precise-bn", retries=2)
-evaluate_task = _stage_task(tracked.evaluate, "evaluate", retries=2)
+prepare_task = stage_task("prepare")
+train_task = _task(_train_resuming_on_retry, "train", retries=1)
+precise_bn_task = stage_task("precise_bn")
+evaluate_task = stage_task("evaluate")

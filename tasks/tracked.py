@@ -1,7 +1,10 @@
 """Stage calls wrapped in a nested MLflow run: what each stage logs, in one place.
 
-Prefect tasks (``tasks/pipeline_tasks.py``) and the CLI's DVC stage commands both call these,
-so a stage logs the same things whichever orchestrator ran it. No Prefect here.
+Every adapter has the signature ``adapter(stage, cfg, tracker, parent_id=None, **inputs)``
+and is named by its entry of the stage table (``reid.stages.STAGES``). Prefect tasks
+(``tasks/pipeline_tasks.py``) and the CLI's stage commands (the DVC path) call them, with a
+``Tracker`` or, for ``--no-track``, a ``NullTracker``, so a stage logs the same things
+whichever orchestrator ran it. No Prefect here.
 """
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ from typing import Iterable
 
 import torch
 
-from reid import stages
 from reid.config import CfgNode
 from reid.engine.checkpoint import read_checkpoint
+from reid.stage_table import Stage
 from tasks import model_registry as registry, reports
 from tasks.tracking import Tracker, output_dir_tags
 
@@ -21,20 +24,45 @@ from tasks.tracking import Tracker, output_dir_tags
 CHECKPOINTS_DIR = "checkpoints"  # the artifact folder of a stage's weights
 
 
-def _stage_run(tracker: Tracker, parent_id: str | None, stage: str, cfg: CfgNode,
-               resume: bool = False):
-    """The stage's nested run; a resumed stage continues its unfinished run (one curve)."""
+def stage_run(tracker: Tracker, parent_id: str | None, stage: Stage, cfg: CfgNode,
+              resume: bool = False):
+    """The stage's nested run, with its config and data version logged; a resumed stage
+    continues its unfinished run (one curve)."""
     existing = None
     if resume:
-        existing = tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": stage}, parent_id)
-    return tracker.run(stage, parent_id, tags={"reid.stage": stage, **output_dir_tags(cfg)},
-                       existing_id=existing)
+        existing = tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": stage.name}, parent_id)
+    return tracker.run(stage.name, parent_id, existing_id=existing,
+                       tags={"reid.stage": stage.name, **output_dir_tags(cfg)})
 
 
-def log_weights(tracker: Tracker, run_id: str, checkpoints: Iterable[str | Path]) -> None:
+def log_outputs(tracker: Tracker, run_id: str | None, cfg: CfgNode, result: dict) -> None:
+    """What every stage reports: its ``metrics`` and the ``files`` it wrote, each at its place
+    under OUTPUT_DIR (``roc/Market1501.csv`` stays in ``roc/``)."""
+    tracker.log_metrics(run_id, result.get("metrics", {}))
+    out = Path(cfg.OUTPUT_DIR).resolve()
+    for path in map(Path, result.get("files", [])):
+        folder = path.resolve().parent
+        inside = folder.is_relative_to(out) and folder != out
+        tracker.log_artifact(run_id, path, str(folder.relative_to(out)) if inside else None)
+
+
+def tracked_stage(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
+                  **inputs) -> dict:
+    """The default adapter: the stage in its run, its metrics and files logged."""
+    with stage_run(tracker, parent_id, stage, cfg) as run_id:
+        tracker.log_config(run_id, cfg)
+        result = stage.run(cfg, **inputs)
+        tracker.log_dataset(run_id, cfg)  # after the stage: prepare may have made the data
+        log_outputs(tracker, run_id, cfg, result)
+    return result
+
+
+def log_weights(tracker: Tracker, run_id: str | None, checkpoints: Iterable[str | Path]) -> None:
     """Log model-only copies (``{"model": state_dict}``, what FastReID and ``reid eval`` load)
     of ``checkpoints`` under ``checkpoints/``, same file names. Optimizer and scheduler states
     (two thirds of an Adam checkpoint) serve only to resume, which reads OUTPUT_DIR."""
+    if not tracker.enabled:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for checkpoint in checkpoints:
             copy = Path(tmp) / Path(checkpoint).name
@@ -52,57 +80,43 @@ def trained_weights(cfg: CfgNode, result: dict) -> list[str]:
     return [result["checkpoint"]] if choice == "final" else []
 
 
-def prepare(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None) -> dict:
-    with _stage_run(tracker, parent_id, "prepare", cfg) as run_id:
-        tracker.log_config(run_id, cfg)
-        result = stages.prepare(cfg)
-        tracker.log_dataset(run_id, cfg)
-        counts = {f"{name}.{split}.{what}": n for name, splits in result["datasets"].items()
-                  for split, numbers in splits.items() for what, n in numbers.items()}
-        tracker.log_metrics(run_id, counts)
-        tracker.log_artifact(run_id, Path(cfg.OUTPUT_DIR) / "datasets.json")
-    return result
-
-
-def train(cfg: CfgNode, tracker: Tracker, parent_id: str | None = None, resume: bool = False,
-          stage: str = "train") -> dict:
-    run_fn = stages.distill if stage == "distill" else stages.train
-    with _stage_run(tracker, parent_id, stage, cfg, resume=resume) as run_id:
+def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
+          resume: bool = False) -> dict:
+    """``train`` or ``distill``: per-iteration metrics through the tracker's sink."""
+    with stage_run(tracker, parent_id, stage, cfg, resume=resume) as run_id:
         tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
-        result = run_fn(cfg, sink=tracker.sink(run_id), resume=resume)
-        tracker.log_artifact(run_id, result["config"])
-        tracker.log_artifact(run_id, Path(cfg.OUTPUT_DIR) / stages.METRICS_FILE)
+        result = stage.run(cfg, sink=tracker.sink(run_id), resume=resume)
+        log_outputs(tracker, run_id, cfg, result)
         log_weights(tracker, run_id, trained_weights(cfg, result))
     return result
 
 
-def precise_bn(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None = None) -> dict:
-    with _stage_run(tracker, parent_id, "precise_bn", cfg) as run_id:
+def precise_bn(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
+               weights: str = "") -> dict:
+    with stage_run(tracker, parent_id, stage, cfg) as run_id:
         tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
-        result = stages.precise_bn(cfg, weights)
+        result = stage.run(cfg, weights)
         # Model-only already, unless precise-BN is off and the file is a copy of ``weights``.
         if cfg.SOLVER.LOG_CHECKPOINTS != "none":
             log_weights(tracker, run_id, [result["checkpoint"]])
     return result
 
 
-def evaluate(cfg: CfgNode, weights: str, tracker: Tracker, parent_id: str | None = None,
-             register: str | None = None) -> dict:
+def evaluate(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
+             weights: str = "", register: str | None = None) -> dict:
     """Evaluate; with ``register`` set, also register ``weights`` as a version of that model
-    in the MLflow model registry (``tasks/registry.py``: aliases and promotion rule)."""
-    with _stage_run(tracker, parent_id, "evaluate", cfg) as run_id:
+    in the MLflow model registry (``tasks/model_registry.py``: aliases and promotion rule)."""
+    with stage_run(tracker, parent_id, stage, cfg) as run_id:
         tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
-        result = stages.evaluate(cfg, weights)
+        result = stage.run(cfg, weights)
         tracker.log_results(run_id, result["results"])
-        tracker.log_artifact(run_id, Path(cfg.OUTPUT_DIR) / stages.RESULTS_FILE)
-        roc_dir = Path(cfg.OUTPUT_DIR) / "roc"
-        if cfg.TEST.ROC_ENABLED and roc_dir.is_dir():
-            tracker.client.log_artifacts(run_id, str(roc_dir), "roc")
-        result["visual"] = reports.log_evaluation_report(tracker, run_id, cfg, parent_id,
-                                                         result["results"])
+        log_outputs(tracker, run_id, cfg, result)
+        if tracker.enabled:  # the report reads the training curves back from MLflow
+            result["visual"] = reports.log_evaluation_report(tracker, run_id, cfg, parent_id,
+                                                             result["results"])
         if register:
             result["registered"] = registry.register(tracker, run_id, register, cfg, weights)
     return result

@@ -108,6 +108,10 @@ def output_dir_tags(cfg: CfgNode) -> dict[str, str]:
 
 
 class Tracker:
+    """MLflow runs with explicit ids. ``NullTracker`` has the same interface and does nothing."""
+
+    enabled = True
+
     def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> None:
         uri = tracking_uri or get_tracking_uri()
         check_server(uri)
@@ -227,6 +231,10 @@ class Tracker:
                 for metric, value in values.items()}
         self.log_metrics(run_id, flat)
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         if Path(path).exists():
             self.client.log_artifact(run_id, str(path), artifact_path)
@@ -253,3 +261,26 @@ class Tracker:
         if version.note:
             tags[DATA_NOTE_TAG] = version.note
         self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
+
+class NullTracker:
+    """The Tracker's interface, doing nothing: a ``--no-track`` stage (or a rank other than 0)
+    goes through the same adapter call as a tracked one. Its run id is None."""
+
+    enabled = False
+
+    @contextmanager
+    def run(self, name: str, parent_id: str | None = None, tags: dict | None = None,
+            existing_id: str | None = None) -> Iterator[None]:
+        yield None
+
+    def resumable(self, *args, **kwargs) -> None:
+        return None
+
+    def sink(self, run_id: None):
+        return None  # the trainer's metrics then go to OUTPUT_DIR only
+
+    def log_config(self, *args, **kwargs) -> None:
+        pass
+
+    log_dataset = log_metrics = log_results = log_artifact = set_tags = log_config

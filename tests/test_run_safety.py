@@ -235,7 +235,7 @@ def test_the_log_file_says_once_that_it_cannot_write_and_stops(tmp_path, capsys)
 
 
 def test_prefects_copies_of_a_user_error_stay_off_the_console():
-    from reid.cli import drop_reported_user_errors
+    from reid.commands import drop_reported_user_errors
 
     def record(name, message, exc=None):
         exc_info = (type(exc), exc, None) if exc else None

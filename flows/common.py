@@ -1,0 +1,27 @@
+"""What both flows share: the Prefect side of a flow run (its tags on MLflow runs, its table
+artifact) and the temporary server's watch."""
+from __future__ import annotations
+
+import tasks.environment  # noqa: F401  (telemetry off, embedded stores) before prefect loads
+import prefect.runtime
+from prefect.artifacts import create_table_artifact
+
+from tasks.prefect_server import watch_temporary_server
+
+watch_temporary_server()  # a temporary Prefect server ends with this process, even on SIGKILL
+
+
+def prefect_run_tags() -> dict[str, str]:
+    """The Prefect flow run behind an MLflow run (links the two UIs); empty outside a flow."""
+    run_id = prefect.runtime.flow_run.id
+    return {"prefect.flow_run_id": str(run_id)} if run_id else {}
+
+
+def publish_results(rows: list[dict], key: str, description: str) -> None:
+    """A Prefect table artifact: one row per (model, test set)."""
+    create_table_artifact(rows, key=key, description=description)
+
+
+def result_rows(model: str, results: dict) -> list[dict]:
+    return [{"model": model, "test set": name, **{k: round(v, 2) for k, v in metrics.items()}}
+            for name, metrics in results.items()]
