@@ -2,7 +2,6 @@
 artifact) and the temporary server's watch."""
 from __future__ import annotations
 
-import tasks.environment  # noqa: F401  (telemetry off, embedded stores) before prefect loads
 import prefect.runtime
 from prefect.artifacts import create_table_artifact
 

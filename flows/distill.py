@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import tasks.environment  # noqa: F401
 from prefect import flow
 
 from flows.common import prefect_run_tags, publish_results, result_rows

@@ -17,7 +17,7 @@ import torch
 from reid.config import CfgNode
 from reid.engine.checkpoint import read_checkpoint
 from reid.stage_table import Stage
-from tasks import model_registry as registry, reports
+from tasks import model_registry, reports
 from tasks.tracking import Tracker, output_dir_tags
 
 
@@ -118,5 +118,5 @@ def evaluate(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None
             result["visual"] = reports.log_evaluation_report(tracker, run_id, cfg, parent_id,
                                                              result["results"])
         if register:
-            result["registered"] = registry.register(tracker, run_id, register, cfg, weights)
+            result["registered"] = model_registry.register(tracker, run_id, register, cfg, weights)
     return result
