@@ -310,7 +310,8 @@ def second_run_on_the_same_output_dir(b: Bench, o: Outcome) -> None:
     first = b.start("train", "--no-track", *b.args("shared", "SOLVER.MAX_EPOCH", "50"))
     started = time.monotonic()
     try:
-        o.expect(wait_for(lambda: logged_iterations(b.workdir / "shared")), "first run never trained")
+        o.expect(wait_for(lambda: logged_iterations(b.workdir / "shared")),
+                 "first run never trained")
         proc = b.reid("train", "--no-track", *b.args("shared", "SOLVER.MAX_EPOCH", "1"))
         o.one_clean_error(proc, 2, "is in use by another run", f"pid {first.pid}")
         o.expect(first.poll() is None, "the first run did not survive the second")

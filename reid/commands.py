@@ -19,7 +19,8 @@ from reid.utils.run_lock import INHERITED_ENV, hold_output_dir
 
 logger = logging.getLogger("reid")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
-QUIET_LOGGERS = ("alembic", "mlflow", "httpx", "httpcore", "prefect", "urllib3", "PIL", "matplotlib")
+QUIET_LOGGERS = ("alembic", "mlflow", "httpx", "httpcore", "prefect", "urllib3", "PIL",
+                 "matplotlib")
 
 
 # --------------------------------------------------------------------------- shared

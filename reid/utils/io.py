@@ -49,9 +49,10 @@ def _filled_the_disk(tmp: Path, exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return False  # keeps its own errno (ENOSPC, EDQUOT, ...)
     try:
-        return isinstance(exc, RuntimeError) and shutil.disk_usage(tmp.parent).free < FULL_DISK_BYTES
+        free = shutil.disk_usage(tmp.parent).free
     except OSError:
         return False
+    return isinstance(exc, RuntimeError) and free < FULL_DISK_BYTES
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -49,7 +49,8 @@ def _key(directory: str | os.PathLike) -> Path:
 
 def _inherited(directory: Path) -> bool:
     parent = os.environ.get(INHERITED_ENV)
-    return (parent is not None and _key(parent) == directory) or int(os.environ.get("RANK", "0")) != 0
+    held_by_parent = parent is not None and _key(parent) == directory
+    return held_by_parent or int(os.environ.get("RANK", "0")) != 0
 
 
 def _owner() -> dict:
