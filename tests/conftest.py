@@ -1,9 +1,13 @@
 """Shared fixtures and helpers: a tiny synthetic dataset, tiny training overrides, isolated
-MLflow/Prefect, config files written by tests, single-threaded torch, an offline torch hub."""
+MLflow/Prefect, config files written by tests, single-threaded torch; and no network for any
+test (a session-wide guard plus an empty torch hub per test)."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -126,17 +130,70 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path) -> Path:
-    """An empty torch hub cache (returned) and downloads that fail: no test touches the network."""
+# ------------------------------------------------------------------ no network in any test
+# A fresh clone must pass its tests on a machine with no network (DESIGN.md: no download at run
+# time). Session-wide, from before the test modules are imported: in this process a socket may
+# connect only to this machine (the Prefect / MLflow / HTTP servers tests start, DDP), and child
+# processes (the CLI, torchrun, DVC, Prefect's server) get an empty torch home, Hugging Face's
+# offline switch and an HTTP(S) proxy that leads nowhere for anything but this machine. Per test
+# (`offline`, autouse): an empty torch hub cache of its own and torch hub downloads that fail.
+
+OFFLINE_PROXY = "http://127.0.0.1:9"   # the discard port: nothing listens, connections fail
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+_session_guard: dict = {}
+
+
+def _is_local(host) -> bool:
+    host = str(host).strip("[]")
+    if host.lower() in ("localhost", "", socket.gethostname().lower()):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _local_only(connect):
+    def guarded(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):
+            raise OSError(f"network disabled in tests: connection to {address[0]} refused")
+        return connect(self, address)
+    return guarded
+
+
+def pytest_configure(config):
+    patch = pytest.MonkeyPatch()
+    torch_home = tempfile.mkdtemp(prefix="reid-tests-torch-home-")
+    patch.setenv("TORCH_HOME", torch_home)
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        patch.setenv(name, OFFLINE_PROXY)
+    for name in ("NO_PROXY", "no_proxy"):
+        patch.setenv(name, ",".join(LOCAL_HOSTS))
+    patch.setattr(socket.socket, "connect", _local_only(socket.socket.connect))
+    patch.setattr(socket.socket, "connect_ex", _local_only(socket.socket.connect_ex))
+    _session_guard.update(patch=patch, torch_home=torch_home)
+
+
+def pytest_unconfigure(config):
+    if _session_guard:
+        _session_guard["patch"].undo()
+        shutil.rmtree(_session_guard["torch_home"], ignore_errors=True)
+        _session_guard.clear()
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path_factory) -> Path:
+    """Every test: an empty torch hub cache of its own (returned: a test that needs a cached
+    weights file puts it under ``offline / "checkpoints"``) and torch hub downloads that fail."""
     import torch
-    from reid.modeling.backbones import pretrained
-    hub = tmp_path / "hub"
+    hubs = tmp_path_factory.getbasetemp() / "torch-hubs"
+    hubs.mkdir(exist_ok=True)
+    hub = Path(tempfile.mkdtemp(prefix="hub-", dir=hubs))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
 
     def no_network(*args, **kwargs):
         raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(pretrained, "download", no_network)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     return hub
