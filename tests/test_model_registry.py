@@ -173,9 +173,12 @@ def test_reid_eval_register_registers_the_evaluated_weights(tmp_path, tiny_overr
 
 def test_racing_registrations_leave_the_better_one_champion(tmp_path, cfg, mlflow_uri,
                                                             monkeypatch):
-    """A decides against the champion it read, then stalls before moving the alias while B
-    registers a better model: under the promotion lock B waits for A and ends champion;
-    unlocked, A's stale decision would overwrite B's title."""
+    """A (mAP 60) reads the champion (v1, mAP 50) and decides, then waits inside its critical
+    section until B (mAP 70) has either finished its whole registration or is blocked on the
+    promotion lock; no wait has a deadline that decides the outcome. Under the lock B waits
+    for A, judges against A's version and ends champion; without it B judges against v1 as
+    well and A's stale decision then overwrites B's title (this test fails)."""
+    import fcntl
     import threading
 
     from tasks import model_registry as registry
@@ -185,41 +188,66 @@ def test_racing_registrations_leave_the_better_one_champion(tmp_path, cfg, mlflo
              tiny_checkpoint(tmp_path / "v1.pth", seed=0))
     run_a = evaluated_run(tracker, tmp_path, 60.0, DATA_V1)
     run_b = evaluated_run(tracker, tmp_path, 70.0, DATA_V1)
-    a_decided, b_done = threading.Event(), threading.Event()
+    changed = threading.Condition()
+    seen = {"a decided": False, "b blocked": False, "b done": False}
     decisions, errors = [], []
+
+    def note(event):
+        with changed:
+            seen[event] = True
+            changed.notify_all()
+
+    def wait_until(*events):
+        with changed:  # the deadline only turns a hang into a failure
+            assert changed.wait_for(lambda: any(seen[e] for e in events), timeout=300), seen
+
     real_should_promote = registry.should_promote
 
-    def stalling_should_promote(candidate, champion):
+    def deciding_then_waiting(candidate, champion):
         decision = real_should_promote(candidate, champion)
         decisions.append((candidate.mAP, champion.mAP, decision[0]))
-        if candidate.mAP == 60.0:
-            a_decided.set()
-            b_done.wait(timeout=1.5)  # B cannot finish while A holds the lock
+        if threading.current_thread().name == "A":
+            note("a decided")
+            wait_until("b blocked", "b done")
         return decision
 
-    monkeypatch.setattr(registry, "should_promote", stalling_should_promote)
+    real_flock = fcntl.flock
 
-    def registering(run_id, mAP, seed, done=None):
+    def flock_noting_when_b_waits(fd, operation):
+        # The same lock, taken in two steps for B: a try, and when another holder has it,
+        # a note before the blocking call.
+        if threading.current_thread().name == "B" and operation == fcntl.LOCK_EX:
+            try:
+                return real_flock(fd, operation | fcntl.LOCK_NB)
+            except BlockingIOError:
+                note("b blocked")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(registry, "should_promote", deciding_then_waiting)
+    monkeypatch.setattr(fcntl, "flock", flock_noting_when_b_waits)
+
+    def registering(run_id, seed):
         try:
             register(Tracker(), run_id, "race", cfg, tiny_checkpoint(
                 tmp_path / f"{seed}.pth", seed=seed))
         except Exception as exc:  # reported by the assertion below
             errors.append(exc)
         finally:
-            if done is not None:
-                done.set()
+            if threading.current_thread().name == "B":
+                note("b done")
 
-    a = threading.Thread(target=registering, args=(run_a, 60.0, 1))
+    a = threading.Thread(target=registering, args=(run_a, 1), name="A")
     a.start()
-    assert a_decided.wait(timeout=60)
-    b = threading.Thread(target=registering, args=(run_b, 70.0, 2, b_done))
+    wait_until("a decided")
+    b = threading.Thread(target=registering, args=(run_b, 2), name="B")
     b.start()
-    a.join(timeout=60)
-    b.join(timeout=60)
+    a.join(timeout=300)
+    b.join(timeout=300)
     assert not errors
-    # A judged against v1 (50), B against A's v2 (60): the decisions were serialised.
-    assert decisions == [(60.0, 50.0, True), (70.0, 60.0, True)]
     assert aliases(client, "race") == {CANDIDATE: 3, CHAMPION: 3}
+    # A judged against v1 (50), B against A's v2 (60): the decisions were serialised ...
+    assert decisions == [(60.0, 50.0, True), (70.0, 60.0, True)]
+    assert seen["b blocked"]  # ... because B reached the lock while A held it, and waited
 
 
 def test_promotion_lock_is_per_local_store(tmp_path):
