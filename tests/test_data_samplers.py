@@ -126,8 +126,9 @@ def test_inference_sampler_shards_cover_everything_once_in_order(size, world_siz
 
 
 def test_registry_names():
-    for name in ("NaiveIdentitySampler", "ShuffledSampler", "InferenceSampler"):
+    for name in ("NaiveIdentitySampler", "ShuffledSampler"):
         assert name in SAMPLER_REGISTRY
+    assert "InferenceSampler" not in SAMPLER_REGISTRY  # not a training sampler
     with pytest.raises(ReidError, match="rank 2 is not in 0..world_size-1"):
         InferenceSampler(5, 2, 2)
 
@@ -322,8 +323,8 @@ def test_unknown_or_non_training_sampler_names():
                                         r"'NaiveIdentitySamplr'; did you mean "
                                         r"'NaiveIdentitySampler'"):
         build_train_sampler(sampler_cfg(SAMPLER_TRAIN="NaiveIdentitySamplr"), data, set_ids)
-    with pytest.raises(ReidError, match=r"DATALOADER.SAMPLER_TRAIN 'InferenceSampler' is not a "
-                                        r"training sampler; use one of .*SetReWeightSampler"):
+    with pytest.raises(ReidError, match=r"unknown sampler \(DATALOADER.SAMPLER_TRAIN\) "
+                                        r"'InferenceSampler'.*SetReWeightSampler"):
         build_train_sampler(sampler_cfg(SAMPLER_TRAIN="InferenceSampler"), data, set_ids)
 
 

@@ -332,10 +332,6 @@ def train_sampler_name(cfg: Any) -> str:
     return cfg.DATALOADER.SAMPLER_TRAIN or seed_style_sampler_name(cfg)
 
 
-def is_training_sampler(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, EpochSampler)
-
-
 def build_train_sampler(cfg: Any, data_source: Sequence[tuple], set_ids: Sequence[int],
                         rank: int = 0, world_size: int = 1,
                         training_sets: bool = True) -> EpochSampler:
@@ -351,17 +347,12 @@ def build_train_sampler(cfg: Any, data_source: Sequence[tuple], set_ids: Sequenc
         logger.info("%s applies to DATASETS.NAMES only; this loader uses %s",
                     sampler_cls.__name__, name)
         sampler_cls = SAMPLER_REGISTRY.get(name)
-    if not is_training_sampler(sampler_cls):
-        training = [n for n in SAMPLER_REGISTRY.names(aliases=True)
-                    if is_training_sampler(SAMPLER_REGISTRY.get(n))]
-        raise ReidError(f"DATALOADER.SAMPLER_TRAIN {name!r} is not a training sampler; "
-                        f"use one of {', '.join(training)}")
     return sampler_cls.from_config(cfg, data_source, set_ids, rank, world_size)
 
 
-@SAMPLER_REGISTRY.register()
 class InferenceSampler(Sampler[int]):
-    """Indices ``0..size-1`` in order, cut into contiguous shards, one per process.
+    """Indices ``0..size-1`` in order, cut into contiguous shards, one per process. Not in
+    SAMPLER_REGISTRY, which holds the training samplers DATALOADER.SAMPLER_TRAIN names.
 
     Concatenating the shards of ranks 0, 1, ... gives every index exactly once, in order.
     """
