@@ -18,7 +18,7 @@ from prefect import flow
 
 from flows.common import prefect_run_tags, publish_results, result_rows
 from flows.pipeline import run_stages
-from reid.config import CfgNode, load_config, merge_overrides
+from reid.config import CfgNode, load_config, merge_overrides, validate
 from reid.errors import ReidError
 from reid.modeling.meta_arch.teachers import paths_override, teacher_paths
 from tasks.pipeline_tasks import evaluate_task
@@ -27,8 +27,11 @@ from tasks.tracking import Tracker, output_dir_tags
 
 
 def _changed(cfg: CfgNode, *overrides: str) -> CfgNode:
-    """A frozen copy of ``cfg`` with ``KEY VALUE`` overrides (checked like the command line's)."""
-    return merge_overrides(cfg.clone(), overrides).freeze()
+    """A frozen copy of ``cfg`` with ``KEY VALUE`` overrides, checked like the command line's
+    (types, then the ranges and names ``validate`` checks)."""
+    changed = merge_overrides(cfg.clone(), overrides)
+    validate(changed)
+    return changed.freeze()
 
 
 def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,

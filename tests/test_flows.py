@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 import tasks.environment  # noqa: F401  (Prefect reads its logging settings when it loads)
 from conftest import RECIPE, TINY_DATA, TINY_TRAIN, as_yaml
 from reid.config import load_config
+from reid.errors import ReidError
 from tasks.data_version import data_version
 
 STAGES = {"prepare", "train", "precise_bn", "evaluate"}
@@ -122,3 +123,14 @@ def test_distill_flow_trains_teacher_then_students(prefect_server, tiny_root, tm
     kd_stages = children(client, roles["student (KD)"].info.run_id)
     assert set(kd_stages) == {"prepare", "distill", "precise_bn", "evaluate"}
     assert "loss_kd" in kd_stages["distill"].data.metrics
+
+
+def test_the_distill_flow_checks_the_configs_it_derives():
+    """The student / no-KD configs the flow derives go through the same checks as the
+    command line's (ranges included), not only the type check."""
+    from flows.distill import _changed
+    cfg = load_config(RECIPE, [])
+    assert _changed(cfg, "MODEL.META_ARCHITECTURE", "Baseline").MODEL.META_ARCHITECTURE == \
+        "Baseline"
+    with pytest.raises(ReidError, match="SOLVER.MAX_EPOCH must be >= 1"):
+        _changed(cfg, "SOLVER.MAX_EPOCH", "0")
