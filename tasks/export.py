@@ -6,6 +6,7 @@ from pathlib import Path
 
 from reid.config import CfgNode
 from reid.stage_table import Stage
+from tasks.tracked import stage_run
 from tasks.tracking import Tracker
 
 ARTIFACT_DIR = "export"
@@ -16,8 +17,7 @@ def export(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None =
            exporter: str = "dynamo") -> dict:
     """The ``export`` stage (``reid.export.export_model``) in its run; returns its result +
     the run id."""
-    with tracker.run(stage.name, parent_id, tags={"reid.stage": stage.name}) as run_id:
-        tracker.log_config(run_id, cfg)
+    with stage_run(tracker, parent_id, stage, cfg) as run_id:
         tracker.log_dataset(run_id, cfg)
         result = stage.run(cfg, weights, output, format, exporter)
         tracker.set_tags(run_id, {"reid.export.format": result["format"],

@@ -9,8 +9,9 @@ whichever orchestrator ran it. No Prefect here.
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 
@@ -24,15 +25,19 @@ from tasks.tracking import Tracker, output_dir_tags
 CHECKPOINTS_DIR = "checkpoints"  # the artifact folder of a stage's weights
 
 
+@contextmanager
 def stage_run(tracker: Tracker, parent_id: str | None, stage: Stage, cfg: CfgNode,
-              resume: bool = False):
-    """The stage's nested run, with its config and data version logged; a resumed stage
-    continues its unfinished run (one curve)."""
+              resume: bool = False) -> Iterator[str | None]:
+    """The stage's nested run, with its config logged (the data version is the adapter's to
+    log: before the stage, or after it for ``prepare``, which may make the data); a resumed
+    stage continues its unfinished run (one curve)."""
     existing = None
     if resume:
         existing = tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": stage.name}, parent_id)
-    return tracker.run(stage.name, parent_id, existing_id=existing,
-                       tags={"reid.stage": stage.name, **output_dir_tags(cfg)})
+    with tracker.run(stage.name, parent_id, existing_id=existing,
+                     tags={"reid.stage": stage.name, **output_dir_tags(cfg)}) as run_id:
+        tracker.log_config(run_id, cfg)
+        yield run_id
 
 
 def log_outputs(tracker: Tracker, run_id: str | None, cfg: CfgNode, result: dict) -> None:
@@ -50,7 +55,6 @@ def tracked_stage(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str |
                   **inputs) -> dict:
     """The default adapter: the stage in its run, its metrics and files logged."""
     with stage_run(tracker, parent_id, stage, cfg) as run_id:
-        tracker.log_config(run_id, cfg)
         result = stage.run(cfg, **inputs)
         tracker.log_dataset(run_id, cfg)  # after the stage: prepare may have made the data
         log_outputs(tracker, run_id, cfg, result)
@@ -84,7 +88,6 @@ def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = 
           resume: bool = False) -> dict:
     """``train`` or ``distill``: per-iteration metrics through the tracker's sink."""
     with stage_run(tracker, parent_id, stage, cfg, resume=resume) as run_id:
-        tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
         result = stage.run(cfg, sink=tracker.sink(run_id), resume=resume)
         log_outputs(tracker, run_id, cfg, result)
@@ -95,7 +98,6 @@ def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = 
 def precise_bn(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
                weights: str = "") -> dict:
     with stage_run(tracker, parent_id, stage, cfg) as run_id:
-        tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
         result = stage.run(cfg, weights)
         # Model-only already, unless precise-BN is off and the file is a copy of ``weights``.
@@ -109,7 +111,6 @@ def evaluate(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None
     """Evaluate; with ``register`` set, also register ``weights`` as a version of that model
     in the MLflow model registry (``tasks/model_registry.py``: aliases and promotion rule)."""
     with stage_run(tracker, parent_id, stage, cfg) as run_id:
-        tracker.log_config(run_id, cfg)
         tracker.log_dataset(run_id, cfg)
         result = stage.run(cfg, weights)
         tracker.log_results(run_id, result["results"])

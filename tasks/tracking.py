@@ -198,11 +198,10 @@ class Tracker:
         """The flattened config as params, the merged config as ``config.yaml``, the recipe file.
 
         A continued run (a resume) keeps the params it has: MLflow refuses to change one."""
+        values = {key: str(value)[:6000] for key, value in cfg.flatten()}  # MLflow's limit
         logged = self.client.get_run(run_id).data.params
-        params = [Param(key, str(value)[:6000]) for key, value in cfg.flatten()
-                  if key not in logged]
-        changed = [key for key, value in cfg.flatten() if logged.get(key, str(value)[:6000])
-                   != str(value)[:6000]]
+        params = [Param(key, value) for key, value in values.items() if key not in logged]
+        changed = [key for key, value in values.items() if logged.get(key, value) != value]
         if changed:
             logger.warning("run %s keeps its logged values of %s (MLflow params cannot change); "
                            "config.yaml has this run's", run_id, ", ".join(changed))
