@@ -77,7 +77,7 @@ def ensure_synthetic(cfg: CfgNode) -> Path:
     arguments = dict(seed=syn.SEED, num_train_ids=syn.NUM_TRAIN_IDS,
                      num_test_ids=syn.NUM_TEST_IDS, num_cameras=syn.NUM_CAMERAS,
                      images_per_id=syn.IMAGES_PER_ID, num_distractors=syn.NUM_DISTRACTORS,
-                     num_junk=syn.NUM_JUNK, size=tuple(syn.SIZE))
+                     num_junk=syn.NUM_JUNK, size=tuple(syn.SIZE), difficulty=syn.DIFFICULTY)
     target = Path(cfg.DATASETS.ROOT) / SYNTHETIC
     recorded = generated_with(target)
     if recorded == generator_arguments(**arguments):

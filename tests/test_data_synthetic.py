@@ -229,3 +229,52 @@ def test_benchmark_cli(forty_ids, tmp_path, capsys):
     assert re.search(r"mAP\s+\d+\.\d\d %", out) and "time" in out
     assert bench.main(["--root", str(tmp_path)]) == 2
     assert "reid prepare" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- difficulty
+def nearest_palette_index(rgb) -> int:
+    from reid.data.synthetic.identity import PALETTE
+    return int(np.argmin(((PALETTE - np.array(rgb)) ** 2).sum(axis=1)))
+
+
+def test_hard_identities_share_few_clothing_colours():
+    from reid.data.synthetic.difficulty import DIFFICULTIES
+    from reid.data.synthetic.identity import sample_identity
+    allowed = set(DIFFICULTIES["hard"].clothing_colours)
+    share = {}
+    for name in ("standard", "hard"):
+        colours = [nearest_palette_index(c) for pid in range(1, 201)
+                   for c in (lambda i: (i.upper, i.lower))(
+                       sample_identity(7, pid, DIFFICULTIES[name]))]
+        share[name] = np.mean([c in allowed for c in colours])
+    # 5 of 18 palette colours: about 0.28 by chance; the hard set draws clothes from them only
+    # (the per-identity jitter rarely moves a colour nearer another palette entry)
+    assert share["hard"] > 0.95 and share["standard"] < 0.5, share
+    # the rest of the look is the same person: same random draws, same hair, bag, build
+    std, hard = (sample_identity(7, 3, DIFFICULTIES[n]) for n in ("standard", "hard"))
+    assert (std.pattern, std.bag, std.hair, std.build) == (hard.pattern, hard.bag, hard.hair,
+                                                           hard.build)
+
+
+def test_hard_set_same_plan_other_pixels_and_recorded(tmp_path, small_set):
+    root = tmp_path / "hard"
+    generate_synthetic_market(root, **SMALL, difficulty="hard")
+    assert files_by_split(root) == files_by_split(small_set)  # same identities, same names
+    hard, std = hashes(root), hashes(small_set)
+    changed = [k for k in std if k.endswith(".jpg") and hard[k] != std[k]]
+    assert len(changed) > 0.9 * sum(k.endswith(".jpg") for k in std)
+    record = json.loads((root / "SyntheticMarket1501" / "generator.json").read_text())
+    assert record["difficulty"] == "hard"
+    # the standard record has no such key: its bytes (and data.dvc's hash) are unchanged
+    assert "difficulty" not in json.loads(
+        (small_set / "SyntheticMarket1501" / "generator.json").read_text())
+
+
+def test_difficulty_names_checked_once_for_config_and_generator(tmp_path):
+    from reid.config.config import CHOICES
+    from reid.data.synthetic.difficulty import DIFFICULTIES
+    assert sorted(CHOICES["DATASETS.SYNTHETIC.DIFFICULTY"]) == sorted(DIFFICULTIES)
+    with pytest.raises(ReidError, match=r"difficulty must be one of \['hard', 'standard'\], "
+                                        r"got 'extreme'"):
+        generate_synthetic_market(tmp_path, **SMALL, difficulty="extreme")
+    assert not any(tmp_path.iterdir())

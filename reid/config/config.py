@@ -204,6 +204,8 @@ CHOICES = {
     "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
     "SOLVER.LOG_CHECKPOINTS": ("final", "all", "none"),
     "DATASETS.CHECK_IMAGES": ("header", "decode", "none"),
+    # reid.data.synthetic.difficulty.DIFFICULTIES (a test keeps the two equal)
+    "DATASETS.SYNTHETIC.DIFFICULTY": ("standard", "hard"),
 }
 
 

@@ -179,6 +179,8 @@ _C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 12
 _C.DATASETS.SYNTHETIC.NUM_DISTRACTORS = 50
 _C.DATASETS.SYNTHETIC.NUM_JUNK = 30
 _C.DATASETS.SYNTHETIC.SIZE = [128, 64]
+# (reid) "standard" or "hard" (shared clothing colours, more occlusion and jitter)
+_C.DATASETS.SYNTHETIC.DIFFICULTY = "standard"
 
 # -----------------------------------------------------------------------------
 # DataLoader

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from reid.data.synthetic.camera import Camera, sample_camera
+from reid.data.synthetic.difficulty import STANDARD, Difficulty, get_difficulty
 from reid.data.synthetic.identity import sample_identity
 from reid.data.synthetic.layout import (GALLERY_DIR, MAX_PID, QUERY_DIR, TRAIN_DIR, Item,
                                         plan_items)
@@ -71,7 +72,8 @@ def generate_synthetic_market(root: str | os.PathLike, *, seed: int = 0,
                               num_train_ids: int = 100, num_test_ids: int = 100,
                               num_cameras: int = 6, images_per_id: int = 12,
                               num_distractors: int = 50, num_junk: int = 30,
-                              size: tuple[int, int] = (128, 64)) -> Path:
+                              size: tuple[int, int] = (128, 64),
+                              difficulty: str = STANDARD) -> Path:
     """Write ``root/SyntheticMarket1501/Market-1501-v15.09.15/{bounding_box_train,query,
     bounding_box_test}`` with Market-1501 file names, and return ``root/SyntheticMarket1501``.
 
@@ -79,12 +81,15 @@ def generate_synthetic_market(root: str | os.PathLike, *, seed: int = 0,
     renamed into place at the end, so an interrupted run never leaves a folder that looks
     complete (a partial folder left by a killed run is removed by the next one). An existing
     set at the target is replaced. ``SyntheticMarket1501/generator.json`` records the arguments.
+    ``difficulty`` names a setting of ``difficulty.DIFFICULTIES`` (``"hard"``: shared clothing
+    colours, more occlusion, more scale and position jitter).
     """
     size = tuple(int(s) for s in size)
     _check_arguments(seed, num_train_ids, num_test_ids, num_cameras, images_per_id,
                      num_distractors, num_junk, size)
+    get_difficulty(difficulty)
     params = generator_arguments(seed, num_train_ids, num_test_ids, num_cameras, images_per_id,
-                                 num_distractors, num_junk, size)
+                                 num_distractors, num_junk, size, difficulty)
     root = Path(root)
     target, partial = root / DATASET_DIR, root / f".{DATASET_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -101,7 +106,8 @@ def generate_synthetic_market(root: str | os.PathLike, *, seed: int = 0,
 
 def _write_set(out: Path, params: dict) -> None:
     seed, size = params["seed"], tuple(params["size"])
-    cameras = [sample_camera(seed, c) for c in range(params["num_cameras"])]
+    difficulty = get_difficulty(params.get("difficulty", STANDARD))
+    cameras = [sample_camera(seed, c, difficulty) for c in range(params["num_cameras"])]
     items = plan_items(seed, params["num_train_ids"], params["num_test_ids"],
                        params["num_cameras"], params["images_per_id"],
                        params["num_distractors"], params["num_junk"])
@@ -110,22 +116,24 @@ def _write_set(out: Path, params: dict) -> None:
         (base / split).mkdir(parents=True)
     for item in tqdm(items, desc="synthetic images", unit="img", leave=False,
                      disable=not logger.isEnabledFor(logging.INFO)):
-        (base / item.split / item.name).write_bytes(_render_item(seed, item, cameras, size))
+        (base / item.split / item.name).write_bytes(
+            _render_item(seed, item, cameras, size, difficulty))
     (out / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
-def _render_item(seed: int, item: Item, cameras: list[Camera], size: tuple[int, int]) -> bytes:
+def _render_item(seed: int, item: Item, cameras: list[Camera], size: tuple[int, int],
+                 difficulty: Difficulty) -> bytes:
     """The JPEG bytes of one planned file."""
     # Kept here and called through this module's namespace, so that a test can make the
     # rendering fail midway and check that no half-written set is left behind.
     if item.kind == "person":
         rng = rng_for(seed, IMAGE_STREAM, item.pid, item.index)
-        ident = sample_identity(seed, item.pid)
+        ident = sample_identity(seed, item.pid, difficulty)
     else:
         rng = rng_for(seed, DISTRACTOR_STREAM if item.kind == "distractor" else JUNK_STREAM,
                       item.index, 1)
         ident = None
-    return encode_jpeg(render_image(rng, cameras[item.cam], size, ident, item.kind))
+    return encode_jpeg(render_image(rng, cameras[item.cam], size, ident, item.kind, difficulty))
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -146,9 +154,13 @@ def generated_with(target: str | Path) -> dict | None:
 
 def generator_arguments(seed: int = 0, num_train_ids: int = 100, num_test_ids: int = 100,
                         num_cameras: int = 6, images_per_id: int = 12, num_distractors: int = 50,
-                        num_junk: int = 30, size=(128, 64)) -> dict:
+                        num_junk: int = 30, size=(128, 64), difficulty: str = STANDARD) -> dict:
     """The record ``generate_synthetic_market`` would write for these arguments."""
-    return dict(seed=seed, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
-                num_cameras=num_cameras, images_per_id=images_per_id,
-                num_distractors=num_distractors, num_junk=num_junk,
-                size=[int(s) for s in size], version=GENERATOR_VERSION)
+    record = dict(seed=seed, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
+                  num_cameras=num_cameras, images_per_id=images_per_id,
+                  num_distractors=num_distractors, num_junk=num_junk,
+                  size=[int(s) for s in size], version=GENERATOR_VERSION)
+    # Recorded only when not standard: the standard record (and so data.dvc's hash) predates it.
+    if difficulty != STANDARD:
+        record["difficulty"] = difficulty
+    return record

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from reid.data.synthetic.difficulty import DIFFICULTIES, STANDARD, Difficulty
 from reid.data.synthetic.identity import RGB
 from reid.data.synthetic.kinds import BACKGROUND_KINDS
 from reid.data.synthetic.seeds import CAMERA_SET_STREAM, CAMERA_STREAM, rng_for
@@ -21,7 +22,6 @@ SCENE_TINT = 30.0      # colour tint of scene objects (0 = grey)
 # Camera nuisance ranges, tuned so that raw-pixel matching scores ~10-20 % mAP (see module doc)
 CAST_RANGE = (0.9, 1.1)        # per-channel colour cast
 PERSON_SCALE = (0.8, 0.94)     # typical person height per camera, fraction of image height
-OCCLUSION_MAX = 0.3            # highest per-camera occlusion probability
 VIEW_CONCENTRATION = 2.0       # Dirichlet prior of a camera's front/back/side mix (low = one view)
 
 
@@ -47,7 +47,8 @@ class Camera:
     occlusion: float     # probability that an occluder hides part of the person
 
 
-def sample_camera(seed: int, cam: int) -> Camera:
+def sample_camera(seed: int, cam: int,
+                  difficulty: Difficulty = DIFFICULTIES[STANDARD]) -> Camera:
     """The scene and optics of camera ``cam`` (0-based)."""
     # Cameras are spread apart rather than drawn independently, so that no seed gives two
     # look-alike cameras: background kinds in turn, brightness levels by the golden ratio.
@@ -72,7 +73,7 @@ def sample_camera(seed: int, cam: int) -> Camera:
         noise=float(rng.uniform(2.0, 7.0)), lowres=float(rng.choice([1.0, 1.0, 0.6, 0.45])),
         scale=float(rng.uniform(*PERSON_SCALE)),
         view_probs=tuple(float(v) for v in rng.dirichlet([VIEW_CONCENTRATION] * 3)),
-        occlusion=float(rng.uniform(0.0, OCCLUSION_MAX)))
+        occlusion=float(rng.uniform(0.0, difficulty.occlusion_max)))
 
 
 def apply_camera(img: Image.Image, cam: Camera, shot_light: float,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reid.data.synthetic.difficulty import DIFFICULTIES, STANDARD, Difficulty
 from reid.data.synthetic.seeds import IDENTITY_STREAM, rng_for
 
 # Clothing colours: distinct hues and lightness levels that stay apart under a colour cast.
@@ -62,12 +63,21 @@ class Identity:
     bag_side: int        # -1 left, +1 right (as seen from the front)
 
 
-def sample_identity(seed: int, pid: int) -> Identity:
+def clothing_palette(difficulty: Difficulty) -> np.ndarray:
+    """The colours clothes are drawn from: the whole palette, or the few a hard set shares."""
+    if difficulty.clothing_colours is None:
+        return PALETTE
+    return PALETTE[list(difficulty.clothing_colours)]
+
+
+def sample_identity(seed: int, pid: int,
+                    difficulty: Difficulty = DIFFICULTIES[STANDARD]) -> Identity:
     """The look of identity ``pid``: the same for every image of it, whatever the camera."""
     rng = rng_for(seed, IDENTITY_STREAM, pid)
-    upper, upper_idx = random_colour(rng)
-    upper2, _ = random_colour(rng, exclude=upper_idx)
-    lower, _ = random_colour(rng, exclude=upper_idx if rng.random() < 0.7 else -1)
+    clothes = clothing_palette(difficulty)
+    upper, upper_idx = random_colour(rng, clothes)
+    upper2, _ = random_colour(rng, clothes, exclude=upper_idx)
+    lower, _ = random_colour(rng, clothes, exclude=upper_idx if rng.random() < 0.7 else -1)
     shoes, _ = random_colour(rng, PALETTE[[0, 1, 2, 14]], jitter=8)
     skin, _ = random_colour(rng, SKIN_TONES, jitter=6)
     hair, _ = random_colour(rng, HAIR_COLOURS, jitter=6)

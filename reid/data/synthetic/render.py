@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reid.data.synthetic.camera import Camera, apply_camera
+from reid.data.synthetic.difficulty import DIFFICULTIES, STANDARD, Difficulty
 from reid.data.synthetic.identity import Identity, sample_identity
 from reid.data.synthetic.person import draw_person
 from reid.data.synthetic.scene import BACKGROUNDS, OCCLUDERS, draw_clutter
@@ -22,11 +23,12 @@ SUPERSAMPLE = 2  # persons are drawn at 2x and downsampled, which anti-aliases t
 
 
 def render_image(rng: np.random.Generator, cam: Camera, size: tuple[int, int],
-                 ident: Identity | None, kind: str = "person") -> Image.Image:
+                 ident: Identity | None, kind: str = "person",
+                 difficulty: Difficulty = DIFFICULTIES[STANDARD]) -> Image.Image:
     """One image of ``cam``: a person (``ident``), a distractor (a poor detection) or junk."""
     h, w = size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE
-    stand_in = ident or sample_identity(int(rng.integers(2**31)), 0)
-    shot = sample_shot(rng, stand_in, cam, w, h)
+    stand_in = ident or sample_identity(int(rng.integers(2**31)), 0, difficulty)
+    shot = sample_shot(rng, stand_in, cam, w, h, difficulty)
     canvas = Image.fromarray(np.clip(BACKGROUNDS[cam.background](cam, shot, w, h), 0, 255)
                              .astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
