@@ -193,6 +193,9 @@ def build_test_loader(cfg: CfgNode, dataset_name: str) -> tuple[DataLoader, int]
     With several processes each one loads a contiguous shard (InferenceSampler).
     """
     dataset = load_datasets(cfg, [dataset_name])[0]
+    if not dataset.query or not dataset.gallery:
+        raise ReidError(f"dataset {dataset_name} has no query / gallery split to evaluate (a "
+                        "training-only set): name it in DATASETS.NAMES, not DATASETS.TESTS")
     records = dataset.query + dataset.gallery
     sampler = InferenceSampler(len(records), comm.get_rank(), comm.get_world_size())
     loader = DataLoader(RecordDataset(records, build_transforms(cfg, is_train=False)),
