@@ -20,6 +20,7 @@ from reid.config.defaults import KEY_ALIASES, _C
 from reid.config.node import CfgNode
 from reid.config.values import coerce
 from reid.errors import ReidError
+from reid.utils.plugins import import_plugins
 from reid.utils.registry import closest
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     cfg = get_cfg()
     entries = merge_yaml_file(cfg, path) if path is not None else {}
     merge_overrides(cfg, overrides)
+    import_plugins(cfg.PLUGINS)  # before validation: names may refer to what they register
     sources = {key: entry.source for key, entry in entries.items()}
     sources.update((canonical_key(key), "command line") for key in list(overrides)[0::2])
     validate(cfg, sources)

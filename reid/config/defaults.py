@@ -285,6 +285,9 @@ _C.OUTPUT_DIR = "logs/"
 _C.CUDNN_BENCHMARK = False
 # (reid) seed for every random number generator; same seed, same run
 _C.SEED = 0
+# (reid) modules imported when the config is loaded, to register a user's own datasets,
+# backbones, heads, ... with the registries (reid.utils.plugins)
+_C.PLUGINS = []
 
 # FastReID 1.4 spellings accepted in YAML files and overrides (old key -> key here).
 KEY_ALIASES = {

@@ -18,7 +18,7 @@ from reid.errors import ReidError
 STR_OR_LIST_KEYS = frozenset({"KD.MODEL_CONFIG", "KD.MODEL_WEIGHTS"})
 
 # Element kind of list keys whose default is empty (the kind cannot be read off the default).
-LIST_ELEMENT_KINDS = {"DATALOADER.SET_WEIGHT": "number"}
+LIST_ELEMENT_KINDS = {"DATALOADER.SET_WEIGHT": "number", "PLUGINS": "string"}
 
 Wrong = Callable[[str], ReidError]
 

@@ -11,6 +11,7 @@ import difflib
 from typing import Any, Callable, Iterable
 
 from reid.errors import ReidError
+from reid.utils.plugins import load_entry_points
 
 
 def closest(name: str, candidates: Iterable[str]) -> str | None:
@@ -47,12 +48,16 @@ class Registry:
         key = self._aliases.get(name, name)
         if key in self._objects:
             return self._objects[key]
+        if load_entry_points():  # an installed plugin may register it
+            return self.get(name)
         hint = closest(name, list(self._objects) + list(self._aliases))
         did_you_mean = f"; did you mean {hint!r}?" if hint else ""
         raise ReidError(f"unknown {self.name} {name!r}{did_you_mean} "
                         f"(registered: {', '.join(sorted(self._objects))})")
 
     def __contains__(self, name: str) -> bool:
+        if self._aliases.get(name, name) not in self._objects:
+            load_entry_points()
         return self._aliases.get(name, name) in self._objects
 
     def names(self, aliases: bool = False) -> list[str]:
