@@ -21,7 +21,7 @@ from reid.config.node import CfgNode
 from reid.config.values import coerce
 from reid.errors import ReidError
 from reid.utils.plugins import import_plugins
-from reid.utils.registry import closest
+from reid.utils.registry import Registry, closest
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +199,6 @@ RANGES: dict[str, tuple[Bound, str]] = {
 CHOICES = {
     "TEST.METRIC": ("cosine", "euclidean"),
     "MODEL.HEADS.NECK_FEAT": ("before", "after"),
-    "SOLVER.OPT": ("Adam", "SGD", "AdamW"),
-    "SOLVER.SCHED": ("MultiStepLR", "CosineAnnealingLR"),
-    "SOLVER.WARMUP_METHOD": ("linear", "constant"),
     "KD.LOSS": ("kl", "js"),
     "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
     "SOLVER.LOG_CHECKPOINTS": ("final", "all", "none"),
@@ -209,6 +206,15 @@ CHOICES = {
     # reid.data.synthetic.difficulty.DIFFICULTIES (a test keeps the two equal)
     "DATASETS.SYNTHETIC.DIFFICULTY": ("standard", "hard"),
 }
+
+
+def registered_choices() -> dict[str, Registry]:
+    """Keys naming a registered component: the registry is the one list of valid names, so
+    a component a user registers (``reid.utils.plugins``) is accepted like a built-in one."""
+    from reid.solver.lr_scheduler import SCHEDULE_REGISTRY, WARMUP_REGISTRY
+    from reid.solver.optimizer import OPTIMIZER_REGISTRY
+    return {"SOLVER.OPT": OPTIMIZER_REGISTRY, "SOLVER.SCHED": SCHEDULE_REGISTRY,
+            "SOLVER.WARMUP_METHOD": WARMUP_REGISTRY}
 
 
 def ranges(keys: Iterable[str]) -> dict[str, tuple[Bound, str]]:
@@ -236,6 +242,9 @@ def validate(cfg: CfgNode, sources: dict[str, str] | None = None) -> None:
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise wrong(key, f"one of {', '.join(allowed)}")
+    for key, registry in registered_choices().items():
+        if flat[key] not in registry:
+            raise wrong(key, f"one of {', '.join(registry.names())}")
     for key, (bound, meaning) in ranges(flat).items():
         value = flat[key]
         items = value if isinstance(value, (list, tuple)) else [value]

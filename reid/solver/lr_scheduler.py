@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from reid.config import CfgNode
+from reid.config.node import CfgNode
 from reid.errors import ReidError
 from reid.utils.registry import Registry
 
@@ -123,6 +123,14 @@ def linear_warmup(iteration: int, warmup_iters: int, factor: float) -> float:
 @WARMUP_REGISTRY.register(name="constant")
 def constant_warmup(iteration: int, warmup_iters: int, factor: float) -> float:
     return factor if iteration < warmup_iters else 1.0
+
+
+@WARMUP_REGISTRY.register(name="exp")
+def exp_warmup(iteration: int, warmup_iters: int, factor: float) -> float:
+    """``factor ** (1 - iteration / warmup_iters)``: geometric from ``factor`` up to 1."""
+    if iteration >= warmup_iters:
+        return 1.0
+    return factor ** (1 - iteration / warmup_iters)
 
 
 class WarmupLRScheduler(LRScheduler):

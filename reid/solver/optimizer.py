@@ -7,21 +7,37 @@ scales every group by the same schedule.
 Weight decay, as in FastReID 1.4: WEIGHT_DECAY by default, WEIGHT_DECAY_NORM for the
 parameters of normalisation layers (BatchNorm, InstanceNorm, GroupNorm, LayerNorm, ...), and
 WEIGHT_DECAY_BIAS for every bias (normalisation layers' biases included).
+
+Every ``torch.optim`` optimizer is registered under its class name, as FastReID builds any of
+them by name: SGD with MOMENTUM and NESTEROV, the others with their own defaults besides the
+LR and weight decay of each group. A user registers another with ``OPTIMIZER_REGISTRY``.
 """
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Callable
 
 import torch
 from torch import nn
 
-from reid.config import CfgNode
+from reid.config.node import CfgNode
 from reid.engine.launch import unwrap_model
 from reid.errors import ReidError
 from reid.utils.registry import Registry
 
+logger = logging.getLogger(__name__)
+
 # name -> builder(param_groups, cfg) -> torch.optim.Optimizer
 OPTIMIZER_REGISTRY = Registry("optimizer (SOLVER.OPT)")
+
+# torch.optim optimizers that cannot train a model with this trainer, and why.
+UNSUITABLE = {
+    "LBFGS": "it needs a closure re-evaluating the loss at every step and a single parameter "
+             "group",
+    "SparseAdam": "it only handles sparse gradients (nn.Embedding(sparse=True)), not a "
+                  "network's dense ones",
+}
 
 HEADS_PREFIX = "heads"
 
@@ -82,6 +98,36 @@ def build_sgd(groups: list[dict], cfg: CfgNode) -> torch.optim.Optimizer:
                         "set SOLVER.NESTEROV False or give a momentum")
     return torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM,
                            nesterov=solver.NESTEROV)
+
+
+def torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
+    """Every optimizer class that ``torch.optim`` exports, by name."""
+    return {name: cls for name, cls in vars(torch.optim).items()
+            if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)
+            and cls is not torch.optim.Optimizer}
+
+
+def generic_builder(name: str, cls: type[torch.optim.Optimizer]) -> Callable:
+    """A builder passing BASE_LR (each group's own LR and weight decay are in the groups)."""
+    def build(groups: list[dict], cfg: CfgNode) -> torch.optim.Optimizer:
+        if name in UNSUITABLE:
+            raise ReidError(f"SOLVER.OPT {name} cannot train a re-id model: {UNSUITABLE[name]}")
+        takes_decay = "weight_decay" in inspect.signature(cls).parameters
+        if not takes_decay and cfg.SOLVER.WEIGHT_DECAY > 0:
+            logger.warning("SOLVER.OPT %s has no weight decay: SOLVER.WEIGHT_DECAY* are not "
+                           "applied", name)
+        try:
+            return cls(groups, lr=cfg.SOLVER.BASE_LR)
+        except (ValueError, TypeError) as exc:  # e.g. Muon: 2-D parameters only
+            raise ReidError(f"SOLVER.OPT {name} cannot optimise this model: {exc}") from exc
+
+    build.__name__ = f"build_{name.lower()}"
+    return build
+
+
+for _name, _cls in torch_optimizers().items():
+    if _name not in OPTIMIZER_REGISTRY.names():
+        OPTIMIZER_REGISTRY.register(generic_builder(_name, _cls), name=_name)
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
