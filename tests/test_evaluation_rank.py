@@ -94,11 +94,21 @@ def test_random_problems_match_brute_force(seed):
 
 @pytest.mark.parametrize("kind", ["levels", "continuous", "clustered"])
 def test_wide_gallery_uses_many_cells_and_still_matches(kind):
-    # 3000 columns: 1024 cells per row, several rows per chunk.
+    # 3000 columns: up to 3000 candidates per row (items not after its last positive), hence
+    # up to 2048 cells per row; several rows per chunk.
     rng = np.random.default_rng(11)
     problem = random_problem(rng, 12, 3000, 40, 4, kind)
-    assert positive_ranks._cells_per_row(3000) == 1024
+    assert positive_ranks._cells_per_row(12 * 3000, 12) == 2048
     assert_matches_brute_force(problem)
+
+
+@pytest.mark.parametrize("kind", ["levels", "continuous", "signed"])
+def test_few_cells_leave_many_items_to_the_exact_comparison(monkeypatch, kind):
+    # 64 cells for up to 3000 candidates per row: most candidates share a positive's cell and
+    # are ranked by the exact (distance, gallery index) comparison.
+    monkeypatch.setattr(positive_ranks, "_cells_per_row", lambda candidates, rows: 64)
+    rng = np.random.default_rng(12)
+    assert_matches_brute_force(random_problem(rng, 10, 3000, 30, 3, kind, distractors=5))
 
 
 def test_random_draws_cover_the_edge_cases():

@@ -5,20 +5,22 @@ an ``argsort`` of every ``G``-long row this module counts, for each positive, ho
 gallery items come before it. Order is ascending distance, ties broken by gallery index (the
 order a stable sort gives). Junk items (same pid AND same camera as the query) are not kept.
 
-How the counting stays exact and linear in the number of cells:
+How the counting stays exact and close to one pass over the distances:
 
 1. Per query, gather the gallery items of its pid (a small padded table), split them into
    positives and junk, and sort the positives by (distance, gallery index).
-2. Map every distance of the row to one of ``K`` cells with a monotone function of the distance
-   (affine on the row's positive range, clipped, truncated; computed identically for the
-   positives). Any item in a cell below a positive's cell is before it; any item in a cell above
-   is after it. A histogram of cells (one ``bincount``) and its cumulative sum therefore count the
-   items before every positive, except the few items that share a cell with a positive.
-3. Those "ambiguous" items are found with a boolean lookup table and compared exactly
+2. Candidates: the kept non-positive items whose distance is at most the row's last positive
+   distance (one comparison per distance, then ``flatnonzero``). Every other item comes after all
+   the positives, so it changes no rank; on real features few items remain.
+3. Map every candidate's distance to one of ``K`` cells with a monotone function of the
+   distance (affine on the row's positive range, clipped, truncated; computed identically for
+   the positives). A candidate in a cell below a positive's cell is before it; one in a cell
+   above is after it. A histogram of cells (one ``bincount``) and its cumulative sum therefore
+   count the candidates before every positive, except the few sharing a positive's cell.
+4. Those "ambiguous" candidates are found with a boolean lookup table and compared exactly
    (distance, then gallery index) with the positives of their row.
 
-Same-pid items (positives and junk) are sent to a trash cell, so the counts are of kept
-non-positive items; a positive's rank is that count plus the number of positives before it.
+A positive's rank is the count of candidates before it plus the number of positives before it.
 """
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ import numpy as np
 
 from reid.errors import ReidError
 
-# Number of gallery cells of one row-chunk kept within a few hundred kB so that the chunk's
-# working buffers stay in the CPU cache.
-CHUNK_CELLS = 1 << 18
+# Distances of one row-chunk (1 Mi cells): its candidate mask (1 MB) stays in the CPU's L2
+# cache, and the per-chunk Python overhead is spread over enough cells (measured on the
+# Market-sized benchmark: 64-row chunks beat 16-row chunks).
+CHUNK_CELLS = 1 << 20
 MAX_CHUNK_ROWS = 64
 
 
@@ -148,43 +151,57 @@ def non_finite_match(query: int) -> ReidError:
 
 def _count_ranks(dist: np.ndarray, members: np.ndarray, pos_dist: np.ndarray,
                  pos_index: np.ndarray, num_pos: np.ndarray) -> np.ndarray:
-    """1-based kept-list rank of every positive (steps 2 and 3 of the module docstring)."""
+    """1-based kept-list rank of every positive (steps 2 to 4 of the module docstring)."""
     rows, num_g = dist.shape
     width = pos_dist.shape[1]
-    num_cells = _cells_per_row(num_g)
     is_pos = np.arange(width)[None, :] < num_pos[:, None]
-    lower = (np.arange(rows, dtype=dist.dtype) * num_cells)[:, None]
-    upper = lower + (num_cells - 1)
-    scale, offset = _cell_map(pos_dist, num_pos, num_cells, lower)
-    trash = rows * num_cells
-
-    cells = _to_cells(dist, scale, offset, lower, upper, "cells")
-    valid = members >= 0
-    member_rows = np.broadcast_to(np.arange(rows)[:, None], members.shape)
-    cells[member_rows[valid], members[valid]] = trash  # positives and junk are not counted
-
-    pos_cells = _to_cells(pos_dist, scale, offset, lower, upper, "pos_cells").copy()
-    histogram = np.bincount(cells.ravel(), minlength=trash + 1)[:trash].reshape(rows, num_cells)
+    flat, counts = _candidates(dist, members, pos_dist, num_pos)
+    num_cells = _cells_per_row(flat.size, rows)
+    scale, offset = _cell_map(pos_dist, num_pos, num_cells)
+    cells = _to_cells(np.take(dist.ravel(), flat), np.repeat(scale, counts),
+                      np.repeat(offset, counts), num_cells)
+    cells += np.repeat(np.arange(rows) * num_cells, counts)  # flat cell: row * K + cell
+    pos_cells = np.where(is_pos, _to_cells(pos_dist, scale[:, None], offset[:, None], num_cells),
+                         0)
+    histogram = np.bincount(cells, minlength=rows * num_cells).reshape(rows, num_cells)
     below = np.cumsum(histogram, axis=1) - histogram  # items in cells strictly below each cell
-    local_cells = pos_cells - np.arange(rows)[:, None] * num_cells
-    before = np.take_along_axis(below, np.where(is_pos, local_cells, 0), axis=1)
-    before += _ambiguous_before(dist, cells, pos_cells, pos_dist, pos_index, is_pos, trash)
+    before = np.take_along_axis(below, pos_cells, axis=1)
+    pos_cells += np.arange(rows)[:, None] * num_cells
+    before += _ambiguous_before(dist, flat, cells, pos_cells, pos_dist, pos_index, is_pos,
+                                num_cells)
     ranks = before + np.arange(1, width + 1)[None, :]
     return np.where(is_pos, ranks, 0)
 
 
-def _cells_per_row(num_g: int) -> int:
-    # About four gallery items per cell: the histogram stays small next to the row, and the
+def _candidates(dist: np.ndarray, members: np.ndarray, pos_dist: np.ndarray,
+                num_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices (ascending) of the kept non-positive items not above their row's last
+    positive, and how many each row has (step 2)."""
+    rows, num_g = dist.shape
+    last = pos_dist[np.arange(rows), np.maximum(num_pos - 1, 0)]
+    # NaN for a row without positives: no item passes ``<=``. NaN distances never pass either
+    # (they rank last, after every positive, as a sort would put them).
+    last = np.where(num_pos > 0, last, np.nan).astype(dist.dtype)
+    keep = _BUFFERS.get("candidates", dist.size, np.bool_).reshape(dist.shape)
+    np.less_equal(dist, last[:, None], out=keep)
+    valid = members >= 0
+    member_rows = np.broadcast_to(np.arange(rows)[:, None], members.shape)
+    keep[member_rows[valid], members[valid]] = False  # positives and junk are not counted
+    flat = np.flatnonzero(keep)
+    counts = np.diff(np.searchsorted(flat, np.arange(rows + 1) * num_g))
+    return flat, counts
+
+
+def _cells_per_row(num_candidates: int, rows: int) -> int:
+    # About two candidates per cell: the histogram stays as small as the candidates, and the
     # items sharing a positive's cell (compared exactly) stay few.
-    return int(min(1 << 14, max(256, 1 << max(num_g // 4, 1).bit_length())))
+    per_row = max(num_candidates // max(rows, 1), 1)
+    return int(min(1 << 16, max(64, 1 << (per_row // 2).bit_length())))
 
 
-def _cell_map(pos_dist: np.ndarray, num_pos: np.ndarray, num_cells: int, lower: np.ndarray
+def _cell_map(pos_dist: np.ndarray, num_pos: np.ndarray, num_cells: int
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row ``flat cell = d * scale + offset`` putting the row's positives in cells 1..K-2.
-
-    ``lower`` is each row's first flat cell (``row * K``).
-    """
+    """Per-row ``cell = d * scale + offset`` putting the row's positives in cells 1..K-2."""
     rows = pos_dist.shape[0]
     has_pos = num_pos > 0
     last = np.maximum(num_pos - 1, 0)
@@ -196,55 +213,48 @@ def _cell_map(pos_dist: np.ndarray, num_pos: np.ndarray, num_cells: int, lower: 
     floor = np.maximum(np.abs(low), 1.0) * 1e-6
     span = np.where(span > floor, span, 1e3 * floor)
     scale = (num_cells - 3) / span
-    offset = lower[:, 0].astype(np.float64) + 1.0 - low * scale
+    offset = 1.0 - low * scale
     # Same dtype as the distances: float32 rows are then mapped with float32 arithmetic only.
     dtype = pos_dist.dtype
-    return scale[:, None].astype(dtype), offset[:, None].astype(dtype)
+    return scale.astype(dtype), offset.astype(dtype)
 
 
-def _to_cells(values: np.ndarray, scale: np.ndarray, offset: np.ndarray, lower: np.ndarray,
-              upper: np.ndarray, name: str) -> np.ndarray:
-    """Flat cell index ``row * K + cell`` of each value, in a reused int64 buffer.
+def _to_cells(values: np.ndarray, scale: np.ndarray, offset: np.ndarray, num_cells: int
+              ) -> np.ndarray:
+    """Cell ``0 .. num_cells - 1`` of each (non-NaN) value, as int64.
 
-    Every step is a monotone non-decreasing map of the value (IEEE rounding is monotone), so
-    a smaller cell always means a smaller distance. NaN goes to the last cell (ranked last,
-    as a sort would put it).
+    Every step is a monotone non-decreasing map of the value (IEEE rounding is monotone, and
+    values and positives go through the same operations with the same row constants), so a
+    smaller cell always means a smaller distance.
     """
-    work = _BUFFERS.get(name + "_float", values.size, values.dtype).reshape(values.shape)
-    np.multiply(values, scale, out=work)
+    work = np.multiply(values, scale)
     np.add(work, offset, out=work)
-    np.clip(work, lower, upper, out=work)
-    nan = _BUFFERS.get(name + "_nan", values.size, np.bool_).reshape(values.shape)
-    if np.isnan(work, out=nan).any():
-        np.copyto(work, np.broadcast_to(upper, work.shape), where=nan)
-    cells = _BUFFERS.get(name + "_int", values.size, np.int64).reshape(values.shape)
-    np.copyto(cells, work, casting="unsafe")
-    return cells
+    np.clip(work, 0, num_cells - 1, out=work)
+    return work.astype(np.int64)
 
 
-def _ambiguous_before(dist: np.ndarray, cells: np.ndarray, pos_cells: np.ndarray,
-                      pos_dist: np.ndarray, pos_index: np.ndarray, is_pos: np.ndarray,
-                      trash: int) -> np.ndarray:
-    """Per positive, the kept items that share its cell and come before it (exact compare)."""
-    rows, num_g = dist.shape
-    shared = np.zeros(trash + 1, dtype=bool)
+def _ambiguous_before(dist: np.ndarray, flat: np.ndarray, cells: np.ndarray,
+                      pos_cells: np.ndarray, pos_dist: np.ndarray, pos_index: np.ndarray,
+                      is_pos: np.ndarray, num_cells: int) -> np.ndarray:
+    """Per positive, the candidates that share its cell and come before it (exact compare,
+    step 3). ``flat`` are the candidates' flat indices in ``dist``; ``cells`` and
+    ``pos_cells`` are flat cells (``row * K + cell``)."""
+    num_g = dist.shape[1]
+    shared = np.zeros(pos_dist.shape[0] * num_cells, dtype=bool)
     shared[pos_cells[is_pos]] = True
-    mask = _BUFFERS.get("ambiguous", cells.size, np.bool_).reshape(cells.shape)
-    np.take(shared, cells, out=mask)
-    flat = np.flatnonzero(mask)
+    pick = np.flatnonzero(np.take(shared, cells))
     extra = np.zeros(pos_dist.shape, dtype=np.int64)
-    if flat.size == 0:
+    if pick.size == 0:
         return extra
-    row = flat // num_g
-    col = flat - row * num_g
+    cell, flat = cells[pick], flat[pick]
+    row, col = np.divmod(flat, num_g)
     value = dist.ravel()[flat]
-    value = np.where(np.isnan(value), np.inf, value)  # NaN ranks last, as in _to_cells
     p_dist, p_index = pos_dist[row], pos_index[row]
     precedes = ((value[:, None] < p_dist)
                 | ((value[:, None] == p_dist) & (col[:, None] < p_index)))
-    precedes &= cells.ravel()[flat][:, None] == pos_cells[row]
+    precedes &= cell[:, None] == pos_cells[row]
     precedes &= is_pos[row]
-    # ``flat`` is sorted, so each row's ambiguous items are one run: sum the runs.
+    # Candidates are in row order, so each row's ambiguous items are one run: sum the runs.
     present, first = np.unique(row, return_index=True)
     extra[present] = np.add.reduceat(precedes.astype(np.int64), first, axis=0)
     return extra
