@@ -182,6 +182,33 @@ def pytest_unconfigure(config):
         _session_guard.clear()
 
 
+# The optional packages the tests import are in the `test` extra. In CI (CI=true, as GitHub
+# Actions and GitLab set it) a test skipped because one cannot be imported is a failure: a
+# broken install must not pass as a green run with fewer tests.
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+MISSING_PACKAGE = "could not import"  # pytest.importorskip's skip reason
+
+
+def fail_missing_package_skip(report) -> None:
+    if IN_CI and report.skipped and MISSING_PACKAGE in str(report.longrepr):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        reason = str(reason).removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI: {reason} (install the test extra: make test)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    fail_missing_package_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    fail_missing_package_skip(outcome.get_result())
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path_factory) -> Path:
     """Every test: an empty torch hub cache of its own (returned: a test that needs a cached

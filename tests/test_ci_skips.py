@@ -1,0 +1,46 @@
+"""In CI (CI=true) a test skipped because an optional package is missing fails; elsewhere
+it is still a skip. Run on throw-away test files with this suite's conftest as a plugin."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+
+PROBE = '''
+import pytest
+
+def test_needs_a_missing_package():
+    pytest.importorskip("reid_no_such_optional_package")
+
+def test_skipped_for_another_reason():
+    pytest.skip("not for this machine")
+'''
+MODULE_PROBE = 'import pytest\npytest.importorskip("reid_no_such_package")\n'
+
+
+def run_pytest(folder: Path, test_file: str, ci: str) -> str:
+    env = {**os.environ, "CI": ci, "PYTHONPATH": str(TESTS)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest",
+                          "-p", "no:cacheprovider", "--rootdir", str(folder), test_file],
+                         cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    return run.stdout
+
+
+@pytest.mark.parametrize("ci, in_test, in_module", [("true", "1 failed, 1 skipped", "1 error"),
+                                                    ("", "2 skipped", "1 skipped")])
+def test_missing_package_skip_fails_only_in_ci(tmp_path, ci, in_test, in_module):
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    (tmp_path / "module_probe.py").write_text(MODULE_PROBE)
+    out = run_pytest(tmp_path, "test_probe.py", ci)
+    assert in_test in out.splitlines()[-1], out
+    out = " ".join(out.split())
+    assert ("skipped in CI: could not import 'reid_no_such_optional_package'" in out) == bool(ci)
+    out = run_pytest(tmp_path, "module_probe.py", ci)
+    assert in_module in out.splitlines()[-1], out
+    out = " ".join(out.split())
+    assert ("could not import 'reid_no_such_package'" in out) == bool(ci)
