@@ -190,3 +190,40 @@ def test_training_without_targets_is_an_error():
     head = build_heads(make_cfg()).train()
     with pytest.raises(ReidError, match=r"the head needs targets in training mode"):
         head(feature_map())
+
+
+# ---------------------------------------------------------------------------- ClasHead
+@pytest.mark.parametrize("cls_layer, scale", [("Linear", 1), ("CircleSoftmax", 16)])
+def test_clas_head_evaluates_to_class_logits(cls_layer, scale):
+    head = build_heads(make_cfg(NAME="ClasHead", CLS_LAYER=cls_layer, SCALE=scale)).eval()
+    x = feature_map()
+    # fresh BN statistics: mean 0, variance 1, weight 1, bias 0
+    neck = x.mean(dim=(2, 3)) / math.sqrt(1 + 1e-5)
+    weight = head.weight.detach()
+    if cls_layer == "Linear":
+        expected = neck @ weight.t()
+    else:
+        expected = scale * torch.tensor([[float(n @ w / (n.norm() * w.norm())) for w in weight]
+                                         for n in neck])
+    with torch.no_grad():
+        logits = head(x)
+    assert logits.shape == (4, NUM_CLASSES)
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_clas_head_trains_like_the_embedding_head_with_the_neck_feature():
+    cfg = make_cfg(NAME="ClasHead", CLS_LAYER="CircleSoftmax", SCALE=16, MARGIN=0.25,
+                   NECK_FEAT="before")
+    clas = build_heads(cfg).train()
+    embedding = build_heads(make_cfg(CLS_LAYER="CircleSoftmax", SCALE=16, MARGIN=0.25,
+                                     NECK_FEAT="before")).train()
+    assert set(clas.state_dict()) == set(embedding.state_dict())  # checkpoints load either way
+    embedding.load_state_dict(clas.state_dict())
+    x = feature_map()
+    out, reference = clas(x, TARGETS), embedding(x, TARGETS)
+    assert torch.allclose(out["cls_outputs"], reference["cls_outputs"])
+    assert torch.allclose(out["pred_class_logits"], reference["pred_class_logits"])
+    _, neck = embedding.neck(x)
+    assert torch.allclose(out["features"], neck)  # the neck, although NECK_FEAT is "before"
+    with pytest.raises(ReidError, match="needs targets in training mode"):
+        clas(x)
