@@ -29,6 +29,7 @@ from reid.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from reid.evaluation.results import EvaluationRun, SetResult
 from reid.evaluation.roc import write_roc
 from reid.utils import comm
+from reid.utils.memory import retry_if_cuda_oom
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +49,30 @@ def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.
     :mod:`reid.evaluation.examples`). Every rank returns the main process's result.
     """
     protocol = options.protocol or DEFAULT_PROTOCOL
-    feats, pids, camids = extract_features(model, data_loader, device, flip=options.flip)
+    # A CUDA OOM here is often fragmentation left by training: retried after emptying the
+    # cache (the model cannot leave the GPU, so no CPU fallback).
+    feats, pids, camids = retry_if_cuda_oom(extract_features, cpu_fallback=False)(
+        model, data_loader, device, flip=options.flip)
     total = len(pids)
     if not 0 < num_query < total:
         raise ReidError(f"num_query must split the {total} extracted items into queries and "
                         f"a non-empty gallery, got num_query={num_query}")
 
-    def compute() -> SetResult:
+    def features_result(distance_device: torch.device):
+        """The metrics, and the examples collected on the way (afresh on every try)."""
         collector = (ExampleCollector(pids[:num_query], pids[num_query:], camids[:num_query],
                                       camids[num_query:]) if examples_path is not None else None)
         result = evaluate_features(
             feats[:num_query], feats[num_query:], pids[:num_query], pids[num_query:],
             camids[:num_query], camids[num_query:], metric=options.metric,
             max_rank=options.max_rank, protocol=protocol, rerank=options.rerank,
-            aqe=options.aqe, roc=options.roc, fars=options.fars,
-            device=_distance_device(device),
+            aqe=options.aqe, roc=options.roc, fars=options.fars, device=distance_device,
             observe=collector.observe if collector is not None else None)
+        return result, collector
+
+    def compute() -> SetResult:
+        # Distance blocks out of GPU memory: retried after emptying the cache, then on the CPU.
+        result, collector = retry_if_cuda_oom(features_result)(_distance_device(device))
         examples_file = None
         if collector is not None:
             paths = _item_paths(data_loader)
