@@ -15,6 +15,7 @@ from typing import Callable, Union
 
 FINAL_CHECKPOINT = "model_final.pth"
 PRECISE_BN_CHECKPOINT = "model_precise_bn.pth"
+BEST_CHECKPOINT = "model_best.pth"  # weights of the best periodic evaluation (TEST.BEST_METRIC)
 BEST_WEIGHTS = (PRECISE_BN_CHECKPOINT, FINAL_CHECKPOINT)  # what to evaluate or export
 
 Reference = Union[str, Callable]  # "module:function", or the function itself

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,7 +36,7 @@ from reid.evaluation.extract import extract_features
 from reid.inference import build_inference_model, folder_features, list_images
 from reid.modeling import build_model, classifier_weight_names, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
-from reid.stage_table import FINAL_CHECKPOINT, PRECISE_BN_CHECKPOINT
+from reid.stage_table import BEST_CHECKPOINT, FINAL_CHECKPOINT, PRECISE_BN_CHECKPOINT
 from reid.utils import comm
 from reid.utils.io import atomic_write, atomic_write_json
 from reid.utils.logs import log_file
@@ -137,7 +138,10 @@ def with_num_classes(cfg: CfgNode, num_classes: int) -> CfgNode:
 def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False) -> dict:
     """Train the model of ``cfg`` (Baseline, Distiller, ...) and write checkpoints to OUTPUT_DIR.
 
-    Under ``torchrun`` it trains with DDP (NCCL on GPUs, gloo on CPU); only rank 0 writes.
+    Under ``torchrun`` it trains with DDP (NCCL on GPUs, gloo on CPU); only rank 0 writes. With
+    ``resume`` (or in a worker group torchrun restarted, when a checkpoint exists) it goes on
+    from the newest checkpoint at its exact iteration; nothing is written before that
+    checkpoint has been read and checked.
     """
     init_distributed()
     seed_everything(cfg.SEED, comm.get_rank())
@@ -145,8 +149,6 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     out = output_dir(cfg)
     loader, num_classes = build_train_loader(cfg)
     cfg = with_num_classes(cfg, num_classes)
-    if comm.is_main_process():
-        save_config(cfg, out / "config.yaml")
     model = build_model(cfg)
     if comm.get_world_size() > 1 and wants_sync_bn(cfg):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -154,24 +156,29 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     iters_per_epoch = len(loader)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch)
-    checkpointer = Checkpointer(model, out, optimizer=optimizer, scheduler=scheduler)
-    start_epoch = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    checkpointer = Checkpointer(model, out, optimizer=optimizer, scheduler=scheduler,
+                                **training_extras(model))
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     evaluator = Evaluator(cfg, out)  # TEST.* options; test loaders built on first use
     # Metrics go to OUTPUT_DIR/metrics.json and log.txt as well as to ``sink`` (MLflow).
     metrics_file, printer = MetricsFile(out / METRICS_FILE), MetricsPrinter()
-    checkpoints = PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
-                                       cfg.SOLVER.MAX_EPOCH)
+    solver = cfg.SOLVER
+    checkpoints = PeriodicCheckpointer(checkpointer, solver.CHECKPOINT_PERIOD, solver.MAX_EPOCH,
+                                       period_iters=solver.CHECKPOINT_PERIOD_ITERS,
+                                       period_minutes=solver.CHECKPOINT_PERIOD_MINUTES,
+                                       keep=solver.CHECKPOINT_KEEP)
     hooks = [
         metrics_file,
         printer,
         LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
         LayerFreezer(model, classifier_weight_names(model), cfg.SOLVER.FREEZE_FC_ITERS),
-        checkpoints,
         PeriodicEvaluator(lambda: evaluator.evaluate(model, device), cfg.TEST.EVAL_PERIOD,
-                          cfg.SOLVER.MAX_EPOCH, fan_out(metrics_file, sink)),
+                          cfg.SOLVER.MAX_EPOCH, fan_out(metrics_file, sink),
+                          best_metric=cfg.TEST.BEST_METRIC, save_best=checkpointer.save_weights),
         ProgressBar(),
         MetricsLogger(fan_out(metrics_file, printer, sink), cfg.SOLVER.LOG_PERIOD),
+        # Last: a checkpoint holds the other hooks' state as this step left it.
+        checkpoints,
     ]
     # Frozen layers produce no gradients for a while: DDP must be told to expect that.
     freezing = cfg.SOLVER.FREEZE_ITERS > 0 or cfg.SOLVER.FREEZE_FC_ITERS > 0
@@ -180,12 +187,36 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
                       max_epoch=cfg.SOLVER.MAX_EPOCH, device=device,
                       amp=cfg.SOLVER.FP16_ENABLED, hooks=hooks,
                       grad_clipper=build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS))
-    trainer.train(start_epoch=start_epoch)
+    state = checkpointer.resume_state(cfg.MODEL.WEIGHTS, resume or restarted_with_checkpoint(
+        checkpointer))
+    start_iter = (trainer.load_state_dict(state["trainer"]) if "trainer" in state
+                  else int(state.get("epoch", 0)) * iters_per_epoch)
+    if comm.is_main_process():
+        save_config(cfg, out / "config.yaml")
+    trainer.train(start_iter=start_iter)
     comm.synchronize()
     # "checkpoints": the files this training wrote (OUTPUT_DIR may hold older ones).
     return {"checkpoint": str(out / FINAL_CHECKPOINT), "num_classes": num_classes,
             "config": str(out / "config.yaml"), "checkpoints": checkpoints.saved,
+            "best": str(out / BEST_CHECKPOINT) if (out / BEST_CHECKPOINT).is_file() else None,
             "files": [str(out / "config.yaml"), str(out / METRICS_FILE)]}
+
+
+def training_extras(model: torch.nn.Module) -> dict:
+    """What a training checkpoint holds besides the model, optimizer and scheduler: the
+    KD.EMA teacher, which is not part of the student's state_dict."""
+    teacher = getattr(model, "ema_teacher", None)
+    return {"ema_teacher": teacher} if teacher is not None else {}
+
+
+def restarted_with_checkpoint(checkpointer: Checkpointer) -> bool:
+    """Whether torchrun restarted this worker group (TORCHELASTIC_RESTART_COUNT > 0) and a
+    checkpoint exists: the group then resumes by itself (no checkpoint yet: from scratch)."""
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts == 0 or checkpointer.last_checkpoint() is None:
+        return False
+    logger.info("worker group restart %d: resuming from the newest checkpoint", restarts)
+    return True
 
 
 @logged

@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
+from reid.engine.checkpoint import has_training_checkpoint
 from reid.errors import ReidError
 from reid.stage_table import STAGES
 from tasks import distributed, tracked
@@ -43,9 +44,10 @@ def _task(fn, name: str, retries: int):
 
 def _train_resuming_on_retry(cfg, tracker, parent_id=None, resume=False, stage="train",
                              nproc_per_node=1):
-    """A retried training resumes from its last checkpoint instead of starting over. With
-    ``nproc_per_node > 1`` it runs as that many torchrun workers (``tasks/distributed.py``)."""
-    resume = resume or task_run.run_count > 1
+    """A retried training resumes from its last checkpoint (when it wrote one) instead of
+    starting over. With ``nproc_per_node > 1`` it runs as that many torchrun workers
+    (``tasks/distributed.py``)."""
+    resume = resume or (task_run.run_count > 1 and has_training_checkpoint(cfg.OUTPUT_DIR))
     if nproc_per_node > 1:
         return distributed.train(cfg, nproc_per_node, tracker.client.tracking_uri, parent_id,
                                  resume=resume, stage=STAGES[stage].command)

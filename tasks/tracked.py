@@ -77,14 +77,18 @@ def log_weights(tracker: Tracker, run_id: str | None, checkpoints: Iterable[str 
 
 def trained_weights(cfg: CfgNode, result: dict) -> list[str]:
     """The checkpoints of a train result that SOLVER.LOG_CHECKPOINTS sends to MLflow: only
-    files this training wrote, never older ones left in OUTPUT_DIR."""
+    files this training wrote, never older ones left in OUTPUT_DIR: "final" = model_final.pth
+    and model_best.pth (when periodic evaluations chose one), "all" = also the periodic ones
+    still in OUTPUT_DIR (SOLVER.CHECKPOINT_KEEP deletes older ones during training)."""
     choice = cfg.SOLVER.LOG_CHECKPOINTS
     if choice == "all":
-        return result["checkpoints"]
-    return [result["checkpoint"]] if choice == "final" else []
+        periodic = [path for path in result["checkpoints"] if path not in final]
+        return list(dict.fromkeys(p for p in periodic if Path(p).is_file())) + final
+    return final if choice == "final" else []
 
 
 def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
+    final = [result["checkpoint"]] + ([result["best"]] if result.get("best") else [])
           resume: bool = False) -> dict:
     """``train`` or ``distill``: per-iteration metrics through the tracker's sink."""
     with stage_run(tracker, parent_id, stage, cfg, resume=resume) as run_id:

@@ -183,10 +183,13 @@ def test_without_resume_only_the_weights_of_path_load(tmp_path):
     assert scheduler2.last_epoch == 1  # untouched
 
 
-def test_resume_with_nothing_saved_starts_from_scratch(tmp_path):
+def test_resume_with_nothing_saved_is_a_user_error(tmp_path):
     model, optimizer, scheduler = trained_parts(steps=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    start = Checkpointer(model, tmp_path / "empty", optimizer, scheduler).resume_or_load(
-        "", resume=True)
-    assert start == 0
+    with pytest.raises(ReidError) as error:
+        Checkpointer(model, tmp_path / "empty", optimizer, scheduler).resume_or_load(
+            "", resume=True)
+    assert str(error.value) == (f"--resume: no checkpoint to resume from in {tmp_path / 'empty'}"
+                                " (no last_checkpoint file); drop --resume to start training "
+                                "afresh")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -236,10 +236,18 @@ _C.SOLVER.FREEZE_FC_ITERS = 0
 
 # Save a checkpoint every CHECKPOINT_PERIOD epochs (and always at the end)
 _C.SOLVER.CHECKPOINT_PERIOD = 20
+# (reid) also a training checkpoint (model_iter_XXXXXXX.pth) every CHECKPOINT_PERIOD_ITERS
+# iterations and whenever CHECKPOINT_PERIOD_MINUTES minutes of wall-clock have passed since the
+# last one (0 = off): long epochs on machines that may be preempted lose little
+_C.SOLVER.CHECKPOINT_PERIOD_ITERS = 0
+_C.SOLVER.CHECKPOINT_PERIOD_MINUTES = 0.0
+# (reid) periodic checkpoints kept in OUTPUT_DIR (0 = all): an older one is deleted once the new
+# one is in place; model_final.pth and model_best.pth are never deleted
+_C.SOLVER.CHECKPOINT_KEEP = 2
 # (reid) which weights the train and precise-BN stages log to MLflow, as model-only copies
-# ({"model": state_dict}): "final" (model_final.pth, model_precise_bn.pth), "all" (also the
-# periodic model_XXXX.pth this run wrote) or "none". Full checkpoints, with optimizer state
-# for resuming, stay in OUTPUT_DIR only.
+# ({"model": state_dict}): "final" (model_final.pth, model_best.pth, model_precise_bn.pth),
+# "all" (also the periodic checkpoints this run wrote) or "none". Full checkpoints, with
+# optimizer state for resuming, stay in OUTPUT_DIR only.
 _C.SOLVER.LOG_CHECKPOINTS = "final"
 # Number of images per batch across all processes
 _C.SOLVER.IMS_PER_BATCH = 64
@@ -248,6 +256,9 @@ _C.SOLVER.LOG_PERIOD = 20
 
 _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 20
+# (reid) the metric of the periodic evaluations that picks model_best.pth (higher is better):
+# "<metric>" of the first of DATASETS.TESTS (mAP, Rank-1, ...) or "<test set>.<metric>"
+_C.TEST.BEST_METRIC = "mAP"
 # Number of images per batch in one process.
 _C.TEST.IMS_PER_BATCH = 64
 _C.TEST.METRIC = "cosine"

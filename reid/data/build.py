@@ -79,14 +79,23 @@ class AugmentationSeeds(Sampler[tuple[int, int]]):
 
     def __init__(self, sampler: EpochSampler) -> None:
         self.sampler = sampler
+        self.first_batch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    def start_at_batch(self, batch: int) -> None:
+        """The next pass (only) starts at batch ``batch`` of its epoch: a training resumed
+        inside an epoch gets the batches, and augmentations, it had not consumed yet."""
+        self.first_batch = batch
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         sampler = self.sampler
         epoch, offset = sampler.epoch, sampler.rank * sampler.per_rank
+        skip, self.first_batch = self.first_batch * sampler.per_rank, 0
         for position, index in enumerate(sampler):
+            if position < skip:
+                continue
             batch, place = divmod(position, sampler.per_rank)
             global_position = batch * sampler.mini_batch_size + offset + place
             yield index, sample_seed(sampler.seed, epoch, global_position)

@@ -3,7 +3,8 @@
 Files are written atomically (temp file + rename) by rank 0 only, so a crash or a full disk
 never leaves a truncated checkpoint in place of a good one. A FastReID checkpoint
 (``{"model": state_dict}`` with FastReID parameter names) loads; tensors whose shape differs
-from the model's (a classifier trained on another set) are skipped with a warning.
+from the model's (a classifier trained on another set) are skipped with a warning. Resuming is
+strict instead: a checkpoint whose model is not exactly this config's is refused.
 """
 from __future__ import annotations
 
@@ -89,6 +90,11 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                        ", ".join(result.unexpected_keys))
 
 
+def has_training_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a training checkpoint to resume from."""
+    return (Path(directory) / LAST_CHECKPOINT).is_file()
+
+
 class Checkpointer:
     """Saves and loads a model with its optimizer, scheduler and any other ``**extra`` objects
     that have ``state_dict``/``load_state_dict`` (e.g. a GradScaler)."""
@@ -124,6 +130,22 @@ class Checkpointer:
         logger.info("saved checkpoint %s", path)
         return path
 
+    def save_weights(self, name: str, **data: Any) -> Path:
+        """Write ``save_dir/name.pth`` with the model's weights and ``data`` only (no optimizer
+        state: a file to serve or evaluate), rank 0 only; return its path."""
+        path = self.path_of(name)
+        if comm.is_main_process():
+            atomic_torch_save({"model": unwrap_model(self.model).state_dict(), **data}, path)
+            logger.info("saved weights %s", path)
+        return path
+
+    def delete(self, name: str) -> None:
+        """Remove ``save_dir/name`` (rank 0; never the file ``last_checkpoint`` names)."""
+        path = self.path_of(name)
+        if comm.is_main_process() and path != self.last_checkpoint():
+            path.unlink(missing_ok=True)
+            logger.info("deleted old checkpoint %s", path)
+
     # ------------------------------------------------------------------ loading
     def last_checkpoint(self) -> Optional[Path]:
         """The checkpoint named by ``save_dir/last_checkpoint``, when that file exists."""
@@ -147,20 +169,52 @@ class Checkpointer:
         return data
 
     def resume_or_load(self, path: str | os.PathLike | None, resume: bool) -> int:
-        """The epoch to start from after loading.
+        """The epoch to start from after loading (``resume_state``'s, or 0)."""
+        return int(self.resume_state(path, resume).get("epoch", 0))
 
-        With ``resume`` and a ``last_checkpoint`` in save_dir: model, optimizer, scheduler
-        and extras from it, and its epoch. Otherwise the model weights of ``path`` (when
-        given) and epoch 0.
+    def resume_state(self, path: str | os.PathLike | None, resume: bool) -> dict:
+        """With ``resume``: model, optimizer, scheduler and extras from the checkpoint that
+        ``save_dir/last_checkpoint`` names, strictly; returns its other entries (epoch,
+        iteration, trainer). Otherwise the model weights of ``path`` (when given) and ``{}``.
+        A ``resume`` with nothing saved is a ReidError.
         """
-        last = self.last_checkpoint() if resume else None
-        if last is not None:
-            data = self.load(last, checkpointables=self.checkpointables)
-            epoch = int(data.get("epoch", 0))
-            logger.info("resuming from %s at epoch %d", last, epoch)
-            return epoch
-        if resume:
-            logger.info("nothing to resume in %s: starting from scratch", self.save_dir)
-        if path:
-            self.load(path)
-        return 0
+        if not resume:
+            if path:
+                self.load(path)
+            return {}
+        last = self.last_checkpoint()
+        if last is None:
+            raise ReidError(f"--resume: no checkpoint to resume from in {self.save_dir} (no "
+                            f"{LAST_CHECKPOINT} file); drop --resume to start training afresh")
+        data = read_checkpoint(last)
+        check_same_model(unwrap_model(self.model), data["model"], last)
+        load_model_state(self.model, data.pop("model"))
+        for name, obj in self.checkpointables.items():
+            if name not in data:
+                raise ReidError(f"checkpoint {last} has no {name} state to resume from (written "
+                                "by another config or an older reid); start afresh")
+            try:
+                obj.load_state_dict(data.pop(name))
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise ReidError(f"checkpoint {last} holds a {name} state this config cannot "
+                                f"take ({one_line(exc)[:160]}): it was written by another "
+                                "config; resume with that config or start afresh") from None
+        logger.info("resuming from %s at epoch %d, iteration %d", last,
+                    int(data.get("epoch", 0)) + 1, int(data.get("iteration", 0)) + 1)
+        return data
+
+
+def check_same_model(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """A ReidError unless ``state`` has exactly the model's keys and shapes (a resume must
+    continue the same model, not load what fits)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    problems = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", extra),
+                                    ("other shapes for", reshaped)) if keys]
+    if problems:
+        raise ReidError(f"checkpoint {path} was written by another config ({'; '.join(problems)});"
+                        " resume with the config that wrote it, or start afresh in another "
+                        "OUTPUT_DIR")

@@ -4,7 +4,9 @@ every hook module without importing one another.
 A hook overrides any of ``before_train``, ``before_epoch``, ``before_step``, ``after_step``,
 ``after_epoch``, ``after_train``; the trainer sets ``hook.trainer`` before training starts.
 ``after_train`` also runs when training fails, so it must check ``trainer.completed``
-before doing end-of-training work.
+before doing end-of-training work. A hook whose state matters to the next step (sums being
+averaged, the best result so far) returns it from ``state_dict``: it goes into the training
+checkpoint and comes back through ``load_state_dict`` on resume.
 """
 from __future__ import annotations
 
@@ -36,4 +38,10 @@ class HookBase:
         pass
 
     def after_step(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
         pass

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
+import torch
 from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -25,46 +26,110 @@ logger = logging.getLogger(__name__)
 
 
 class PeriodicCheckpointer(HookBase):
-    """Saves ``model_{epoch:04d}.pth`` after every ``period_epochs`` epochs (epochs counted
-    from 1; 0 disables them) and ``model_final.pth`` when training completes.
+    """Training checkpoints (model, optimizer, scheduler and ``trainer.state_dict()``):
+    ``model_{epoch:04d}.pth`` after every ``period_epochs`` epochs (counted from 1),
+    ``model_iter_{iteration:07d}.pth`` after every ``period_iters`` iterations and whenever
+    ``period_minutes`` of wall-clock have passed since the last one (each 0 = off), and
+    ``model_final.pth`` when training completes. One checkpoint at most per iteration.
 
-    ``saved`` lists the files this training wrote, oldest first: OUTPUT_DIR may also hold
-    checkpoints of an earlier run, which must not be taken for this run's."""
+    Only the newest ``keep`` periodic checkpoints stay (0 = all): an older one is deleted once
+    the new one is in place. ``saved`` lists the files this training wrote, oldest first:
+    OUTPUT_DIR may also hold checkpoints of an earlier run, which must not be taken for this
+    run's (nor deleted by it). ``save_now(reason)`` writes one at the current iteration (the
+    preemption hook calls it on every rank).
+    """
 
-    def __init__(self, checkpointer: "Checkpointer", period_epochs: int, max_epoch: int) -> None:
+    def __init__(self, checkpointer: "Checkpointer", period_epochs: int, max_epoch: int,
+                 period_iters: int = 0, period_minutes: float = 0.0, keep: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.checkpointer = checkpointer
         self.period = period_epochs
         self.max_epoch = max_epoch
+        self.period_iters = period_iters
+        self.period_s = period_minutes * 60.0
+        self.keep = keep
+        self.clock = clock
         self.saved: list[str] = []
+        self.periodic: list[str] = []  # this run's periodic files, oldest first (resumed too)
+
+    def state_dict(self) -> dict:
+        return {"periodic": list(self.periodic)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.periodic = list(state.get("periodic", []))
 
     def before_train(self) -> None:
+        self._last_save = self.clock()
         # A resumed run's last good checkpoint is the one it resumed from.
-        if self.trainer.start_epoch > 0:
+        if self.trainer.start_iter > 0:
             last = self.checkpointer.last_checkpoint()
             self.trainer.last_checkpoint = str(last) if last else None
 
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if trainer.done % trainer.iters_per_epoch:  # an epoch's end is after_epoch's
+            self._save_if_due(by_epoch=False)
+
     def after_epoch(self) -> None:
-        done = self.trainer.epoch + 1
-        if self.period > 0 and done % self.period == 0 and done < self.max_epoch:
-            self._save(f"model_{done:04d}", done)
+        self._save_if_due(by_epoch=self.period > 0 and (self.trainer.epoch + 1) % self.period == 0)
 
     def after_train(self) -> None:
         if self.trainer.completed:
             self._save("model_final", self.max_epoch)
 
-    def _save(self, name: str, epoch: int) -> None:
-        path = self.checkpointer.save(name, epoch=epoch, iteration=self.trainer.iter)
+    def _save_if_due(self, by_epoch: bool) -> None:
+        done = self.trainer.done
+        if done >= self.trainer.max_iter:
+            return  # model_final follows
+        by_iters = self.period_iters > 0 and done % self.period_iters == 0
+        # Every rank must agree (they all take part in a save): rank 0's clock decides.
+        by_time = self.period_s > 0 and any_rank_flag(
+            comm.is_main_process() and self.clock() - self._last_save >= self.period_s)
+        if by_epoch:
+            self.save_periodic(f"model_{self.trainer.epoch + 1:04d}")
+        elif by_iters or by_time:
+            self.save_periodic(f"model_iter_{done:07d}")
+
+    def save_now(self) -> str:
+        """A periodic checkpoint at the current iteration (every rank calls it); its path."""
+        return self.save_periodic(f"model_iter_{self.trainer.done:07d}")
+
+    def save_periodic(self, name: str) -> str:
+        file = self.checkpointer.path_of(name).name
+        if file not in self.periodic:
+            self.periodic.append(file)
+        path = self._save(name, self.trainer.done // self.trainer.iters_per_epoch)
+        while self.keep > 0 and len(self.periodic) > self.keep:
+            self.checkpointer.delete(self.periodic.pop(0))
+        return path
+
+    def _save(self, name: str, epoch: int) -> str:
+        path = self.checkpointer.save(name, epoch=epoch, iteration=self.trainer.done,
+                                      trainer=self.trainer.state_dict())
+        self._last_save = self.clock()
         self.trainer.last_checkpoint = str(path)
         self.saved.append(str(path))
+        return str(path)
+
+
+def any_rank_flag(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (every rank must call it; CPU tensor over gloo,
+    this process's GPU over NCCL)."""
+    if comm.get_world_size() == 1:
+        return flag
+    return bool(comm.reduce_dict({"flag": float(flag)}, average=False)["flag"] > 0)
 
 
 class MetricsLogger(HookBase):
     """Sends ``sink(metrics, step)`` on rank 0 every ``period`` iterations and at each epoch's
     end; ``step`` is the number of iterations done.
 
-    Metrics: each loss term and total_loss averaged over the iterations since the last call,
-    the current lr (of the first parameter group), images_per_sec over those iterations
-    (all ranks, assuming equal batches) and epoch (fractional progress, e.g. 2.5).
+    Metrics: each loss term and total_loss averaged over the iterations since the last call
+    and over the ranks, the current lr (of the first parameter group), images_per_sec over
+    those iterations (summed over the ranks) and epoch (fractional progress, e.g. 2.5). Every
+    rank calls the sink's reduction (one all-reduce per report); only rank 0 sends. The sums
+    being averaged are part of the training checkpoint, so a resumed run's reports equal the
+    uninterrupted run's.
     """
 
     def __init__(self, sink: MetricsSink, period: int) -> None:
@@ -72,7 +137,15 @@ class MetricsLogger(HookBase):
         self.period = max(1, int(period))
 
     def before_train(self) -> None:
+        sums, count = self.__dict__.pop("_resumed", ({}, 0))
         self._reset()
+        self._sums, self._count = dict(sums), count
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self._sums), "count": self._count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed = (state.get("sums", {}), state.get("count", 0))
 
     def _reset(self) -> None:
         self._sums: dict[str, float] = {}
@@ -95,8 +168,11 @@ class MetricsLogger(HookBase):
     def _emit(self, step: int) -> None:
         trainer = self.trainer
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        images = (trainer.images_seen - self._images) * comm.get_world_size()
         metrics = {name: total / self._count for name, total in self._sums.items()}
+        # One all-reduce: the means over the ranks, and the images summed (mean x ranks).
+        metrics["images"] = float(trainer.images_seen - self._images)
+        metrics = comm.reduce_dict(metrics, average=True)
+        images = metrics.pop("images") * comm.get_world_size()
         metrics.update(lr=trainer.metrics["lr"], images_per_sec=images / elapsed,
                        epoch=step / trainer.iters_per_epoch)
         if comm.is_main_process():
@@ -208,23 +284,64 @@ class PeriodicEvaluator(HookBase):
     ``evaluate()`` returns ``{test set: {metric: value}}``; every rank calls it (feature
     extraction gathers across ranks), rank 0 reports it as ``eval.<set>.<metric>``. The last
     epoch is left to the pipeline's evaluate stage, which runs on the precise-BN model.
+
+    With ``save_best`` (``fn(name, **data)`` writing weights-only files, rank 0), the model
+    whose ``best_metric`` (``"<metric>"`` of the first test set, or ``"<set>.<metric>"``;
+    higher is better) is the highest so far is written as ``model_best.pth``; the best value
+    and its iteration are part of the training checkpoint. Evaluation leaves the random
+    generators as it found them, so a resumed run draws what the uninterrupted one drew.
     """
 
     def __init__(self, evaluate: Callable[[], dict], period_epochs: int, max_epoch: int,
-                 sink: Optional[MetricsSink] = None) -> None:
+                 sink: Optional[MetricsSink] = None, best_metric: str = "mAP",
+                 save_best: Optional[Callable[..., object]] = None) -> None:
         self.evaluate = evaluate
         self.period = period_epochs
         self.max_epoch = max_epoch
         self.sink = sink
+        self.best_metric = best_metric
+        self.save_best = save_best
+        self.best: dict = {}  # {"metric", "value", "iteration"} once evaluated
+
+    def state_dict(self) -> dict:
+        return {"best": dict(self.best)} if self.best else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = dict(state.get("best", {}))
 
     def after_epoch(self) -> None:
         done = self.trainer.epoch + 1
         if self.period <= 0 or done % self.period or done >= self.max_epoch:
             return
-        results = self.evaluate()
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())
+                                   if torch.cuda.is_initialized() else []):
+            results = self.evaluate()
         flat = {f"eval.{name}.{metric}": value for name, metrics in results.items()
                 for metric, value in metrics.items()}
         logger.info("evaluation after epoch %d: %s", done,
                     ", ".join(f"{k} {v:.2f}" for k, v in flat.items()))
         if self.sink is not None and comm.is_main_process():
             self.sink(flat, self.trainer.iter)
+        self._keep_if_best(results)
+
+    def _keep_if_best(self, results: dict) -> None:
+        name, value = best_metric_value(results, self.best_metric)
+        if self.best and value <= self.best["value"]:
+            return
+        self.best = {"metric": name, "value": float(value), "iteration": self.trainer.iter}
+        logger.info("best %s so far: %.2f at iteration %d", name, value, self.trainer.iter)
+        if self.save_best is not None:
+            self.save_best("model_best", best=dict(self.best))
+
+
+def best_metric_value(results: dict, wanted: str) -> tuple[str, float]:
+    """(``"<set>.<metric>"``, value) of TEST.BEST_METRIC in ``{set: {metric: value}}``:
+    ``"<metric>"`` names the first set's."""
+    test_set, _, metric = wanted.rpartition(".")
+    test_set = test_set or next(iter(results), "")
+    value = results.get(test_set, {}).get(metric)
+    if value is None:
+        found = ", ".join(f"{s}.{m}" for s, metrics in results.items() for m in metrics)
+        raise ReidError(f"TEST.BEST_METRIC {wanted!r} is not among the evaluation's results "
+                        f"({found}); name a metric (e.g. mAP) or <test set>.<metric>")
+    return f"{test_set}.{metric}", float(value)

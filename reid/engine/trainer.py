@@ -4,6 +4,12 @@ A step moves the batch to the device, runs the model in training mode (which ret
 of scalar losses), backpropagates their sum, optionally clips the gradients, steps the
 optimizer and then the per-iteration LR scheduler. Checkpointing, logging, progress and layer
 freezing are hooks.
+
+``Trainer.state_dict()`` is what the next step depends on besides the model, optimizer and
+scheduler: the iteration, the AMP GradScaler, every rank's random state and the hooks' state
+(the metrics being averaged, the best evaluation); with it, ``train(start_iter=...)`` goes on
+at the exact iteration, mid-epoch included (the epoch's consumed batches are skipped in the
+sampler, not loaded).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from reid.engine import rng
 from reid.engine.hook_base import HookBase
 from reid.errors import ReidError
 from reid.utils import comm
@@ -53,6 +60,19 @@ def set_sampler_epoch(data_loader: Any, epoch: int) -> None:
         if hasattr(sampler, "set_epoch") and id(sampler) not in seen:
             seen.add(id(sampler))
             sampler.set_epoch(epoch)
+
+
+def skip_batches(data_loader: Any, count: int) -> bool:
+    """Make the loader's next pass start ``count`` batches into its epoch, in the sampler
+    (``start_at_batch``: nothing loaded); False when its sampler cannot, and the caller must
+    draw and drop the batches."""
+    sampler = getattr(data_loader, "sampler", None)
+    if count == 0:
+        return True
+    if hasattr(sampler, "start_at_batch"):
+        sampler.start_at_batch(count)
+        return True
+    return False
 
 
 def cycle(data_loader: Iterable) -> Iterator:
@@ -136,8 +156,9 @@ class Trainer:
     Hooks see the trainer's state: ``epoch`` (0-based), ``iter`` (global 0-based index of the
     current iteration inside step hooks; the number of iterations done in epoch hooks),
     ``max_iter``, ``iters_per_epoch``, ``metrics`` (the last step's loss terms, total_loss and
-    lr), ``images_seen`` (on this rank), ``last_checkpoint`` (set by the checkpointing hook)
-    and ``completed`` (True once the last epoch has finished).
+    lr), ``images_seen`` (on this rank), ``done`` (iterations completed: the one a checkpoint
+    taken now resumes at), ``last_checkpoint`` (set by the checkpointing hook) and
+    ``completed`` (True once the last epoch has finished).
 
     ``grad_clipper`` (e.g. ``build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS)``) is called on
     the optimizer's parameters after backward (and after AMP unscaling), before the step.
@@ -165,23 +186,32 @@ class Trainer:
         for hook in self.hooks:
             hook.trainer = self
         self.epoch = self.start_epoch = 0
-        self.iter = 0
+        self.iter = self.start_iter = self.done = 0
+        self._resumed_rng: Optional[dict] = None
         self.metrics: dict[str, float] = {}
         self.images_seen = 0
         self.last_checkpoint: Optional[str] = None
         self.completed = False
 
     # ------------------------------------------------------------------ loop
-    def train(self, start_epoch: int = 0) -> None:
-        self.epoch = self.start_epoch = start_epoch
-        self.iter = start_epoch * self.iters_per_epoch
+    def train(self, start_epoch: int = 0, start_iter: Optional[int] = None) -> None:
+        """Train from the beginning of ``start_epoch`` or, when given, from global iteration
+        ``start_iter`` (which may fall inside an epoch)."""
+        if start_iter is None:
+            start_iter = start_epoch * self.iters_per_epoch
+        self.iter = self.start_iter = self.done = start_iter
+        self.epoch = self.start_epoch = start_iter // self.iters_per_epoch
         self.completed = False
-        logger.info("training epochs %d..%d, %d iterations each", start_epoch + 1,
-                    self.max_epoch, self.iters_per_epoch)
+        logger.info("training epochs %d..%d, %d iterations each%s", self.start_epoch + 1,
+                    self.max_epoch, self.iters_per_epoch,
+                    f", from iteration {start_iter + 1}" if start_iter else "")
         self.model.train()
         try:
             self._call_hooks("before_train")
-            for self.epoch in range(start_epoch, self.max_epoch):
+            if self._resumed_rng is not None:  # last: nothing before may draw from them
+                rng.restore(self._resumed_rng)
+                self._resumed_rng = None
+            for self.epoch in range(self.start_epoch, self.max_epoch):
                 self._run_epoch()
             self.completed = True
         finally:
@@ -190,13 +220,18 @@ class Trainer:
             self._call_every_hook("after_train")
 
     def _run_epoch(self) -> None:
+        position = self.iter - self.epoch * self.iters_per_epoch  # > 0 when resumed mid-epoch
         set_sampler_epoch(self.data_loader, self.epoch)
+        skipped = skip_batches(self.data_loader, position)
         batches = cycle(self.data_loader)
         self._call_hooks("before_epoch")
         try:
-            for _ in range(self.iters_per_epoch):
+            for _ in range(0 if skipped else position):
+                next(batches)
+            for _ in range(position, self.iters_per_epoch):
                 self._call_hooks("before_step")
                 self.run_step(next(batches))
+                self.done = self.iter + 1
                 self._call_hooks("after_step")
                 self.iter += 1
         finally:
@@ -238,6 +273,39 @@ class Trainer:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_SCHEDULER_BEFORE_OPTIMIZER)
             self.scheduler.step()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The trainer's part of a training checkpoint, at ``done`` iterations. Collective:
+        every rank must call it (each rank's random state is gathered)."""
+        hooks = {}
+        for hook in self.hooks:
+            state = hook.state_dict()
+            if state:
+                hooks[type(hook).__name__] = state
+        return {"iteration": self.done, "iters_per_epoch": self.iters_per_epoch,
+                "grad_scaler": self.scaler.state_dict(), "rng": comm.all_gather(rng.capture()),
+                "hooks": hooks}
+
+    def load_state_dict(self, state: dict) -> int:
+        """Take back ``state_dict()``'s content; returns the iteration to ``train`` from. The
+        random states are restored when training starts."""
+        if state["iters_per_epoch"] != self.iters_per_epoch:
+            raise ReidError(f"the checkpoint was written with {state['iters_per_epoch']} "
+                            f"iterations per epoch, this training has {self.iters_per_epoch} "
+                            "(another dataset or SOLVER.IMS_PER_BATCH); resume with the "
+                            "same data and batch size, or start afresh in another OUTPUT_DIR")
+        if state["grad_scaler"]:  # empty when AMP was off
+            self.scaler.load_state_dict(state["grad_scaler"])
+        for hook in self.hooks:
+            hook.load_state_dict(state["hooks"].get(type(hook).__name__, {}))
+        saved_ranks, rank = len(state["rng"]), comm.get_rank()
+        if saved_ranks != comm.get_world_size():
+            logger.warning("resuming %d processes from a checkpoint of %d: the random state of "
+                           "rank %d %s", comm.get_world_size(), saved_ranks, rank,
+                           "is its own" if rank < saved_ranks else "starts from SEED + rank")
+        self._resumed_rng = state["rng"][rank] if rank < saved_ranks else None
+        return int(state["iteration"])
 
     def _call_hooks(self, stage: str) -> None:
         for hook in self.hooks:

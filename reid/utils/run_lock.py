@@ -43,6 +43,22 @@ _held: dict[Path, list] = {}  # directory -> [locked file descriptor, depth]
 _guard = threading.Lock()
 
 
+def _drop_in_forked_child() -> None:
+    """A forked child (a DataLoader worker) shares the lock's open file: closing its copy
+    leaves the parent's lock alone, and the lock then goes with the parent, so a resume right
+    after a kill -9 is not refused while the orphaned workers notice their parent is gone."""
+    for fd, _ in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_in_forked_child)
+
+
 def _key(directory: str | os.PathLike) -> Path:
     return Path(os.path.abspath(directory))
 

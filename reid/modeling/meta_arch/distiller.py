@@ -17,9 +17,11 @@ the overhaul partial L2 between the pre-ReLU outputs of the backbones' last bloc
 Teachers are frozen, always in eval mode, and kept out of the student's modules:
 ``state_dict()`` and ``parameters()`` are the student's (plus the overhaul connectors, which
 are trained), so a Distiller checkpoint loads into a plain Baseline for evaluation.
-``.to()`` / ``.cuda()`` still move the teachers along. The EMA teacher is not saved either (as
-in FastReID); whenever weights are loaded into the student (resume, MODEL.WEIGHTS) it restarts
-from them, so a resumed run loses the average's history, never its starting point.
+``.to()`` / ``.cuda()`` still move the teachers along. The EMA teacher is not in the student's
+state_dict either (as in FastReID); whenever weights are loaded into the student (MODEL.WEIGHTS)
+it restarts from them. A training checkpoint saves it beside the model (``ema_teacher``,
+``reid.stages.training_extras``) and a resume loads it after the student, so a resumed run
+keeps the average's history.
 """
 from __future__ import annotations
 
