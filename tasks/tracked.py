@@ -81,6 +81,7 @@ def trained_weights(cfg: CfgNode, result: dict) -> list[str]:
     and model_best.pth (when periodic evaluations chose one), "all" = also the periodic ones
     still in OUTPUT_DIR (SOLVER.CHECKPOINT_KEEP deletes older ones during training)."""
     choice = cfg.SOLVER.LOG_CHECKPOINTS
+    final = [result["checkpoint"]] + ([result["best"]] if result.get("best") else [])
     if choice == "all":
         periodic = [path for path in result["checkpoints"] if path not in final]
         return list(dict.fromkeys(p for p in periodic if Path(p).is_file())) + final
@@ -88,7 +89,6 @@ def trained_weights(cfg: CfgNode, result: dict) -> list[str]:
 
 
 def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
-    final = [result["checkpoint"]] + ([result["best"]] if result.get("best") else [])
           resume: bool = False) -> dict:
     """``train`` or ``distill``: per-iteration metrics through the tracker's sink."""
     with stage_run(tracker, parent_id, stage, cfg, resume=resume) as run_id:
