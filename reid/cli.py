@@ -88,8 +88,12 @@ def cmd_extract(args):
 
 
 def cmd_info(args):
+    if args.env:
+        from reid.utils.collect_env import collect_env_info
+        print(collect_env_info(), end="")
+        return
     from reid.config import load_config
-    from reid.model_info import FLOPS_NOTE, describe_model
+    from reid.model_info import ACTIVATIONS_NOTE, FLOPS_NOTE, describe_model
     info = describe_model(load_config(recipe(args.config), args.opts))
     height, width = info.input_size
     rows = [
@@ -99,6 +103,7 @@ def cmd_info(args):
         ("parameters", f"{info.parameters:,} (trainable {info.trainable_parameters:,})"),
         ("FLOPs", f"{info.flops:,} at {height}x{width} ({FLOPS_NOTE})"),
         ("GFLOPs", f"{info.gflops:.3f}"),
+        ("activations", f"{info.activations:,} ({ACTIVATIONS_NOTE})"),
         ("feature size", str(info.feature_dim)),
     ]
     for name, value in rows:
@@ -173,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Checked in cmd_extract: argparse's "required" fires before options written after the
     # overrides are taken back from them.
     extract.add_argument("--output", help="output .npz file (required)")
-    command("info", cmd_info, "print the model's parameters, GFLOPs and feature size")
+    info = command("info", cmd_info, "print the model's parameters, GFLOPs, activations and "
+                   "feature size (--env: the software and GPUs instead)")
+    info.add_argument("--env", action="store_true", help="print the environment: Python, "
+                      "PyTorch, CUDA, cuDNN, GPUs, faiss, Prefect, MLflow, DVC versions")
     add_compare_command(sub)
     add_gc_command(sub)
     return parser

@@ -1,9 +1,12 @@
-"""What a config's model costs: parameters, FLOPs of one test-size image, feature size.
+"""What a config's model costs: parameters, FLOPs and activations of one test-size image,
+feature size.
 
-FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one eval forward of a single
-image at the test input size. It counts a multiply-add as 2 FLOPs and counts only convolutions,
-matrix products and attention: normalisation, activations, pooling and the model's pixel
-normalisation are left out (a few percent at most for ResNets), as in most published GFLOPs.
+FLOPs and activations come from one eval forward of a single image at the test input size
+(:mod:`reid.utils.analysis`). FLOPs (``torch.utils.flop_counter.FlopCounterMode``) count a
+multiply-add as 2 FLOPs and only convolutions, matrix products and attention: normalisation,
+activations, pooling and the model's pixel normalisation are left out (a few percent at most
+for ResNets), as in most published GFLOPs. Activations are the output elements of the same
+operators, as fvcore and FastReID count them.
 """
 from __future__ import annotations
 
@@ -11,14 +14,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from reid.config import CfgNode
 from reid.data.transforms import crop_size
 from reid.inference import inference_config
 from reid.modeling import build_model
+from reid.utils.analysis import count_operators
 
 FLOPS_NOTE = "multiply-add = 2 FLOPs; convolutions, matrix products and attention only"
+ACTIVATIONS_NOTE = "output elements of convolutions, matrix products and attention"
 GREY = 128.0  # a mid-grey test image: any input gives the same FLOPs
 
 
@@ -32,13 +36,15 @@ class ModelInfo:
     flops: int
     input_size: tuple[int, int]
     feature_dim: int
+    activations: int = 0
 
     @property
     def gflops(self) -> float:
         return self.flops / 1e9
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "gflops": self.gflops, "flops_note": FLOPS_NOTE}
+        return {**asdict(self), "gflops": self.gflops, "flops_note": FLOPS_NOTE,
+                "activations_note": ACTIVATIONS_NOTE}
 
 
 def eval_input_size(cfg: CfgNode) -> tuple[int, int]:
@@ -56,14 +62,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-def count_flops(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    """(FLOPs of one eval forward of a 1 x 3 x H x W image, the feature dimension)."""
+def count_forward(model: nn.Module, size: tuple[int, int]) -> tuple[int, int, int]:
+    """(FLOPs, activations of one eval forward of a 1 x 3 x H x W image, feature dimension)."""
     images = torch.full((1, 3, *size), GREY)
     model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        features = model(images)
-    return int(counter.get_total_flops()), int(features.shape[-1])
+    counts, features = count_operators(model, images)
+    return counts.total_flops, counts.total_activations, int(features.shape[-1])
 
 
 def describe_model(cfg: CfgNode) -> ModelInfo:
@@ -74,8 +78,8 @@ def describe_model(cfg: CfgNode) -> ModelInfo:
     model = build_model(cfg)
     total, trainable = count_parameters(model)
     size = eval_input_size(cfg)
-    flops, feature_dim = count_flops(model, size)
+    flops, activations, feature_dim = count_forward(model, size)
     return ModelInfo(meta_architecture=cfg.MODEL.META_ARCHITECTURE,
                      backbone=cfg.MODEL.BACKBONE.NAME, head=cfg.MODEL.HEADS.NAME,
                      parameters=total, trainable_parameters=trainable, flops=flops,
-                     input_size=size, feature_dim=feature_dim)
+                     input_size=size, feature_dim=feature_dim, activations=activations)

@@ -18,11 +18,13 @@ import torch
 from reid.config import CfgNode
 from reid.engine.checkpoint import read_checkpoint
 from reid.stage_table import Stage
+from reid.utils.collect_env import collect_env_info
 from tasks import model_registry, reports
 from tasks.tracking import Tracker, output_dir_tags
 
 
 CHECKPOINTS_DIR = "checkpoints"  # the artifact folder of a stage's weights
+ENVIRONMENT_FILE = "environment.txt"  # every training run's software and GPUs
 
 
 @contextmanager
@@ -75,6 +77,16 @@ def log_weights(tracker: Tracker, run_id: str | None, checkpoints: Iterable[str 
             copy.unlink()  # one copy on disk at a time
 
 
+def log_environment(tracker: Tracker, run_id: str | None) -> None:
+    """The software and GPUs the run used (``reid info --env``) as ``environment.txt``."""
+    if not tracker.enabled:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ENVIRONMENT_FILE
+        path.write_text(collect_env_info())
+        tracker.log_artifact(run_id, path)
+
+
 def trained_weights(cfg: CfgNode, result: dict) -> list[str]:
     """The checkpoints of a train result that SOLVER.LOG_CHECKPOINTS sends to MLflow: only
     files this training wrote, never older ones left in OUTPUT_DIR: "final" = model_final.pth
@@ -93,6 +105,7 @@ def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = 
     """``train`` or ``distill``: per-iteration metrics through the tracker's sink."""
     with stage_run(tracker, parent_id, stage, cfg, resume=resume) as run_id:
         tracker.log_dataset(run_id, cfg)
+        log_environment(tracker, run_id)
         result = stage.run(cfg, sink=tracker.sink(run_id), resume=resume)
         log_outputs(tracker, run_id, cfg, result)
         log_weights(tracker, run_id, trained_weights(cfg, result))
