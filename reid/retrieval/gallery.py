@@ -1,0 +1,210 @@
+"""A searchable gallery: a faiss index over features, with a path, pid and camid per vector.
+
+    gallery = Gallery.build(features, index_type="IVF1024,PQ64", metric="cosine",
+                            paths=paths, pids=pids, camids=camids)
+    result = gallery.search(query_features, k=10)   # or image paths, with a model attached
+    result.ids, result.distances, result.paths, result.pids, result.camids   # Q x k each
+    gallery.remove([3, 17]); gallery.add(more_features, paths=more_paths)
+    gallery.save("gallery/"); Gallery.load("gallery/")
+
+Distances are reid's own ("cosine" = ``1 - cos``, "euclidean" = squared L2, as
+:mod:`reid.evaluation.distance`), recomputed exactly from the stored features for the
+candidates faiss returns: ``rescore`` candidates per result are fetched and re-ranked
+(default 10 for compressed codes such as PQ and SQ8, 1 for exact ones), ties broken by id
+like the exact evaluation engine. With a ``Flat`` index the results are the exact ones.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from reid.errors import ReidError
+from reid.retrieval import faiss_index
+from reid.retrieval.model_card import ImageEmbedder, ModelCard
+from reid.retrieval.rows import GalleryRows
+from reid.retrieval.sources import FeatureSource, as_matrix, read_features
+
+logger = logging.getLogger(__name__)
+
+QUERY_BLOCK = 256  # queries re-scored at a time (their candidates' rows are gathered)
+
+
+@dataclass
+class SearchResult:
+    """``Q x k`` arrays: ids, reid distances (ascending) and the metadata of each hit."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+    paths: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+
+
+class Gallery:
+    """A faiss index (``index_type``: a factory string) over vectors with metadata."""
+
+    def __init__(self, dim: int, index_type: str = "Flat", metric: str = "cosine",
+                 rescore: int | None = None, search_params: str | None = None,
+                 model: ModelCard | None = None, device: str = "cpu") -> None:
+        self.index_type, self.metric, self.device = index_type, metric, device
+        self.rows = GalleryRows(int(dim))
+        self._cpu_index = faiss_index.new_index(index_type, dim, metric)
+        self.index = self._cpu_index
+        self.rescore = int(rescore if rescore is not None
+                           else faiss_index.default_rescore(index_type))
+        if self.rescore < 1:
+            raise ReidError(f"rescore must be >= 1 candidate per result, got {self.rescore}")
+        self.search_params = search_params
+        self.model = model
+        self.embedder: ImageEmbedder | None = None
+        if self._cpu_index.is_trained:  # Flat, HNSW, SQfp16: no training step
+            self._ready()
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, features, index_type: str = "Flat", metric: str = "cosine",
+              paths: Sequence[str] | None = None, pids=None, camids=None, seed: int = 0,
+              **options) -> "Gallery":
+        """A trained and filled gallery from features (array, tensor, .npz or .npy path)."""
+        source = read_features(features, paths, pids, camids)
+        gallery = cls(source.dim, index_type, metric, **options)
+        gallery.train(source, seed)
+        gallery.add_source(source)
+        return gallery
+
+    @property
+    def dim(self) -> int:
+        return self.rows.dim
+
+    def __len__(self) -> int:
+        """Vectors that can be found (removed ones excluded)."""
+        return self.rows.live
+
+    def train(self, source: FeatureSource, seed: int = 0) -> None:
+        """Train the index (IVF centroids, codebooks) on a random sample of ``source``."""
+        if self._cpu_index.is_trained:
+            return
+        size = faiss_index.training_size(self._cpu_index, len(source))
+        rows = np.sort(np.random.default_rng(seed).choice(len(source), size, replace=False))
+        sample = faiss_index.prepare(source.vectors[rows], self.metric)
+        faiss_index.train(self._cpu_index, sample, self.index_type)
+        self._ready()
+
+    def add(self, features, paths: Sequence[str] | None = None, pids=None, camids=None
+            ) -> np.ndarray:
+        """Add vectors (with their metadata); returns their ids."""
+        return self.add_source(read_features(features, paths, pids, camids))
+
+    def add_source(self, source: FeatureSource) -> np.ndarray:
+        if source.dim != self.dim:
+            raise ReidError(f"the gallery holds {self.dim}-d features; got {source.dim}-d")
+        if not self._cpu_index.is_trained:
+            self.train(source)
+        for _, chunk in source.chunks():
+            self.index.add(faiss_index.prepare(chunk, self.metric))
+        return self.rows.append(source)
+
+    def remove(self, ids) -> int:
+        """Remove vectors by id (they are never returned again); returns how many were live."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        bad = ids[(ids < 0) | (ids >= len(self.rows))]
+        if bad.size:
+            raise ReidError(f"cannot remove id {int(bad[0])}: the gallery has ids 0.."
+                            f"{len(self.rows) - 1}")
+        fresh = int((~self.rows.removed[ids]).sum())
+        self.rows.removed[ids] = True
+        return fresh
+
+    # ------------------------------------------------------------------ searching
+    def use_model(self, embedder: ImageEmbedder) -> None:
+        """Embed image queries with ``embedder``: refused unless it is the gallery's model."""
+        if self.model is not None:
+            self.model.check_matches(embedder.card, "this gallery index")
+        self.embedder = embedder
+
+    def search(self, queries, k: int = 10) -> SearchResult:
+        """The ``k`` nearest live vectors of each query (features ``Q x D``, or image paths
+        when a model is attached with :meth:`use_model`)."""
+        feats = self._query_features(queries)
+        if k < 1 or k > len(self):
+            raise ReidError(f"k must be between 1 and the gallery size {len(self)}, got {k}")
+        fetch = min(len(self), k * self.rescore)
+        removed = np.flatnonzero(self.rows.removed)
+        ids = np.empty((len(feats), k), dtype=np.int64)
+        dist = np.empty((len(feats), k), dtype=np.float32)
+        for start in range(0, len(feats), QUERY_BLOCK):
+            block = feats[start:start + QUERY_BLOCK]
+            found = faiss_index.search(self.index, faiss_index.prepare(block, self.metric),
+                                       fetch, removed)
+            ids[start:start + len(block)], dist[start:start + len(block)] = \
+                self._rescore(block, found, k)
+        safe = np.maximum(ids, 0)
+        return SearchResult(ids=ids, distances=dist, paths=self.rows.paths[safe],
+                            pids=self.rows.pids[safe], camids=self.rows.camids[safe])
+
+    def _query_features(self, queries) -> np.ndarray:
+        if isinstance(queries, (str, Path)):
+            queries = [queries]
+        if isinstance(queries, (list, tuple)) and queries and isinstance(queries[0], (str, Path)):
+            if self.embedder is None:
+                raise ReidError("searching with images needs the gallery's model: "
+                                "Gallery.load(DIR, with_model=True) or gallery.use_model(...)")
+            queries = self.embedder(queries)
+        feats = as_matrix(queries, "query features")
+        if feats.shape[1] != self.dim:
+            raise ReidError(f"query features have dimension {feats.shape[1]}; the gallery's "
+                            f"{self.dim}")
+        return feats
+
+    def _rescore(self, queries: np.ndarray, found: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best of the candidates by reid's exact distance, ties by id."""
+        dist = exact_distances(queries, self.rows.take(found), self.metric)
+        dist[found < 0] = np.inf
+        by_id = np.argsort(np.where(found < 0, np.iinfo(np.int64).max, found), axis=1,
+                           kind="stable")
+        found, dist = np.take_along_axis(found, by_id, 1), np.take_along_axis(dist, by_id, 1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(found, order, 1), np.take_along_axis(dist, order, 1)
+
+    # ------------------------------------------------------------------ device, persistence
+    def _ready(self) -> None:
+        """Apply the search parameters and move the index to its device."""
+        if self.search_params is None:
+            self.search_params = faiss_index.default_search_parameters(self._cpu_index)
+        faiss_index.set_search_parameters(self._cpu_index, self.search_params)
+        self.index = faiss_index.to_device(self._cpu_index, self.device)
+
+    def cpu_index(self):
+        """The index on the CPU (a GPU index is copied back), as saved."""
+        return faiss_index.to_cpu(self.index)
+
+    def save(self, directory: str | Path) -> Path:
+        from reid.retrieval.store import save_gallery
+        return save_gallery(self, Path(directory))
+
+    @classmethod
+    def load(cls, directory: str | Path, with_model: bool = False, device: str = "cpu",
+             search_params: str | None = None) -> "Gallery":
+        from reid.retrieval.store import load_gallery
+        return load_gallery(Path(directory), with_model=with_model, device=device,
+                            search_params=search_params)
+
+
+def exact_distances(queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
+    """``Q x C`` reid distances of each query to its own ``C`` candidate rows
+    (``candidates``: ``Q x C x D``), the arithmetic of :mod:`reid.evaluation.distance`."""
+    q, g = torch.from_numpy(queries), torch.from_numpy(candidates)
+    with torch.no_grad():
+        if metric == "cosine":
+            q = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            g_norms = g.norm(dim=2).clamp(min=1e-12)
+            return (1.0 - torch.bmm(g, q[:, :, None])[:, :, 0] / g_norms).numpy()
+        products = torch.bmm(g, q[:, :, None])[:, :, 0]
+        squared = q.pow(2).sum(1)[:, None] + g.pow(2).sum(2) - 2.0 * products
+        return squared.clamp_(min=0.0).numpy()

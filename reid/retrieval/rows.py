@@ -1,0 +1,74 @@
+"""The gallery's own copy of its features and metadata, row ``i`` = vector id ``i``.
+
+Rows are kept as the blocks they were added in (a memory-mapped block stays on disk: a
+gallery built from an .npy larger than RAM never loads it), and read back by id for exact
+re-scoring. Removed ids keep their row (faiss ids are positions) and are marked instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from reid.retrieval.sources import CHUNK_ROWS, FeatureSource
+
+
+class GalleryRows:
+    """Vectors and metadata by id; ``removed[i]`` marks a removed id."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._blocks: list[np.ndarray] = []
+        self._starts = np.zeros(1, dtype=np.int64)  # start id of each block, then the end
+        self.paths = np.empty(0, dtype=str)
+        self.pids = np.empty(0, dtype=np.int64)
+        self.camids = np.empty(0, dtype=np.int64)
+        self.removed = np.empty(0, dtype=bool)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def live(self) -> int:
+        return len(self) - int(self.removed.sum())
+
+    def append(self, source: FeatureSource) -> np.ndarray:
+        """Store ``source``'s rows (the array itself, not a copy); returns their new ids."""
+        first = len(self)
+        self._blocks.append(source.vectors)
+        self._starts = np.append(self._starts, first + len(source))
+        self.paths = np.concatenate([self.paths.astype(str), source.paths.astype(str)])
+        self.pids = np.concatenate([self.pids, source.pids])
+        self.camids = np.concatenate([self.camids, source.camids])
+        self.removed = np.concatenate([self.removed, np.zeros(len(source), dtype=bool)])
+        return np.arange(first, len(self), dtype=np.int64)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """float32 rows of ``ids`` (any shape; -1 gives a zero row), shape ``ids.shape + (D,)``."""
+        flat = ids.ravel()
+        out = np.zeros((flat.size, self.dim), dtype=np.float32)
+        valid = flat >= 0
+        block_of = np.searchsorted(self._starts, flat, side="right") - 1
+        for block in np.unique(block_of[valid]):
+            where = np.flatnonzero(valid & (block_of == block))
+            local = flat[where] - self._starts[block]
+            order = np.argsort(local, kind="stable")  # sorted reads: kind to a memory map
+            out[where[order]] = self._blocks[block][local[order]]
+        return out.reshape(*ids.shape, self.dim)
+
+    def chunks(self, rows: int = CHUNK_ROWS):
+        """Consecutive in-memory float32 chunks of every row, in id order."""
+        for block in self._blocks:
+            for start in range(0, len(block), rows):
+                yield np.ascontiguousarray(block[start:start + rows], dtype=np.float32)
+
+    def write_vectors(self, path: Path) -> None:
+        """All rows to an .npy file, chunk by chunk (never the whole gallery in memory)."""
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                        shape=(len(self), self.dim))
+        start = 0
+        for chunk in self.chunks():
+            out[start:start + len(chunk)] = chunk
+            start += len(chunk)
+        out.flush()
+        del out

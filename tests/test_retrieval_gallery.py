@@ -1,0 +1,154 @@
+"""reid.retrieval.Gallery: faiss indexes against a brute-force numpy reference written here."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from reid.errors import ReidError
+from reid.retrieval import Gallery
+from reid.retrieval.model_card import ModelCard
+from reid.retrieval.store import INDEX, MANIFEST
+
+
+def clustered(n: int, dim: int = 32, ids: int = 60, seed: int = 0) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """Features grouped by identity (a centre per id plus noise), and their ids."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, dim))
+    pids = rng.integers(0, ids, n)
+    return (centres[pids] + 0.35 * rng.normal(size=(n, dim))).astype(np.float32), pids
+
+
+def brute_force(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
+    """Reid's distances, written out in float64: 1 - cos, or squared L2."""
+    q64, g64 = q.astype(np.float64), g.astype(np.float64)
+    if metric == "cosine":
+        qn = q64 / np.linalg.norm(q64, axis=1, keepdims=True)
+        gn = g64 / np.linalg.norm(g64, axis=1, keepdims=True)
+        return 1.0 - qn @ gn.T
+    return ((q64[:, None, :] - g64[None, :, :]) ** 2).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g, g_pids = clustered(3000)
+    q, _ = clustered(40, seed=1)
+    return q, g, g_pids
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_flat_returns_the_exact_neighbours_and_reid_distances(data, metric):
+    q, g, g_pids = data
+    gallery = Gallery.build(g, "Flat", metric, pids=g_pids, paths=[f"{i}.jpg" for i in
+                                                                    range(len(g))])
+    result = gallery.search(q, k=7)
+    reference = brute_force(q, g, metric)
+    expected = np.argsort(reference, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(result.ids, expected)
+    np.testing.assert_allclose(result.distances, np.take_along_axis(reference, expected, 1),
+                               rtol=1e-5, atol=2e-5)
+    np.testing.assert_array_equal(result.pids, g_pids[expected])
+    assert result.paths[0, 0] == f"{expected[0, 0]}.jpg"
+
+
+@pytest.mark.parametrize("index_type", ["IVF16,Flat", "IVF16,PQ8", "HNSW16", "SQfp16", "SQ8"])
+def test_approximate_types_find_the_exact_neighbours_of_clustered_features(data, index_type):
+    q, g, _ = data
+    result = Gallery.build(g, index_type, "cosine").search(q, k=10)
+    expected = np.argsort(brute_force(q, g, "cosine"), axis=1, kind="stable")[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(result.ids, expected)])
+    assert recall >= 0.9, recall
+    assert np.all(np.diff(result.distances, axis=1) >= 0)
+
+
+def test_remove_and_add_by_id(data):
+    q, g, _ = data
+    gallery = Gallery.build(g[:2000], "IVF8,Flat", "euclidean", search_params="nprobe=8")
+    first = gallery.search(q[:5], k=3).ids
+    assert gallery.remove(first[:, 0]) == len(set(first[:, 0]))
+    after = gallery.search(q[:5], k=3).ids
+    assert not np.isin(after, first[:, 0]).any()
+    new_ids = gallery.add(q[:2], paths=["a.jpg", "b.jpg"], pids=[7, 8], camids=[1, 2])
+    np.testing.assert_array_equal(new_ids, [2000, 2001])
+    hit = gallery.search(q[:2], k=1)
+    np.testing.assert_array_equal(hit.ids[:, 0], new_ids)
+    assert hit.paths[:, 0].tolist() == ["a.jpg", "b.jpg"] and hit.pids[:, 0].tolist() == [7, 8]
+    assert len(gallery) == 2002 - len(set(first[:, 0]))
+
+
+def test_save_load_answers_identically_from_npy_and_npz_sources(data, tmp_path):
+    q, g, g_pids = data
+    np.save(tmp_path / "g.npy", g)
+    built = Gallery.build(str(tmp_path / "g.npy"), "IVF16,PQ8", "cosine", pids=g_pids)
+    built.remove([5])
+    built.save(tmp_path / "index")
+    loaded = Gallery.load(tmp_path / "index")
+    a, b = built.search(q, 10), loaded.search(q, 10)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.distances, b.distances)
+    assert isinstance(loaded.rows._blocks[0], np.memmap) and len(loaded) == len(g) - 1
+    # `reid extract --dataset` writes queries first: the gallery is the rest
+    np.savez(tmp_path / "set.npz", features=np.vstack([q, g]), pids=np.r_[np.zeros(40), g_pids]
+             .astype(int), camids=np.zeros(40 + len(g), dtype=int), num_query=40)
+    from_npz = Gallery.build(str(tmp_path / "set.npz"), "Flat", "cosine")
+    assert len(from_npz) == len(g)
+    np.testing.assert_array_equal(from_npz.rows.pids, g_pids)
+
+
+def test_saving_over_another_folder_is_refused_and_keeps_it(data, tmp_path):
+    _, g, _ = data
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ReidError, match="is not a gallery index"):
+        Gallery.build(g[:100], "Flat").save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_corrupt_files_are_named(data, tmp_path):
+    _, g, _ = data
+    Gallery.build(g[:500], "Flat").save(tmp_path / "index")
+    index_file = tmp_path / "index" / INDEX
+    index_file.write_bytes(index_file.read_bytes()[:100])
+    with pytest.raises(ReidError, match=r"corrupt: index.faiss has 100 bytes"):
+        Gallery.load(tmp_path / "index")
+    (tmp_path / "index" / MANIFEST).write_text("{not json")
+    with pytest.raises(ReidError, match="corrupt \\(not JSON"):
+        Gallery.load(tmp_path / "index")
+    with pytest.raises(ReidError, match="does not exist"):
+        Gallery.load(tmp_path / "nowhere")
+
+
+def test_user_errors_are_one_line(data):
+    q, g, _ = data
+    with pytest.raises(ReidError, match="not a faiss factory string"):
+        Gallery.build(g, "IVFxyz")
+    gallery = Gallery.build(g[:50], "Flat")
+    with pytest.raises(ReidError, match="between 1 and the gallery size 50, got 51"):
+        gallery.search(q, k=51)
+    with pytest.raises(ReidError, match="dimension 8"):
+        gallery.search(q[:, :8], k=1)
+    with pytest.raises(ReidError, match="too few"):
+        Gallery.build(g[:50], "IVF256,Flat")
+    with pytest.raises(ReidError, match="needs the gallery's model"):
+        gallery.search("a.jpg", k=1)
+
+
+def test_model_card_mismatch_names_the_keys(tmp_path):
+    from reid.config import get_cfg
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    cfg = get_cfg()
+    card = ModelCard.from_config(cfg, weights)
+    other = cfg.clone()
+    other.INPUT.SIZE_TEST = [128, 64]
+    with pytest.raises(ReidError, match="another model config \\(differs in INPUT.SIZE_TEST"):
+        card.check_matches(ModelCard.from_config(other, weights), "index X")
+    same = cfg.clone()
+    same.MODEL.DEVICE = "cuda"  # where it runs does not change the features
+    card.check_matches(ModelCard.from_config(same, weights), "index X")
+    (tmp_path / "w2.pth").write_bytes(b"other")
+    with pytest.raises(ReidError, match="other weights"):
+        card.check_matches(ModelCard.from_config(cfg, tmp_path / "w2.pth"), "index X")
+    assert json.loads(json.dumps(card.to_dict())) == card.to_dict()
