@@ -96,11 +96,12 @@ class PeriodicCheckpointer(HookBase):
 
     def save_periodic(self, name: str) -> str:
         file = self.checkpointer.path_of(name).name
-        if file not in self.periodic:
-            self.periodic.append(file)
+        kept = [f for f in self.periodic if f != file] + [file]
+        older = kept[:-self.keep] if self.keep > 0 else []
+        self.periodic = kept[len(older):]  # what the new checkpoint records
         path = self._save(name, self.trainer.done // self.trainer.iters_per_epoch)
-        while self.keep > 0 and len(self.periodic) > self.keep:
-            self.checkpointer.delete(self.periodic.pop(0))
+        for old in older:  # only once the new one is in place
+            self.checkpointer.delete(old)
         return path
 
     def _save(self, name: str, epoch: int) -> str:
