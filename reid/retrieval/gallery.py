@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from reid.errors import ReidError
-from reid.retrieval import faiss_index
+from reid.retrieval import faiss_index, store
 from reid.retrieval.model_card import ImageEmbedder, ModelCard
 from reid.retrieval.rows import GalleryRows
 from reid.retrieval.sources import FeatureSource, as_matrix, read_features
@@ -185,15 +185,28 @@ class Gallery:
         return faiss_index.to_cpu(self.index)
 
     def save(self, directory: str | Path) -> Path:
-        from reid.retrieval.store import save_gallery
-        return save_gallery(self, Path(directory))
+        """Write the gallery to ``directory``, atomically (:mod:`reid.retrieval.store`)."""
+        return store.save_gallery(self, Path(directory))
 
     @classmethod
     def load(cls, directory: str | Path, with_model: bool = False, device: str = "cpu",
              search_params: str | None = None) -> "Gallery":
-        from reid.retrieval.store import load_gallery
-        return load_gallery(Path(directory), with_model=with_model, device=device,
-                            search_params=search_params)
+        """The gallery saved in ``directory``; its vectors stay memory-mapped. ``with_model``:
+        also load the model it was built with (image queries); ``search_params`` replaces the
+        saved ones (e.g. ``nprobe=64``)."""
+        saved = store.read_gallery(Path(directory))
+        manifest = saved.manifest
+        gallery = cls(manifest["dim"], manifest["index_type"], manifest["metric"],
+                      rescore=manifest["rescore"], model=saved.model, device=device,
+                      search_params=search_params if search_params is not None
+                      else manifest["search_params"])
+        gallery._cpu_index = saved.index
+        gallery.rows.append(saved.rows)
+        gallery.rows.removed[:] = saved.removed
+        gallery._ready()
+        if with_model:
+            gallery.use_model(store.model_embedder(saved.model, Path(directory)))
+        return gallery
 
 
 def exact_distances(queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:

@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -91,26 +92,23 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def load_gallery(directory: Path, with_model: bool = False, device: str = "cpu",
-                 search_params: str | None = None):
-    """The gallery saved in ``directory``; ``with_model``: also its model, for image queries."""
-    from reid.retrieval.gallery import Gallery
+@dataclass
+class SavedGallery:
+    """What a gallery folder holds, checked against its manifest."""
 
+    manifest: dict
+    index: faiss.Index
+    rows: FeatureSource
+    removed: np.ndarray
+    model: ModelCard | None
+
+
+def read_gallery(directory: Path) -> SavedGallery:
+    """The gallery saved in ``directory`` (``Gallery.load`` builds the object from it)."""
     manifest = read_manifest(directory)
     card = ModelCard.from_dict(manifest["model"]) if manifest.get("model") else None
-    gallery = Gallery(manifest["dim"], manifest["index_type"], manifest["metric"],
-                      rescore=manifest["rescore"], model=card, device=device,
-                      search_params=search_params if search_params is not None
-                      else manifest["search_params"])
-    index = _read_index(directory / INDEX, manifest)
-    source = _read_rows(directory, manifest)
-    gallery._cpu_index = index
-    gallery.rows.append(source)
-    gallery.rows.removed[:] = source.removed
-    gallery._ready()
-    if with_model:
-        gallery.use_model(_embedder(card, directory))
-    return gallery
+    rows, removed = _read_rows(directory, manifest)
+    return SavedGallery(manifest, _read_index(directory / INDEX, manifest), rows, removed, card)
 
 
 def _read_index(path: Path, manifest: dict) -> faiss.Index:
@@ -126,7 +124,7 @@ def _read_index(path: Path, manifest: dict) -> faiss.Index:
     return index
 
 
-def _read_rows(directory: Path, manifest: dict) -> FeatureSource:
+def _read_rows(directory: Path, manifest: dict) -> tuple[FeatureSource, np.ndarray]:
     count, dim = manifest["count"], manifest["dim"]
     try:
         vectors = np.load(directory / VECTORS, mmap_mode="r")
@@ -139,11 +137,10 @@ def _read_rows(directory: Path, manifest: dict) -> FeatureSource:
         raise ReidError(f"gallery index {directory} is corrupt: {VECTORS} {vectors.shape} and "
                         f"{METADATA} do not hold the manifest's {count} x {dim}")
     source = FeatureSource(vectors, arrays["paths"], arrays["pids"], arrays["camids"])
-    source.removed = arrays["removed"].astype(bool)
-    return source
+    return source, arrays["removed"].astype(bool)
 
 
-def _embedder(card: ModelCard | None, directory: Path):
+def model_embedder(card: ModelCard | None, directory: Path):
     from reid.config import load_config
     from reid.retrieval.model_card import ImageEmbedder
     if card is None:
