@@ -205,11 +205,12 @@ def folder_features(model: nn.Module, cfg: CfgNode, folder: str | Path,
                     device: torch.device | str = "cpu", paths: Sequence[str] | None = None
                     ) -> tuple[np.ndarray, list[str]]:
     """(float32 ``N x D`` features, relative paths) of ``paths`` (default: ``list_images``)
-    under ``folder``; TEST.FLIP_ENABLED averages with the mirrored image."""
+    under ``folder``; TEST.FLIP_ENABLED averages with the mirrored image, TEST.BF16 extracts
+    under bfloat16 autocast."""
     from reid.evaluation.extract import extract_features
 
     folder = Path(folder)
     paths = list(paths) if paths is not None else list_images(folder)
     feats, _, _ = extract_features(model, folder_loader(cfg, folder, paths), device,
-                                   flip=bool(cfg.TEST.FLIP_ENABLED))
+                                   flip=bool(cfg.TEST.FLIP_ENABLED), bf16=bool(cfg.TEST.BF16))
     return feats.numpy().astype(np.float32, copy=False), paths

@@ -308,7 +308,8 @@ def extract(cfg: CfgNode, weights: str | Path, dataset: str, output: str | Path)
     device = resolve_device(cfg.MODEL.DEVICE)
     model = load_model(cfg, weights, device)
     loader, num_query = build_test_loader(cfg, dataset)
-    feats, pids, camids = extract_features(model, loader, device, flip=cfg.TEST.FLIP_ENABLED)
+    feats, pids, camids = extract_features(model, loader, device, flip=cfg.TEST.FLIP_ENABLED,
+                                           bf16=cfg.TEST.BF16)
     write_npz(output, features=feats.numpy(), pids=pids, camids=camids, num_query=num_query)
     return {"features": str(output), "count": int(len(pids)), "dim": int(feats.shape[1])}
 

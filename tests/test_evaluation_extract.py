@@ -175,3 +175,47 @@ def test_a_real_loader_over_its_dataset_passes_the_check():
     feats, pids, _ = extract_features(FirstRowModel(), loader, "cpu")
     np.testing.assert_array_equal(pids, np.arange(5))
     np.testing.assert_allclose(feats.numpy()[:, 0], np.arange(5))
+
+
+def small_convnet() -> nn.Module:
+    """Convolutions with BatchNorm (eval statistics set), pooled to a 16-d feature."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    for norm in (model[1], model[4]):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_cpu_extraction_is_channels_last_and_restores_the_layout():
+    model = small_convnet()
+    loader = make_loader(np.random.default_rng(0).random((6, 12)), np.arange(6), np.zeros(6), 4)
+    seen = []
+    model.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    feats, _, _ = extract_features(model, loader, "cpu")
+    assert seen == [True, True]  # both batches went in channels-last
+    assert all(p.is_contiguous() for p in model.parameters())
+    with torch.no_grad():  # the reference: the plain float32 forward of contiguous images
+        expected = model.eval()(torch.cat([b["images"] for b in loader]).contiguous())
+    torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not extract.cpu_has_bf16(), reason="this CPU has no native bfloat16")
+def test_bf16_features_stay_within_cosine_0_9999_of_float32():
+    model = small_convnet()
+    loader = make_loader(np.random.default_rng(1).random((8, 16)), np.arange(8), np.zeros(8), 8)
+    plain, _, _ = extract_features(model, loader, "cpu")
+    bf16, _, _ = extract_features(model, loader, "cpu", bf16=True)
+    assert bf16.dtype == torch.float32
+    assert not torch.equal(bf16, plain)  # autocast did run in bfloat16
+    assert torch.nn.functional.cosine_similarity(bf16, plain).min() > 0.9999
+
+
+def test_bf16_on_a_cpu_without_it_is_an_error(monkeypatch):
+    monkeypatch.setattr(extract, "cpu_has_bf16", lambda: False)
+    loader = make_loader([[1.0, 2.0]], [0], [0], 1)
+    with pytest.raises(ReidError, match="TEST.BF16 needs a CPU with native bfloat16"):
+        extract_features(FirstRowModel(), loader, "cpu", bf16=True)

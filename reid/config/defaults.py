@@ -264,6 +264,10 @@ _C.TEST.IMS_PER_BATCH = 64
 _C.TEST.METRIC = "cosine"
 _C.TEST.ROC_ENABLED = False
 _C.TEST.FLIP_ENABLED = False
+# (reid) extract features under bfloat16 autocast: on the CPU about 2x faster where it has
+# native bf16 (AVX-512 BF16 / AMX; an error elsewhere), features within cosine 0.9999 of
+# float32 (benchmarks/inference_throughput.py)
+_C.TEST.BF16 = False
 # (reid) rank protocol for every test set ("market" | "cuhk03"); "" = each dataset's own
 _C.TEST.PROTOCOL = ""
 # (reid) false accept rates at which TAR is reported when ROC_ENABLED

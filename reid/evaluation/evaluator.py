@@ -52,7 +52,7 @@ def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.
     # A CUDA OOM here is often fragmentation left by training: retried after emptying the
     # cache (the model cannot leave the GPU, so no CPU fallback).
     feats, pids, camids = retry_if_cuda_oom(extract_features, cpu_fallback=False)(
-        model, data_loader, device, flip=options.flip)
+        model, data_loader, device, flip=options.flip, bf16=options.bf16)
     total = len(pids)
     if not 0 < num_query < total:
         raise ReidError(f"num_query must split the {total} extracted items into queries and "

@@ -56,6 +56,7 @@ class EvalOptions:
 
     metric: str = "cosine"
     flip: bool = False
+    bf16: bool = False            # bfloat16 autocast while extracting features (TEST.BF16)
     max_rank: int = 50
     aqe: AqeOptions | None = None        # None: no query expansion
     rerank: RerankOptions | None = None  # None: no re-ranking
@@ -72,6 +73,7 @@ class EvalOptions:
         rerank = (RerankOptions(k1=int(test.RERANK.K1), k2=int(test.RERANK.K2),
                                 lambda_value=float(test.RERANK.LAMBDA))
                   if test.RERANK.ENABLED else None)
-        return cls(metric=test.METRIC, flip=bool(test.FLIP_ENABLED), aqe=aqe, rerank=rerank,
+        return cls(metric=test.METRIC, flip=bool(test.FLIP_ENABLED), bf16=bool(test.BF16),
+                   aqe=aqe, rerank=rerank,
                    roc=bool(test.ROC_ENABLED), fars=tuple(float(f) for f in test.ROC_FARS),
                    protocol=test.PROTOCOL or None, examples=bool(test.VISUALIZE))

@@ -1,0 +1,179 @@
+"""Feature extraction throughput (img/s) on the CPU: this project against FastReID 1.4, side by side.
+
+For each recipe (BoT-R18 at 128x64, BoT-R50 at 256x128; random weights, eval mode, batch 128),
+the same synthetic images (``torch.rand`` from one seed: both venvs run torch 2.14.1, so the
+tensors are identical) go through
+
+* ``fastreid``: FastReID 1.4's own model, built by its own config loader from
+  ``benchmarks/fastreid_recipes/`` in its venv (``--fastreid-python``; see
+  ``benchmarks/fastreid_parity.py`` for how that venv was made), called as its evaluator
+  calls it: ``model({"images": batch})`` under ``torch.no_grad()``;
+* ``ours-before``: this project's model from the params/ recipe, called as ``extract_features``
+  called it before (plain float32 tensors, ``torch.inference_mode``);
+* ``ours``: ``reid.evaluation.extract.extract_features`` as it is now (channels-last on the
+  CPU), with ``bf16=False`` (float32) and ``ours-bf16`` with ``bf16=True`` (bfloat16 autocast,
+  TEST.BF16), which needs a CPU with native bf16 (``lscpu``: ``avx512_bf16`` / ``amx_bf16``).
+
+Every method runs in its own process, the methods interleaved ``--repeats`` times; in each
+process one batch warms up, then ``--batches`` batches are timed and the best is kept; the
+best over repeats is reported. Features of our variants are compared with ``ours-before``'s
+(smallest cosine over the batch). Only the model step is timed (tensors already in memory):
+FastReID's data loader does not import on torch 2 (``fastreid.data`` needs ``torch._six``).
+
+    python benchmarks/inference_throughput.py                      # both recipes
+    python benchmarks/inference_throughput.py --recipes BoT-R18-128x64 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FASTREID_PYTHON = "/work/fastreid-venv/bin/python"
+BATCH = 128
+SEED = 16
+# name: (FastReID config under benchmarks/fastreid_recipes/, params/ recipe, input H x W)
+RECIPES = {
+    "BoT-R18-128x64": ("bagtricks_R18-128x64.yml", "params/bagtricks_R18-128x64.yml", (128, 64)),
+    "BoT-R50-256x128": ("Market1501/bagtricks_R50.yml", "params/Market1501/bagtricks_R50.yml",
+                        (256, 128)),
+}
+METHODS = ("fastreid", "ours-before", "ours", "ours-bf16")
+OVERRIDES = ("MODEL.HEADS.NUM_CLASSES", "100", "MODEL.BACKBONE.PRETRAIN", "False")
+
+
+def images(size: tuple[int, int]) -> torch.Tensor:
+    """The seeded batch, float 0..255 (the models normalise it themselves)."""
+    return 255.0 * torch.rand((BATCH, 3, *size), generator=torch.Generator().manual_seed(SEED))
+
+
+# --------------------------------------------------------------------------- workers
+def fastreid_step(recipe: str):
+    from fastreid.config import get_cfg
+    from fastreid.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(ROOT / "benchmarks" / "fastreid_recipes" / RECIPES[recipe][0]))
+    cfg.merge_from_list([*OVERRIDES, "MODEL.DEVICE", "cpu"])
+    cfg.freeze()
+    model = build_model(cfg).eval()
+
+    def step(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model({"images": batch})
+    return step
+
+
+def ours_step(recipe: str, method: str):
+    sys.path.insert(0, str(ROOT))
+    from reid.config import load_config
+    from reid.evaluation.extract import extract_features
+    from reid.inference import build_inference_model
+
+    torch.manual_seed(0)
+    model = build_inference_model(load_config(ROOT / RECIPES[recipe][1], OVERRIDES))
+
+    def before(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(batch)
+
+    def extract(batch: torch.Tensor) -> torch.Tensor:
+        loader = [{"images": batch, "targets": torch.zeros(len(batch)),
+                   "camids": torch.zeros(len(batch))}]
+        return extract_features(model, loader, "cpu", bf16=method == "ours-bf16")[0]
+    return before if method == "ours-before" else extract
+
+
+def run_worker(recipe: str, method: str, batches: int, out: Path) -> dict:
+    step = fastreid_step(recipe) if method == "fastreid" else ours_step(recipe, method)
+    batch = images(RECIPES[recipe][2])
+    step(batch)  # warm-up: first-call allocations, oneDNN primitive creation
+    best = float("inf")
+    for _ in range(batches):
+        started = time.perf_counter()
+        features = step(batch)
+        best = min(best, time.perf_counter() - started)
+    torch.save(features.float(), out)
+    return {"recipe": recipe, "method": method, "img_s": BATCH / best,
+            "threads": torch.get_num_threads()}
+
+
+# --------------------------------------------------------------------------- driver
+def spawn(recipe: str, method: str, args, out: Path) -> dict:
+    python = args.fastreid_python if method == "fastreid" else sys.executable
+    cmd = [python, __file__, "--worker", recipe, method, str(out), "--batches", str(args.batches)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1).min())
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per process")
+    parser.add_argument("--fastreid-python", default=FASTREID_PYTHON)
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(),
+                                                          "reid-inference-bench"))
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        recipe, method, out = args.worker
+        print(json.dumps(run_worker(recipe, method, args.batches, Path(out))))
+        return
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"cpu cores: {os.cpu_count()}, flags: {cpu_flags()}, load average before: "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    table = []
+    for recipe in args.recipes:
+        best: dict[str, dict] = {}
+        for repeat in range(args.repeats):
+            for method in args.methods:
+                result = spawn(recipe, method, args, workdir / f"{recipe}-{method}.pt")
+                print(f"  {recipe} run {repeat + 1} {method}: {result['img_s']:.1f} img/s",
+                      flush=True)
+                if result["img_s"] > best.get(method, {"img_s": 0})["img_s"]:
+                    best[method] = result
+        reference = workdir / f"{recipe}-ours-before.pt"
+        for method, result in best.items():
+            features = workdir / f"{recipe}-{method}.pt"
+            if method.startswith("ours") and reference.exists():
+                result["cosine"] = min_cosine(torch.load(features), torch.load(reference))
+            table.append(result)
+    print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print(f"best of {args.repeats} interleaved runs x {args.batches} batches of {BATCH}")
+    print(f"{'recipe':<16} {'method':<12} {'threads':>7} {'img/s':>8} {'vs FastReID':>11} "
+          f"{'min cos vs ours-before':>22}")
+    for r in table:
+        base = next((t["img_s"] for t in table
+                     if t["recipe"] == r["recipe"] and t["method"] == "fastreid"), None)
+        ratio = f"{r['img_s'] / base:.2f}x" if base else "-"
+        cosine = f"{r['cosine']:.7f}" if "cosine" in r else "-"
+        print(f"{r['recipe']:<16} {r['method']:<12} {r['threads']:>7} {r['img_s']:>8.1f} "
+              f"{ratio:>11} {cosine:>22}")
+
+
+if __name__ == "__main__":
+    main()
