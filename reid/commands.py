@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from reid.errors import ReidError
+from reid.utils.logger import ColorfulFormatter, wants_colour
 from reid.utils.logs import LOG_FORMAT, attach_log_file
 from reid.utils.run_lock import INHERITED_ENV, hold_output_dir
 
@@ -30,6 +31,8 @@ def setup_logging(output_dir: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(drop_reported_user_errors)
+        if wants_colour(getattr(handler, "stream", None)):  # a terminal: colours
+            handler.setFormatter(ColorfulFormatter(LOG_FORMAT, "%H:%M:%S"))
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     if output_dir:

@@ -50,8 +50,9 @@ def test_the_file_is_appended_to_across_runs(tmp_path, bare_logging):
     assert text.index("first run") < text.index("second run")
 
 
-def test_ranks_other_than_zero_write_no_file(tmp_path, bare_logging, monkeypatch):
+def test_ranks_other_than_zero_write_their_own_file(tmp_path, bare_logging, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     with log_file(tmp_path):
         logging.getLogger("reid").warning("rank 1")
-    assert not (tmp_path / LOG_FILE).exists()
+    assert not (tmp_path / LOG_FILE).exists()  # rank 0's
+    assert (tmp_path / f"{LOG_FILE}.rank1").read_text().endswith("WARNING reid: rank 1\n")

@@ -20,6 +20,7 @@ from reid.data.samplers import EpochSampler, InferenceSampler, build_train_sampl
 from reid.data.transforms import build_transforms
 from reid.errors import ReidError
 from reid.utils import comm
+from reid.utils.logger import log_first_n
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def read_image(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in a transform
+            if img.mode != "RGB":  # once per mode and process, not once per image
+                log_first_n(logging.INFO, f"converting {img.mode} images to RGB", key="message")
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         why = " ".join(str(exc).split()) or type(exc).__name__

@@ -1,8 +1,9 @@
 """The run's log file, ``OUTPUT_DIR/log.txt`` (FastReID keeps one per run too).
 
 Every stage function writes its log there, whoever calls it: the CLI, a Prefect task (whose
-process never went through the CLI's logging setup) or a notebook. Only rank 0 writes, and a
-file gets one handler however many stages nest (``distill`` runs ``train``).
+process never went through the CLI's logging setup) or a notebook. Rank 0 writes ``log.txt``,
+rank N > 0 its own ``log.txt.rankN`` (as FastReID's ``setup_logger``, ``reid.utils.logger``),
+and a file gets one handler however many stages nest (``distill`` runs ``train``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-LOG_FILE = "log.txt"
+from reid.utils.logger import LOG_FILE, log_file_path
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -34,20 +36,21 @@ class LogFile(logging.FileHandler):
                          "logging to the console only\n")
 
 
-def writes_logs() -> bool:
-    """Rank 0 only; RANK is set by torchrun before the process group exists."""
+def process_rank() -> int:
+    """This process's rank: the process group's, or RANK (set by torchrun before it exists)."""
     from reid.utils import comm  # torch: not imported by `reid --help`
 
-    return comm.is_main_process() and int(os.environ.get("RANK", "0")) == 0
+    return comm.get_rank() or int(os.environ.get("RANK", "0"))
 
 
 def attach_log_file(directory: str | Path) -> Optional[logging.Handler]:
-    """Append the root logger's records to ``directory/log.txt``; returns the new handler, or
-    None when a handler already writes that file or on ranks other than 0."""
-    path = Path(os.path.abspath(Path(directory) / LOG_FILE))  # as FileHandler spells it
+    """Append the root logger's records to ``directory/log.txt`` (``log.txt.rankN`` on rank N
+    > 0); returns the new handler, or None when a handler already writes that file."""
+    # absolute, as FileHandler spells it; "directory" is always a folder here
+    path = Path(os.path.abspath(log_file_path(Path(directory) / LOG_FILE, process_rank())))
     root = logging.getLogger()
-    if not writes_logs() or any(isinstance(h, logging.FileHandler) and
-                                Path(h.baseFilename) == path for h in root.handlers):
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path
+           for h in root.handlers):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = LogFile(path)
