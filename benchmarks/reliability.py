@@ -339,10 +339,14 @@ def fresh_store_created_twice_at_once(b: Bench, o: Outcome) -> None:
 
 @case
 def sigterm_during_reid_run(b: Bench, o: Outcome) -> None:
-    """SIGTERM (a preemption): runs end KILLED, the temporary Prefect server stops."""
+    """SIGTERM (a preemption): the training writes a checkpoint at the iteration it stops at
+    and exits 143, runs end KILLED, the temporary Prefect server stops; `reid run --resume`
+    goes on from that checkpoint."""
     started = time.monotonic()
-    popen = b.start("run", *b.args("sigterm", "SOLVER.MAX_EPOCH", "50"))
-    if not o.expect(wait_for(lambda: logged_iterations(b.workdir / "sigterm")), "never trained"):
+    out = b.workdir / "sigterm"
+    popen = b.start("run", *b.args("sigterm", "SOLVER.MAX_EPOCH", "50",
+                                   "SOLVER.CHECKPOINT_PERIOD", "0"))
+    if not o.expect(wait_for(lambda: logged_iterations(out)), "never trained"):
         popen.kill()
         return
     popen.send_signal(signal.SIGTERM)
@@ -350,13 +354,27 @@ def sigterm_during_reid_run(b: Bench, o: Outcome) -> None:
     o.rc, o.lines, o.seconds = proc.rc, proc.printed, proc.seconds
     o.expect(proc.rc == 128 + signal.SIGTERM, f"exit code {proc.rc}")
     o.expect("Traceback" not in proc.stderr, "a traceback was printed")
-    o.expect(proc.stderr.strip().splitlines()[-1:] != [] and "terminated" in proc.stderr,
-             "no 'terminated' line")
+    stopped = re.search(r"^reid: stopped: SIGTERM at iteration (\d+); checkpoint (\S+);",
+                        proc.stderr, re.MULTILINE)
+    if not o.expect(stopped is not None, "no 'stopped' line"):
+        return
+    iteration, checkpoint = int(stopped.group(1)), Path(stopped.group(2))
+    o.expect(checkpoint == out / f"model_iter_{iteration:07d}.pth" and checkpoint.is_file(),
+             f"no checkpoint {checkpoint}")
     statuses = {r.info.run_name: r.info.status for r in b.runs("sigterm")}
     o.expect(statuses.get("train") == "KILLED" and statuses.get("pipeline:synthetic") == "KILLED",
              f"run statuses {statuses}")
     o.expect(wait_for(lambda: not temporary_servers_of(popen.pid), 20),
              "the temporary Prefect server outlived `reid run`")
+    import torch
+    state = torch.load(checkpoint, weights_only=True)["trainer"]
+    epochs = iteration // state["iters_per_epoch"] + 1  # the epoch it stopped in, finished
+    resumed = b.reid("run", "--resume", *b.args("sigterm", "SOLVER.MAX_EPOCH", str(epochs),
+                                                 "SOLVER.CHECKPOINT_PERIOD", "0"))
+    o.seconds = time.monotonic() - started
+    o.expect(resumed.rc == 0, f"resume exit code {resumed.rc}: {resumed.error_lines}")
+    log = (out / "log.txt").read_text()
+    o.expect(f"from iteration {iteration + 1}" in log, "the resume did not continue there")
 
 
 @case

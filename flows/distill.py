@@ -21,8 +21,9 @@ from flows.pipeline import run_stages
 from reid.config import CfgNode, load_config, merge_overrides, validate
 from reid.errors import ReidError
 from reid.modeling.meta_arch.teachers import paths_override, teacher_paths
-from tasks.pipeline_tasks import evaluate_task
 from reid.utils.run_lock import hold_output_dir
+from tasks import lineage
+from tasks.pipeline_tasks import evaluate_task
 from tasks.tracking import Tracker, output_dir_tags
 
 
@@ -36,11 +37,16 @@ def _changed(cfg: CfgNode, *overrides: str) -> CfgNode:
 
 def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
                        parent: str, nproc_per_node: int = 1) -> tuple[str, dict]:
-    """One teacher's weights and its results: evaluated if they exist, else trained first."""
+    """One teacher's weights and its results: evaluated if they exist (a file, or a model URI
+    resolved through MLflow: ``tasks/lineage.py``), else trained first."""
     teacher_cfg = load_config(config)
     with tracker.run(role, parent, tags={"reid.role": "teacher"}) as run:
         tracker.log_config(run, teacher_cfg, config)
-        if weights and Path(weights).is_file():
+        if lineage.is_uri(weights):  # the student's config keeps the URI: its runs resolve it
+            found = lineage.resolve(weights, "KD.MODEL_WEIGHTS", tracker.client)
+            tracker.set_tags(run, lineage.lineage_tags(lineage.TEACHER_PREFIX, [found]))
+            results = evaluate_task(teacher_cfg, tracker, run, weights=str(found.file))["results"]
+        elif weights and Path(weights).is_file():
             results = evaluate_task(teacher_cfg, tracker, run, weights=weights)["results"]
         else:
             out = run_stages(teacher_cfg, tracker, run, nproc_per_node=nproc_per_node)
@@ -63,18 +69,21 @@ def teacher_checkpoints(cfg: CfgNode, tracker: Tracker, parent: str,
 
 @flow(name="reid-distill")
 def distill(config: str, overrides: Optional[list[str]] = None,
-            compare_without_kd: bool = True, nproc_per_node: int = 1) -> dict:
+            compare_without_kd: bool = True, nproc_per_node: int = 1,
+            register_model: Optional[str] = None) -> dict:
     """Teachers (trained unless their weights exist) -> student with KD (-> the same student
-    without KD, for comparison); ``nproc_per_node`` > 1 trains each with DDP."""
+    without KD, for comparison); ``nproc_per_node`` > 1 trains each with DDP;
+    ``register_model`` names the registered model the KD student becomes a version of."""
     cfg = load_config(config, overrides or [])
     with hold_output_dir(cfg.OUTPUT_DIR):
         tracker = Tracker()
         tracker.close_abandoned(cfg.OUTPUT_DIR)
-        return _distill(cfg, config, tracker, compare_without_kd, nproc_per_node)
+        return _distill(cfg, config, tracker, compare_without_kd, nproc_per_node,
+                        register_model)
 
 
 def _distill(cfg: CfgNode, config: str, tracker: Tracker, compare_without_kd: bool,
-             nproc_per_node: int) -> dict:
+             nproc_per_node: int, register_model: Optional[str] = None) -> dict:
     rows = []
     tags = {"reid.flow": "distill", **output_dir_tags(cfg), **prefect_run_tags()}
     with tracker.run(f"distill:{Path(config).stem}", tags=tags) as parent:
@@ -87,15 +96,16 @@ def _distill(cfg: CfgNode, config: str, tracker: Tracker, compare_without_kd: bo
         if teachers:
             checkpoints = [weights for weights, _ in teachers.values()]
             student_cfg = _changed(cfg, "KD.MODEL_WEIGHTS", paths_override(checkpoints))
-        runs = {"student (KD)": (student_cfg, "distill")}
+        runs = {"student (KD)": (student_cfg, "distill", register_model)}
         if compare_without_kd:
             plain = _changed(cfg, "MODEL.META_ARCHITECTURE", "Baseline",
                              "OUTPUT_DIR", str(Path(cfg.OUTPUT_DIR) / "no-kd"))
-            runs["student (no KD)"] = (plain, "train")
-        for role, (role_cfg, stage) in runs.items():
-            with tracker.run(role, parent, tags={"reid.role": role}) as run:
+            runs["student (no KD)"] = (plain, "train", None)
+        for role, (role_cfg, stage, register) in runs.items():
+            _, teacher_tags = lineage.resolve_config(role_cfg, tracker.client.tracking_uri)
+            with tracker.run(role, parent, tags={"reid.role": role, **teacher_tags}) as run:
                 tracker.log_config(run, role_cfg, config)
-                out = run_stages(role_cfg, tracker, run, train_stage=stage,
+                out = run_stages(role_cfg, tracker, run, train_stage=stage, register=register,
                                  nproc_per_node=nproc_per_node)
                 tracker.log_results(run, out["results"])
             results[role] = out["results"]

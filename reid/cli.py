@@ -48,7 +48,7 @@ def _run_flow(args: argparse.Namespace) -> None:
     if args.flow == "distill":
         out = distill(config=args.config, overrides=list(args.opts),
                       compare_without_kd=not args.no_compare,
-                      nproc_per_node=args.nproc_per_node)
+                      nproc_per_node=args.nproc_per_node, register_model=args.register)
         for role, results in out["results"].items():
             print(f"\n{role}:")
             print_results(results)
@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", cmd_run, "run a Prefect flow (default: the whole pipeline)")
     run.add_argument("--flow", choices=("pipeline", "distill"), default="pipeline")
     run.add_argument("--resume", action="store_true", help="resume training from OUTPUT_DIR")
-    run.add_argument("--register", metavar="NAME", help="pipeline flow: register the evaluated "
-                     "model in the MLflow model registry as a version of NAME")
+    run.add_argument("--register", metavar="NAME", help="register the evaluated model (the "
+                     "distill flow: the KD student) in the MLflow model registry as a version "
+                     "of NAME")
     run.add_argument("--no-compare", action="store_true",
                      help="distill flow: skip the student trained without KD")
     run.add_argument("--nproc-per-node", type=int, default=1, metavar="N",

@@ -3,6 +3,7 @@
 The CLI prints its message as one line, without a traceback, and exits non-zero.
 """
 import errno
+import signal
 
 
 class ReidError(Exception):
@@ -31,11 +32,35 @@ USER_FIXABLE = DISK_FULL | {errno.EACCES, errno.EPERM, errno.EROFS}
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a preempted VM, a pod eviction, Slurm's warning, ``kill``), raised where Ctrl-C
-    raises KeyboardInterrupt, so both unwind the same way: runs closed, servers stopped."""
+    raises KeyboardInterrupt, so both unwind the same way: runs closed, servers stopped.
+    ``signum`` is the signal (SIGTERM unless said otherwise)."""
+
+    def __init__(self, *args, signum: int = signal.SIGTERM) -> None:
+        super().__init__(*args)
+        self.signum = int(signum)
 
 
 def raise_terminated(signum, frame) -> None:
-    raise Terminated()
+    raise Terminated(signum=signum)
+
+
+# What a stopped training prints (then where its checkpoint is), so that a launcher reading
+# its workers' stderr (tasks/distributed.py) knows the stop was clean and resumable.
+STOPPED_PREFIX = "reid: stopped: "
+
+
+class Preempted(Terminated):
+    """A training stopped by a signal after writing a checkpoint at ``iteration``
+    (``reid.engine.preemption``). The command exits with ``exit_code`` = 128 + the signal."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: str) -> None:
+        self.iteration, self.checkpoint = iteration, checkpoint
+        super().__init__(f"{signal.Signals(signum).name} at iteration {iteration}; checkpoint "
+                         f"{checkpoint}; --resume continues from it", signum=signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 def describe_os_error(exc: OSError) -> str:

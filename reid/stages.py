@@ -29,6 +29,7 @@ from reid.engine.hooks import (LayerFreezer, MetricsLogger, MetricsSink, Periodi
                                PeriodicEvaluator, ProgressBar)
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
 from reid.engine.precise_bn import update_bn_stats
+from reid.engine.preemption import StopOnSignal
 from reid.engine.trainer import Trainer, build_gradient_clipper
 from reid.errors import USER_FIXABLE, ReidError, describe_os_error
 from reid.evaluation.evaluator import Evaluator
@@ -179,6 +180,7 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
         MetricsLogger(fan_out(metrics_file, printer, sink), cfg.SOLVER.LOG_PERIOD),
         # Last: a checkpoint holds the other hooks' state as this step left it.
         checkpoints,
+        StopOnSignal(checkpoints),  # SIGTERM / SIGINT / SIGUSR1: checkpoint, then Preempted
     ]
     # Frozen layers produce no gradients for a while: DDP must be told to expect that.
     freezing = cfg.SOLVER.FREEZE_ITERS > 0 or cfg.SOLVER.FREEZE_FC_ITERS > 0

@@ -5,7 +5,8 @@ Compared runs are the finished runs that hold a trained model's final results
 and the distill flow's teacher / student runs. The table shows, best first by a rank metric:
 run name and id, recipe, Rank-1 / mAP / mINP per test set, training time (the run's train /
 distill stage runs), data version (``dvc:<md5>`` or ``content:<md5>``, tasks/data_version.py),
-git commit, and only the params that differ between the runs. The figure shows their
+git commit, the teacher a student learned from (registered model and version or run, and the
+sha256 of its weights: tasks/lineage.py), and only the params that differ between the runs. The figure shows their
 training loss and mAP curves. Both are logged as artifacts of a new run tagged
 ``reid.comparison`` (which later comparisons skip).
 """
@@ -38,7 +39,9 @@ RESULT_COLUMN = re.compile(r"^metrics\.(?P<set>.+)\.(?P<metric>Rank-\d+|mAP|mINP
 MAX_FIGURE_RUNS = 10   # one colour each in the figure
 MISSING = "\u2014"     # an em dash for absent values
 # Long identifiers shortened for people (the CSV keeps them whole).
-SHORTENED = {"run id": 8, "git commit": 8, "data version": 16}  # "content:" + 8 hex digits
+SHORTENED = {"run id": 8, "git commit": 8, "data version": 16,  # "content:" + 8 hex digits
+             "teacher sha256": 12}
+TEACHER = "reid.teacher"  # the lineage tags' prefix (tasks/lineage.py)
 
 
 @dataclass
@@ -117,6 +120,7 @@ class Training:
     run_ids: list[str] = field(default_factory=list)  # oldest first
     seconds: float | None = None                      # summed: a resumed training has two
     data_version: str | None = None                   # the version of the data they read
+    lineage: dict[str, str] = field(default_factory=dict)  # reid.teacher.* tags they carry
 
 
 def training_of(client: MlflowClient, experiment_id: str, run_ids: list[str]
@@ -132,7 +136,24 @@ def training_of(client: MlflowClient, experiment_id: str, run_ids: list[str]
             elapsed = (child.info.end_time - child.info.start_time) / 1000.0
             found.seconds = (found.seconds or 0.0) + elapsed
         found.data_version = child.data.tags.get(DATA_VERSION_TAG, found.data_version)
+        found.lineage.update({k: v for k, v in child.data.tags.items()
+                              if k.startswith(TEACHER + ".")})
     return out
+
+
+def teacher_of(run: pd.Series, training: Training) -> tuple[str | None, str | None]:
+    """(teacher, its weights' sha256) of a compared run: ``NAME vVERSION`` per teacher (its
+    URI for a ``runs:/`` teacher), from the run's lineage tags or its training run's."""
+    tags = {k[len("tags."):]: v for k, v in run.items()
+            if str(k).startswith(f"tags.{TEACHER}.") and isinstance(v, str) and v}
+    tags = tags or training.lineage
+    if not tags:
+        return None, None
+    models = tags.get(f"{TEACHER}.model", "").split(",")
+    versions = tags.get(f"{TEACHER}.version", "").split(",")
+    uris = tags.get(f"{TEACHER}.uri", "").split(",")
+    names = [f"{m} v{v}" if m else uri for m, v, uri in zip(models, versions, uris)]
+    return ", ".join(names), tags.get(f"{TEACHER}.sha256")
 
 
 def recipe_of(client: MlflowClient, run: pd.Series) -> str | None:
@@ -170,6 +191,12 @@ def comparison_table(runs: pd.DataFrame, metric: str, training: dict[str, Traini
     table["data version"] = _column(runs, f"tags.{DATA_VERSION_TAG}").fillna(
         runs["run_id"].map(lambda r: training[r].data_version))
     table["git commit"] = _column(runs, "tags.mlflow.source.git.commit")
+    teachers = [teacher_of(run, training[run["run_id"]]) for _, run in runs.iterrows()]
+    if any(name for name, _ in teachers):  # students only: no empty columns otherwise
+        table["teacher"] = pd.Series([name for name, _ in teachers], index=runs.index,
+                                     dtype=object)
+        table["teacher sha256"] = pd.Series([sha for _, sha in teachers], index=runs.index,
+                                            dtype=object)
     params = differing_params(runs)
     for key in params:
         table[key] = runs[f"params.{key}"]

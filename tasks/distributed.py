@@ -8,8 +8,10 @@ task does; DDP runs over NCCL on GPUs and gloo on CPUs (``reid.engine.launch``).
 
 The workers' stderr is passed through; a user error they report (``reid: error: ...``, e.g.
 a diverged training) is raised here as a ``ReidError`` with that line, so the task is not
-retried; any other failure (a lost worker, NCCL) is a ``RuntimeError`` that Prefect may retry,
-resuming from the last checkpoint.
+retried; any other failure (a lost worker, NCCL, workers stopped by a signal after writing a
+checkpoint: ``reid: stopped: ...``) is a ``RuntimeError`` that Prefect may retry, resuming
+from the last checkpoint. When this process itself is interrupted it passes the signal on to
+torchrun, which passes it to the workers, and waits for them to write their checkpoint.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from reid import stages
 from reid.config import CfgNode, load_config, save_config
-from reid.errors import USER_ERROR_PREFIX, ReidError
+from reid.errors import STOPPED_PREFIX, USER_ERROR_PREFIX, ReidError
 from reid.utils.logs import LOG_FILE
 from reid.utils.run_lock import hold_output_dir, inherit_env
 from tasks.tracking import PARENT_RUN_ENV
@@ -53,6 +55,7 @@ def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
     returns (read back from OUTPUT_DIR)."""
     check_process_count(cfg, nproc_per_node)
     env = dict(os.environ)
+    env.update(SIGNALS_ENV)
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     if parent_id:
@@ -65,11 +68,14 @@ def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
         env.update(inherit_env(cfg.OUTPUT_DIR))
         config_file = Path(folder) / "config.yaml"
         save_config(cfg, config_file)
-        returncode, user_error = _run(launch_command(config_file, nproc_per_node, stage,
-                                                     resume), env)
+        returncode, user_error, stopped = _run(launch_command(config_file, nproc_per_node,
+                                                              stage, resume), env)
     out = Path(cfg.OUTPUT_DIR)
     if user_error:
         raise ReidError(user_error)
+    if stopped:
+        raise RuntimeError(f"distributed training stopped by a signal ({stopped}); a retry "
+                           "resumes from that checkpoint")
     if returncode != 0:
         raise RuntimeError(f"distributed training ({nproc_per_node} processes) failed with exit "
                            f"code {returncode}; its log: {out / LOG_FILE}")
@@ -81,10 +87,18 @@ def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
             "config": str(out / "config.yaml")}
 
 
-def _run(command: list[str], env: dict) -> tuple[int, str | None]:
-    """Run ``command`` passing its stderr through; returns its exit code and the first user
-    error line a worker printed (without the prefix), if any."""
-    user_error = None
+# torchrun's agent passes these on to its workers (its default list lacks SIGUSR1, Slurm's
+# warning signal, which would otherwise kill the agent outright).
+SIGNALS_ENV = {"TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
+# How long an interrupted launch waits for the workers to write their checkpoint (torchrun
+# itself gives them 30 s before SIGKILL).
+STOP_GRACE_S = 60
+
+
+def _run(command: list[str], env: dict) -> tuple[int, str | None, str | None]:
+    """Run ``command`` passing its stderr through; returns its exit code, the first user error
+    line a worker printed and the first "stopped" line (both without their prefix), if any."""
+    user_error = stopped = None
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True,
                           errors="replace") as proc:
         try:
@@ -92,7 +106,14 @@ def _run(command: list[str], env: dict) -> tuple[int, str | None]:
                 sys.stderr.write(line)
                 if user_error is None and line.startswith(USER_ERROR_PREFIX):
                     user_error = line[len(USER_ERROR_PREFIX):].strip()
-        except BaseException:  # interrupted (SIGTERM, Ctrl-C): torchrun stops its workers
-            proc.terminate()
+                if stopped is None and line.startswith(STOPPED_PREFIX):
+                    stopped = line[len(STOPPED_PREFIX):].strip()
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C): torchrun stops its workers,
+            proc.terminate()   # which write a checkpoint first; wait for it
+            try:
+                _, rest = proc.communicate(timeout=STOP_GRACE_S)  # drained: none blocks
+                sys.stderr.write(rest or "")
+            except subprocess.TimeoutExpired:
+                proc.kill()
             raise
-    return proc.returncode, user_error
+    return proc.returncode, user_error, stopped

@@ -17,7 +17,7 @@ def export(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None =
            exporter: str = "dynamo") -> dict:
     """The ``export`` stage (``reid.export.export_model``) in its run; returns its result +
     the run id."""
-    with stage_run(tracker, parent_id, stage, cfg) as run_id:
+    with stage_run(tracker, parent_id, stage, cfg) as (run_id, cfg):
         tracker.log_dataset(run_id, cfg)
         result = stage.run(cfg, weights, output, format, exporter)
         tracker.set_tags(run_id, {"reid.export.format": result["format"],

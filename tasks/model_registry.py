@@ -22,6 +22,7 @@ registrations to the same model name apart (the registry logs every decision).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ TAG_TEST_SET = "reid.test_set"
 TAG_MAP = "reid.mAP"
 TAG_COMMIT = "git.commit"
 TAG_WEIGHTS = "reid.weights"
+TAG_SHA256 = "reid.weights.sha256"  # of the version's model.pth: what tasks/lineage.py checks
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,14 @@ def write_model_dir(cfg: CfgNode, weights: str | Path, directory: Path) -> Path:
     return directory
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def ensure_registered_model(client: MlflowClient, name: str) -> None:
     try:
         client.create_registered_model(name)
@@ -152,12 +162,14 @@ def register(tracker: Tracker, run_id: str, name: str, cfg: CfgNode, weights: st
     standing = run_standing(client, run_id, test_set or cfg.DATASETS.TESTS[0])
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_model_dir(cfg, weights, Path(tmp) / ARTIFACT_DIR)
+        sha256 = file_sha256(model_dir / WEIGHTS_FILE)
         client.log_artifacts(run_id, str(model_dir), ARTIFACT_DIR)
     ensure_registered_model(client, name)
     run_tags = client.get_run(run_id).data.tags
     tags = {TAG_TEST_SET: standing.test_set, TAG_MAP: repr(standing.mAP),
             DATA_VERSION_TAG: standing.data_version or UNKNOWN_DATA,
-            TAG_COMMIT: run_tags.get(RUN_COMMIT_TAG, "unknown"), TAG_WEIGHTS: str(weights)}
+            TAG_COMMIT: run_tags.get(RUN_COMMIT_TAG, "unknown"), TAG_WEIGHTS: str(weights),
+            TAG_SHA256: sha256}
     version = client.create_model_version(name, f"runs:/{run_id}/{ARTIFACT_DIR}", run_id=run_id,
                                           tags=tags).version
     with promotion_lock(client.tracking_uri, name):

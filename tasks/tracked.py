@@ -19,7 +19,7 @@ from reid.config import CfgNode
 from reid.engine.checkpoint import read_checkpoint
 from reid.stage_table import Stage
 from reid.utils.collect_env import collect_env_info
-from tasks import model_registry, reports
+from tasks import lineage, model_registry, reports
 from tasks.tracking import Tracker, output_dir_tags
 
 
@@ -29,17 +29,23 @@ ENVIRONMENT_FILE = "environment.txt"  # every training run's software and GPUs
 
 @contextmanager
 def stage_run(tracker: Tracker, parent_id: str | None, stage: Stage, cfg: CfgNode,
-              resume: bool = False) -> Iterator[str | None]:
-    """The stage's nested run, with its config logged (the data version is the adapter's to
-    log: before the stage, or after it for ``prepare``, which may make the data); a resumed
-    stage continues its unfinished run (one curve)."""
+              resume: bool = False) -> Iterator[tuple[str | None, CfgNode]]:
+    """(the stage's nested run, the config the stage runs with), with the config logged (the
+    data version is the adapter's to log: before the stage, or after it for ``prepare``,
+    which may make the data); a resumed stage continues its unfinished run (one curve).
+
+    Weights named by MLflow URIs (MODEL.WEIGHTS, KD.MODEL_WEIGHTS: ``tasks/lineage.py``) are
+    resolved to local files before the run starts, and the run is tagged with their lineage
+    (the teacher's run, registered version and sha256); the logged config keeps the URIs."""
+    uri = tracker.client.tracking_uri if tracker.enabled else None
+    local_cfg, lineage_tags = lineage.resolve_config(cfg, uri)
     existing = None
     if resume:
         existing = tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": stage.name}, parent_id)
-    with tracker.run(stage.name, parent_id, existing_id=existing,
-                     tags={"reid.stage": stage.name, **output_dir_tags(cfg)}) as run_id:
+    tags = {"reid.stage": stage.name, **output_dir_tags(cfg), **lineage_tags}
+    with tracker.run(stage.name, parent_id, existing_id=existing, tags=tags) as run_id:
         tracker.log_config(run_id, cfg)
-        yield run_id
+        yield run_id, local_cfg
 
 
 def log_outputs(tracker: Tracker, run_id: str | None, cfg: CfgNode, result: dict) -> None:
@@ -56,7 +62,7 @@ def log_outputs(tracker: Tracker, run_id: str | None, cfg: CfgNode, result: dict
 def tracked_stage(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
                   **inputs) -> dict:
     """The default adapter: the stage in its run, its metrics and files logged."""
-    with stage_run(tracker, parent_id, stage, cfg) as run_id:
+    with stage_run(tracker, parent_id, stage, cfg) as (run_id, cfg):
         result = stage.run(cfg, **inputs)
         tracker.log_dataset(run_id, cfg)  # after the stage: prepare may have made the data
         log_outputs(tracker, run_id, cfg, result)
@@ -103,7 +109,7 @@ def trained_weights(cfg: CfgNode, result: dict) -> list[str]:
 def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
           resume: bool = False) -> dict:
     """``train`` or ``distill``: per-iteration metrics through the tracker's sink."""
-    with stage_run(tracker, parent_id, stage, cfg, resume=resume) as run_id:
+    with stage_run(tracker, parent_id, stage, cfg, resume=resume) as (run_id, cfg):
         tracker.log_dataset(run_id, cfg)
         log_environment(tracker, run_id)
         result = stage.run(cfg, sink=tracker.sink(run_id), resume=resume)
@@ -114,7 +120,7 @@ def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = 
 
 def precise_bn(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
                weights: str = "") -> dict:
-    with stage_run(tracker, parent_id, stage, cfg) as run_id:
+    with stage_run(tracker, parent_id, stage, cfg) as (run_id, cfg):
         tracker.log_dataset(run_id, cfg)
         result = stage.run(cfg, weights)
         # Model-only already, unless precise-BN is off and the file is a copy of ``weights``.
@@ -127,7 +133,7 @@ def evaluate(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None
              weights: str = "", register: str | None = None) -> dict:
     """Evaluate; with ``register`` set, also register ``weights`` as a version of that model
     in the MLflow model registry (``tasks/model_registry.py``: aliases and promotion rule)."""
-    with stage_run(tracker, parent_id, stage, cfg) as run_id:
+    with stage_run(tracker, parent_id, stage, cfg) as (run_id, cfg):
         tracker.log_dataset(run_id, cfg)
         result = stage.run(cfg, weights)
         tracker.log_results(run_id, result["results"])

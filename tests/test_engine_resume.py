@@ -111,3 +111,51 @@ def test_kill_9_inside_an_epoch_then_resume_equals_the_uninterrupted_run(
         difference = (final[key].double() - value.double()).abs().max().item() \
             if value.numel() else 0.0
         assert difference <= TOLERANCE, key
+
+
+def wait_for_a_record(proc: subprocess.Popen, output: Path) -> None:
+    deadline = time.monotonic() + 300
+    metrics = output / "metrics.json"
+    while not (metrics.is_file() and read_metrics(metrics)):
+        assert proc.poll() is None, "training ended before its first metrics record"
+        assert time.monotonic() < deadline, "no metrics after 300 s"
+        time.sleep(0.02)
+
+
+def test_sigterm_writes_a_checkpoint_at_the_current_iteration_and_resume_continues(
+        reference, tiny_root, tmp_path):
+    output = tmp_path / "out"
+    # no periodic checkpoint: the one to resume from is the signal's
+    args = ["train", "--no-track", "--config", str(RECIPE),
+            *overrides(tiny_root, output, **{"SOLVER.CHECKPOINT_PERIOD_ITERS": 0})]
+    proc = subprocess.Popen(reid_command(*args), cwd=ROOT, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_a_record(proc, output)
+        seen = read_metrics(output / "metrics.json")[-1]["iteration"]
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    stopped_at = int(last.split(" at iteration ")[1].split(";")[0])
+    checkpoint = output / f"model_iter_{stopped_at:07d}.pth"
+    assert last == (f"reid: stopped: SIGTERM at iteration {stopped_at}; checkpoint {checkpoint};"
+                    " --resume continues from it")
+    assert seen <= stopped_at < 9
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == stopped_at
+    assert (output / LAST_CHECKPOINT).read_text() == checkpoint.name
+
+    done = subprocess.run(reid_command(*args, "--resume"), cwd=ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = {r["iteration"]: r for r in read_metrics(reference / "metrics.json")}
+    for record in read_metrics(output / "metrics.json"):
+        if record["iteration"] > stopped_at:
+            assert record["total_loss"] == pytest.approx(
+                expected[record["iteration"]]["total_loss"], abs=TOLERANCE)
+    final, expected_final = weights(output / "model_final.pth"), \
+        weights(reference / "model_final.pth")
+    for key, value in expected_final.items():
+        assert torch.allclose(final[key].double(), value.double(), rtol=0, atol=TOLERANCE), key

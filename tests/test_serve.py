@@ -56,6 +56,12 @@ def test_repo_prefect_yaml_serves_a_nightly_retrain_and_a_weekly_kd_refresh(monk
     # The weekly student learns from the nightly model: its teacher is the nightly recipe.
     kd = yaml.safe_load((ROOT / "params/kd-synthetic.yml").read_text())["KD"]
     assert kd["MODEL_CONFIG"] == nightly.parameters["config"]
+    # ... through the registry: the champion of the model the nightly run registers, and the
+    # student is registered in turn (tasks/lineage.py records which teacher it learned from).
+    champion = f"models:/{nightly.parameters['register_model']}@champion"
+    assert weekly.parameters["overrides"] == ["KD.MODEL_WEIGHTS", champion]
+    assert weekly.parameters["register_model"] not in ("", None,
+                                                       nightly.parameters["register_model"])
 
 
 def test_served_schedules_equal_what_prefect_deploy_registers(monkeypatch):

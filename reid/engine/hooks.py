@@ -51,6 +51,7 @@ class PeriodicCheckpointer(HookBase):
         self.clock = clock
         self.saved: list[str] = []
         self.periodic: list[str] = []  # this run's periodic files, oldest first (resumed too)
+        self.last_iteration = -1  # the iteration of the last checkpoint this hook wrote
 
     def state_dict(self) -> dict:
         return {"periodic": list(self.periodic)}
@@ -108,6 +109,7 @@ class PeriodicCheckpointer(HookBase):
         path = self.checkpointer.save(name, epoch=epoch, iteration=self.trainer.done,
                                       trainer=self.trainer.state_dict())
         self._last_save = self.clock()
+        self.last_iteration = self.trainer.done
         self.trainer.last_checkpoint = str(path)
         self.saved.append(str(path))
         return str(path)
