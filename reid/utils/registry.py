@@ -64,6 +64,10 @@ class Registry:
         """The registered names, sorted; with ``aliases``, their aliases too."""
         return sorted([*self._objects, *(self._aliases if aliases else ())])
 
+    def canonical(self, name: str) -> str:
+        """The registered name ``name`` stands for (itself unless it is an alias)."""
+        return self._aliases.get(name, name)
+
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         builder: Callable[..., Any] = self.get(name)
         return builder(*args, **kwargs)
