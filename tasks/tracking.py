@@ -45,6 +45,11 @@ SQLITE_SCHEME = "sqlite:///"
 OUTPUT_DIR_TAG = "reid.output_dir"  # where a run's files are: finds abandoned and resumed runs
 ABANDONED_TAG = "reid.abandoned"
 SERVER_TIMEOUT_S = 5  # one check at start; MLflow's own client retries for minutes
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, token usage) unless the
+# experiment says it holds model training: then it opens on the runs table. The tag and value
+# are the ones the UI's own "Model training" switch writes.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -122,15 +127,21 @@ class Tracker:
             self.experiment_id = self._experiment(experiment)
 
     def _experiment(self, name: str) -> str:
+        """The experiment's id, created if needed, marked as a model-training experiment (an
+        older one without the mark gets it; a kind the user chose is kept)."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG,
+                                               MODEL_TRAINING)
             return found.experiment_id
         uri = self.client.tracking_uri
         location = None
         if uri.startswith(SQLITE_SCHEME):
             # Artifacts beside the database, absolute, so any working directory finds them.
             location = (local_store_path(uri).parent / "mlartifacts").resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
 
     # ------------------------------------------------------------------ runs
     def start(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> str:

@@ -113,3 +113,20 @@ def test_stages_log_model_only_copies_of_their_own_checkpoints(logged, epochs, e
                                               str(tmp_path / stage))
             assert set(torch.load(local, weights_only=True)) == {"model"}
             reid.load_model(out / "config.yaml", local)  # strict: every key, every shape
+
+
+def test_experiments_are_marked_as_model_training_for_the_mlflow_ui(mlflow_uri):
+    """MLflow 3's UI opens an unmarked experiment on its GenAI overview; the kind tag (the one
+    the UI's own 'Model training' switch writes) makes it open on the runs."""
+    client = MlflowClient(mlflow_uri)
+    created = Tracker(mlflow_uri, experiment="fresh")
+    assert client.get_experiment(created.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    older = client.create_experiment("older")  # made before the mark existed
+    Tracker(mlflow_uri, experiment="older")
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind":
+                                                      "genai_development"})
+    Tracker(mlflow_uri, experiment="chosen")  # a kind the user picked is theirs
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
