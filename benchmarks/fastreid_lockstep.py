@@ -47,7 +47,7 @@ often each image and identity is used.
 
 FastReID's ``fastreid.data`` needs two run-time shims on torch 2 / Python 3.10+ (``torch._six``
 removed, ``collections.Mapping`` moved to ``collections.abc``); they are set in the child
-process only (``_fastreid_shims``), FastReID's installed files are not touched.
+process only (``fastreid_shims``), FastReID's installed files are not touched.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def receive(stream: BinaryIO) -> Any:
 
 # --------------------------------------------------------------------------- FastReID side
 
-def _fastreid_shims() -> None:
+def fastreid_shims() -> None:
     """Run-time shims so that ``fastreid.data`` imports on torch 2 / Python 3.11."""
     import collections
     import collections.abc
@@ -149,7 +149,7 @@ def group_hyper(optimizer, names: dict[int, str]) -> dict[str, dict[str, Any]]:
 
 
 def fastreid_side(args: argparse.Namespace) -> int:
-    _fastreid_shims()
+    fastreid_shims()
     torch.set_num_threads(1)
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # FastReID's prints must not enter the pipe
@@ -214,7 +214,7 @@ def fastreid_schedule(cfg, meta: dict) -> list[dict[str, float]]:
 
 
 def fastreid_transforms(args: argparse.Namespace) -> int:
-    _fastreid_shims()
+    fastreid_shims()
     torch.set_num_threads(1)
     out = sys.stdout.buffer
     sys.stdout = sys.stderr
@@ -238,7 +238,7 @@ def fastreid_transforms(args: argparse.Namespace) -> int:
 
 
 def fastreid_sampler(args: argparse.Namespace) -> int:
-    _fastreid_shims()
+    fastreid_shims()
     out = sys.stdout.buffer
     sys.stdout = sys.stderr
     from fastreid.data.samplers import NaiveIdentitySampler
