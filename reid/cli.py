@@ -21,6 +21,7 @@ from reid.commands import (add_stage_commands, default_weights, load, print_resu
                            setup_logging)
 from reid.errors import (USER_ERROR_PREFIX, ReidError, Terminated, describe_os_error, one_line,
                          raise_terminated)
+from reid.retrieval.commands import Hooks, add_retrieval_commands
 from reid.stage_table import BEST_WEIGHTS
 from reid.utils.run_lock import hold_output_dir
 
@@ -211,7 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_visual_commands(sub, command)
     add_compare_command(sub)
     add_gc_command(sub)
+    add_retrieval_commands(sub, Hooks(load=load, recipe=recipe, default_weights=default_weights,
+                                      setup_logging=setup_logging, log_index=log_index_run,
+                                      registered_weights=registered_weights))
     return parser
+
+
+def log_index_run(args: argparse.Namespace, cfg, result: dict) -> str | None:
+    """``reid index build``'s MLflow ``index`` run (tasks/index.py); None on ranks other than 0."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    from tasks.index import log_index
+    return log_index(args, cfg, result)
+
+
+def registered_weights(uri: str, output):
+    """``--weights models:/NAME@ALIAS``: the registered version's config and weights."""
+    from tasks.index import registered_weights as fetch
+    return fetch(uri, output)
 
 
 def add_compare_command(sub) -> None:

@@ -32,6 +32,7 @@ Series = tuple[Sequence[float], Sequence[float]]
 MATCH_COLOR = "#00a000"      # frame of a gallery item with the query's id
 MISMATCH_COLOR = "#dc0000"   # frame of a gallery item with another id
 QUERY_COLOR = "#202020"
+UNKNOWN_COLOR = "#808080"  # frame of a gallery item when the query's id is unknown
 FRAME_WIDTH = 3.5            # points
 DPI = 110
 CELL_WIDTH, IMAGE_HEIGHT, TEXT_HEIGHT = 1.05, 2.0, 0.75  # inches, per rank-list cell
@@ -68,9 +69,11 @@ def _show_image(ax, path: str | None, frame: str, frame_width: float) -> None:
 
 
 def _gallery_cell(ax, item: dict, heading: str) -> None:
-    _show_image(ax, item.get("path"), MATCH_COLOR if item["match"] else MISMATCH_COLOR,
-                FRAME_WIDTH)
-    mark = "\u2713" if item["match"] else "\u2717"  # check / cross: not colour alone
+    # match None: unknown (a search result, whose query has no identity): a neutral frame
+    match = None if item["match"] is None else bool(item["match"])
+    frame = {True: MATCH_COLOR, False: MISMATCH_COLOR, None: UNKNOWN_COLOR}[match]
+    _show_image(ax, item.get("path"), frame, FRAME_WIDTH)
+    mark = {True: "\u2713", False: "\u2717", None: ""}[match]  # check / cross: not colour alone
     ax.set_title(heading, fontsize=8, pad=4)
     ax.set_xlabel(f"{mark} d {item['distance']:.3f}\ncam {item['camid']} \u00b7 id {item['pid']}",
                   fontsize=8, labelpad=4)
@@ -100,7 +103,8 @@ def plot_rank_list(queries: Sequence[dict], path: str | Path, title: str = "rank
         ax = fig.add_subplot(grid[row, 0])
         _show_image(ax, query.get("path"), QUERY_COLOR, 1.5)
         ax.set_title("query", fontsize=8, fontweight="bold", pad=4)
-        ax.set_xlabel(f"AP {100 * query['ap']:.1f}%\ncam {query['camid']} \u00b7 id {query['pid']}",
+        score = f"AP {100 * query['ap']:.1f}%" if "ap" in query else Path(query["path"]).name
+        ax.set_xlabel(f"{score}\ncam {query['camid']} \u00b7 id {query['pid']}",
                       fontsize=8, labelpad=4)
         for rank, item in enumerate(query["gallery"][:k], start=1):
             _gallery_cell(fig.add_subplot(grid[row, rank]), item, f"#{rank}")

@@ -80,6 +80,8 @@ def from_arrays(features, paths: Sequence[str] | None = None, pids=None, camids=
 def read_features(source, paths=None, pids=None, camids=None) -> FeatureSource:
     """Features from an array / tensor, or from a file: ``.npz`` (``reid extract``: keys
     ``features`` and ``paths`` or ``pids`` / ``camids``) or ``.npy`` (memory-mapped)."""
+    if isinstance(source, FeatureSource):
+        return source
     if not isinstance(source, (str, Path)):
         return from_arrays(source, paths, pids, camids)
     path = Path(source)

@@ -1,0 +1,60 @@
+"""How close an index's answers are to exact search: recall@k of its top-k against the exact
+top-k (reid's distance, brute force in blocks, never a full distance matrix)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from reid.evaluation.distance import DISTANCE_METRICS
+from reid.retrieval.sources import CHUNK_ROWS, FeatureSource
+
+RECALL_QUERIES = 1000  # gallery vectors used as queries when measuring a built index
+RECALL_KS = (1, 10)
+
+
+def exact_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, distances)``, ``Q x k``, ascending: the exact nearest rows of ``gallery``
+    (anything with ``chunks()`` of float32 rows in id order, e.g. a FeatureSource)."""
+    distance = DISTANCE_METRICS.get(metric)
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    best_d = torch.full((len(q), 0), float("inf"))
+    best_i = torch.empty((len(q), 0), dtype=torch.int64)
+    with torch.no_grad():
+        for start, chunk in _chunks(gallery):
+            block = distance(q, torch.from_numpy(chunk))
+            ids = torch.arange(start, start + len(chunk)).expand(len(q), -1)
+            merged_d, merged_i = torch.cat([best_d, block], 1), torch.cat([best_i, ids], 1)
+            top = torch.topk(merged_d, min(k, merged_d.shape[1]), dim=1, largest=False,
+                             sorted=True).indices
+            best_d, best_i = merged_d.gather(1, top), merged_i.gather(1, top)
+    return best_i.numpy(), best_d.numpy()
+
+
+def _chunks(gallery):
+    if isinstance(gallery, FeatureSource):
+        yield from gallery.chunks(CHUNK_ROWS)
+        return
+    start = 0
+    for chunk in gallery.chunks(CHUNK_ROWS):
+        yield start, chunk
+        start += len(chunk)
+
+
+def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean over queries of ``|found[:k] & exact[:k]| / k``."""
+    hits = [len(np.intersect1d(a[:k], b[:k])) for a, b in zip(found, exact)]
+    return float(np.mean(hits) / k)
+
+
+def recall_against_exact(gallery, source: FeatureSource, queries: int = RECALL_QUERIES,
+                         ks: tuple[int, ...] = RECALL_KS, seed: int = 0) -> dict[str, float]:
+    """``{"recall_at_1": .., "recall_at_10": ..}`` (MLflow-safe names) of ``gallery`` on a random sample of its own
+    vectors used as queries (a built index measured where it stands)."""
+    k = min(max(ks), len(source))
+    rows = np.sort(np.random.default_rng(seed).choice(len(source), min(queries, len(source)),
+                                                      replace=False))
+    sample = np.ascontiguousarray(source.vectors[rows], dtype=np.float32)
+    found = gallery.search(sample, k).ids
+    exact, _ = exact_top_k(sample, source, k, gallery.metric)
+    return {f"recall_at_{n}": recall_at(found, exact, n) for n in ks if n <= k}
