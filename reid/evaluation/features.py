@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from reid.errors import ReidError
+from reid.evaluation.approximate import DEFAULT_CANDIDATES
 from reid.evaluation.distance import DISTANCE_METRICS, GalleryDistances
 from reid.evaluation.options import AqeOptions, RerankOptions
 from reid.evaluation.protocols import DEFAULT_PROTOCOL
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 # Distances held per block: 2**25 float32 = 128 MiB (about 400 MSMT17 queries).
 BLOCK_CELLS = 1 << 25
+EXACT = "exact"  # the ``index`` of evaluate_features that ranks every gallery item
 
 
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
@@ -42,7 +44,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
                       aqe: AqeOptions | None = None, roc: bool = False,
                       block_size: int | None = None, device: str | torch.device | None = None,
                       fars: tuple[float, ...] = DEFAULT_FARS,
-                      observe: Callable[[int, np.ndarray], None] | None = None
+                      observe: Callable[[int, np.ndarray], None] | None = None,
+                      index: str = EXACT, candidates: int = DEFAULT_CANDIDATES
                       ) -> EvaluationResult:
     """CMC, mAP, mINP, per-query AP and INP (and TAR@FAR, ROC) from features.
 
@@ -60,6 +63,11 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
         observe: called as ``observe(start, rows)`` with every block of distance rows (the
             ones the metrics use) before it is ranked; the buffer is reused afterwards, so
             copy what you keep (e.g. :class:`reid.evaluation.examples.ExampleCollector`).
+        index: "exact" (default: every gallery item ranked, as above), or a faiss factory
+            string (e.g. "IVF1024,PQ64"): approximate evaluation, metrics from each query's
+            top-``candidates`` of that index (LOWER BOUNDS of the exact ones), with their
+            recall against exact search as ``candidate_recall``
+            (:mod:`reid.evaluation.approximate`; Market protocol, no re-ranking or ROC).
 
     Returns:
         an :class:`~reid.evaluation.results.EvaluationResult`: ``cmc``, ``all_ap`` and
@@ -69,11 +77,17 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     DISTANCE_METRICS.get(metric)  # an unknown metric fails before any work
     _check_type(rerank, RerankOptions, "rerank")
     _check_type(aqe, AqeOptions, "aqe")
+    if index != EXACT:
+        _check_approximate(index, protocol, rerank, roc, observe)
     q_feats, g_feats = _features(q_feats, "q_feats"), _features(g_feats, "g_feats")
     _check_counts(q_feats, g_feats, q_pids, g_pids)
     device = _pick_device(device)
     if aqe is not None:
         q_feats, g_feats = _expand_queries(q_feats, g_feats, aqe, device)
+    if index != EXACT:
+        from reid.evaluation.approximate import approximate_evaluation
+        return approximate_evaluation(q_feats.numpy(), g_feats.numpy(), q_pids, g_pids,
+                                      q_camids, g_camids, index, metric, max_rank, candidates)
     if block_size is not None and block_size < 1:
         raise ReidError(f"evaluate_features: block_size must be >= 1, got {block_size}")
     rows = block_size or max(1, min(len(q_feats), BLOCK_CELLS // max(len(g_feats), 1)))
@@ -120,6 +134,18 @@ def _expand_queries(q_feats, g_feats, options: AqeOptions, device: torch.device)
     logger.info("average query expansion %s", asdict(options))
     return average_query_expansion(q_feats, g_feats, alpha=options.alpha,
                                    qe_time=options.qe_time, qe_k=options.qe_k, device=device)
+
+
+def _check_approximate(index: str, protocol: str, rerank, roc: bool, observe) -> None:
+    """What approximate evaluation cannot do: it never sees a whole row of distances."""
+    unsupported = [name for name, used in (("re-ranking", rerank is not None), ("the ROC", roc),
+                                           ("observe", observe is not None),
+                                           (f"the {protocol} protocol", protocol != "market"))
+                   if used]
+    if unsupported:
+        raise ReidError(f"approximate evaluation (index {index!r}) ranks only each query's "
+                        f"top candidates: it cannot do {', '.join(unsupported)}; use "
+                        "index='exact'")
 
 
 def _check_type(options, expected: type, name: str) -> None:

@@ -27,6 +27,10 @@ class EvaluationResult:
     all_inp: np.ndarray
     num_queries: int
     roc: RocResult | None = None
+    # Approximate evaluation (reid.evaluation.approximate): the metrics are lower bounds from
+    # each query's top-``candidates``, whose recall against exact search is given here.
+    candidates: int | None = None
+    candidate_recall: float | None = None
 
     @property
     def mAP(self) -> float:  # noqa: N802 (the metric's name)
@@ -51,6 +55,8 @@ class EvaluationResult:
                           for values in (self.cmc, self.all_ap, self.all_inp)))
         for far, tar in self.tar_at_far.items():
             out[far_key(far)] = float(tar * 100.0)
+        if self.candidate_recall is not None:
+            out["candidate_recall"] = float(self.candidate_recall * 100.0)
         return out
 
 

@@ -1,0 +1,117 @@
+"""Rank metrics from each query's top-K candidates (a faiss index), for galleries too large
+to rank whole in the time at hand.
+
+:func:`approximate_evaluation` searches the gallery with an index of any faiss factory
+string (:class:`reid.retrieval.Gallery`: candidates re-scored with reid's exact distance) and
+computes the Market protocol's metrics from the candidate lists alone
+(:func:`candidate_metrics`). They are LOWER BOUNDS of the exact metrics:
+
+* a positive outside the candidates counts as never retrieved: its precision term is 0, so
+  AP can only be lower than exact (equal when every positive is a candidate);
+* CMC@k is exact for ``k <= K`` when the candidates are the true top-K, and otherwise misses
+  only queries whose first match fell out of the list;
+* INP of a query whose last positive is not a candidate uses the last possible rank (every
+  non-junk gallery item), its smallest value.
+
+Beside them, ``candidate_recall`` says how much the candidates are worth: the mean fraction
+of the exact top-K found, measured by brute force on a sample of queries.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from reid.errors import ReidError
+from reid.evaluation.results import EvaluationResult
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CANDIDATES = 100
+RECALL_SAMPLE = 200  # queries searched exactly to measure the candidates' recall
+
+
+def approximate_evaluation(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
+                           index_type: str, metric: str = "cosine", max_rank: int = 50,
+                           candidates: int = DEFAULT_CANDIDATES,
+                           recall_sample: int = RECALL_SAMPLE, seed: int = 0
+                           ) -> EvaluationResult:
+    """Metrics from the top-``candidates`` of an ``index_type`` index (see module doc)."""
+    from reid.retrieval.gallery import Gallery
+    from reid.retrieval.recall import exact_top_k, recall_at
+    from reid.retrieval.sources import as_matrix, from_arrays
+
+    queries = as_matrix(q_feats, "query features")
+    gallery_source = from_arrays(g_feats)
+    k = min(int(candidates), len(gallery_source))
+    if k < 1:
+        raise ReidError(f"approximate evaluation needs candidates >= 1, got {candidates}")
+    gallery = Gallery.build(gallery_source, index_type, metric, seed=seed)
+    found = gallery.search(queries, k).ids
+    result = candidate_metrics(found, q_pids, g_pids, q_camids, g_camids, max_rank)
+    sample = np.random.default_rng(seed).choice(len(queries), min(recall_sample, len(queries)),
+                                                replace=False)
+    exact, _ = exact_top_k(queries[np.sort(sample)], gallery_source, k, metric)
+    result.candidate_recall = recall_at(found[np.sort(sample)], exact, k)
+    result.candidates = k
+    logger.info("approximate evaluation (%s, top %d): candidates' recall against exact %.4f "
+                "on %d queries", index_type, k, result.candidate_recall, len(sample))
+    return result
+
+
+def candidate_metrics(candidates: np.ndarray, q_pids, g_pids, q_camids, g_camids,
+                      max_rank: int = 50) -> EvaluationResult:
+    """CMC, AP and INP (lower bounds) from ``Q x K`` gallery ids per query, nearest first
+    (-1: no candidate). Junk (same pid and camera as the query) is dropped as in the exact
+    engine; a query without positives in the whole gallery is skipped."""
+    q_pids, g_pids = np.asarray(q_pids).ravel(), np.asarray(g_pids).ravel()
+    q_camids, g_camids = np.asarray(q_camids).ravel(), np.asarray(g_camids).ravel()
+    if candidates.shape[0] != len(q_pids):
+        raise ReidError(f"{candidates.shape[0]} candidate lists for {len(q_pids)} queries")
+    num_pos, num_junk = _positive_counts(q_pids, g_pids, q_camids, g_camids)
+    safe = np.maximum(candidates, 0)
+    same_pid = g_pids[safe] == q_pids[:, None]
+    keep = (candidates >= 0) & ~(same_pid & (g_camids[safe] == q_camids[:, None]))
+    rank = np.cumsum(keep, axis=1)                     # 1-based rank among kept candidates
+    positive = keep & same_pid
+    hits_so_far = np.cumsum(positive, axis=1)
+    valid = num_pos > 0
+    if not valid.any():
+        raise ReidError(f"no query has a valid gallery match (checked {len(q_pids)} queries "
+                        f"against {len(g_pids)} gallery items; a match needs the same pid "
+                        "seen by another camera)")
+    precision = np.where(positive, hits_so_far / np.maximum(rank, 1), 0.0)
+    ap = precision.sum(axis=1)[valid] / num_pos[valid]
+    found = hits_so_far[:, -1] if candidates.shape[1] else np.zeros(len(q_pids), dtype=int)
+    last_rank = np.where(positive, rank, 0).max(axis=1, initial=0)
+    worst_rank = len(g_pids) - num_junk           # every non-junk item ranked before it
+    complete = found == num_pos
+    inp = (num_pos / np.where(complete, np.maximum(last_rank, 1), worst_rank))[valid]
+    first = np.where(positive.any(axis=1), np.argmax(positive, axis=1), -1)
+    first_rank = np.where(first >= 0, rank[np.arange(len(rank)), np.maximum(first, 0)],
+                          np.iinfo(np.int64).max)[valid]
+    length = min(max_rank, len(g_pids))
+    cmc = (first_rank[:, None] <= np.arange(1, length + 1)[None, :]).mean(axis=0)
+    return EvaluationResult(cmc=cmc, all_ap=ap, all_inp=inp, num_queries=len(q_pids))
+
+
+def _positive_counts(q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: gallery items with its pid from another camera (its positives), and with
+    its pid from its own camera (junk)."""
+    pid_codes = np.unique(np.concatenate([q_pids, g_pids]), return_inverse=True)[1]
+    cam_codes = np.unique(np.concatenate([q_camids, g_camids]), return_inverse=True)[1]
+    num_q, cams = len(q_pids), int(cam_codes.max()) + 1
+    q_pid, g_pid = pid_codes[:num_q], pid_codes[num_q:]
+    q_pair = q_pid * cams + cam_codes[:num_q]
+    g_pair = g_pid * cams + cam_codes[num_q:]
+    same_pid = _count_in(g_pid, q_pid)
+    junk = _count_in(g_pair, q_pair)
+    return same_pid - junk, junk
+
+
+def _count_in(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """How many times each of ``keys`` occurs in ``values``."""
+    unique, counts = np.unique(values, return_counts=True)
+    where = np.clip(np.searchsorted(unique, keys), 0, max(len(unique) - 1, 0))
+    return np.where((len(unique) > 0) & (unique[where] == keys), counts[where], 0) \
+        if len(unique) else np.zeros(len(keys), dtype=np.int64)
