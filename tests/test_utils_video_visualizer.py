@@ -140,7 +140,8 @@ def test_colormap_is_stable_and_distinct():
     assert palette.shape == (80, 3) and palette.max() <= 1
     assert np.allclose(palette[5] * 255, id_color(5), atol=1e-4)
     assert np.allclose(colormap()[5], id_color(5)[::-1])  # BGR by default, as FastReID
-    assert any(np.allclose(random_color(rgb=True), row) for row in colormap(rgb=True))
+    picked = random_color(rgb=True)
+    assert any(np.allclose(picked, row) for row in colormap(rgb=True))
     assert text_color((250, 250, 0)) == (0, 0, 0) and text_color((20, 20, 120)) == (255,) * 3
 
 
