@@ -17,7 +17,10 @@ import torch
 
 from reid.config import CfgNode
 from reid.engine.checkpoint import read_checkpoint
+from reid.engine.events import METRICS_FILE
 from reid.stage_table import Stage
+from reid.training_curve import CURVE_FILE, write_training_curve
+from reid.utils import comm
 from reid.utils.collect_env import collect_env_info
 from tasks import lineage, model_registry, reports
 from tasks.tracking import Tracker, output_dir_tags
@@ -108,11 +111,16 @@ def trained_weights(cfg: CfgNode, result: dict) -> list[str]:
 
 def train(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None = None,
           resume: bool = False) -> dict:
-    """``train`` or ``distill``: per-iteration metrics through the tracker's sink."""
+    """``train`` or ``distill``: per-iteration metrics through the tracker's sink; the
+    training curve also as ``training_curve.csv`` (what dvc.yaml's plots read)."""
     with stage_run(tracker, parent_id, stage, cfg, resume=resume) as (run_id, cfg):
         tracker.log_dataset(run_id, cfg)
         log_environment(tracker, run_id)
         result = stage.run(cfg, sink=tracker.sink(run_id), resume=resume)
+        if comm.is_main_process() and (Path(cfg.OUTPUT_DIR) / METRICS_FILE).is_file():
+            curve = write_training_curve(Path(cfg.OUTPUT_DIR) / METRICS_FILE,
+                                         Path(cfg.OUTPUT_DIR) / CURVE_FILE)
+            result["files"] = [*result.get("files", []), str(curve)]
         log_outputs(tracker, run_id, cfg, result)
         log_weights(tracker, run_id, trained_weights(cfg, result))
     return result
