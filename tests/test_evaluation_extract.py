@@ -219,3 +219,43 @@ def test_bf16_on_a_cpu_without_it_is_an_error(monkeypatch):
     loader = make_loader([[1.0, 2.0]], [0], [0], 1)
     with pytest.raises(ReidError, match="TEST.BF16 needs a CPU with native bfloat16"):
         extract_features(FirstRowModel(), loader, "cpu", bf16=True)
+
+
+class WithBackbone(nn.Module):
+    """A Baseline-like model: ``backbone`` (conv -> BN pairs) then a head outside it."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, images):
+        return self.head(self.backbone(images))
+
+
+class Branching(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = small_convnet()
+
+    def forward(self, images):
+        return self.net(images) if images.sum() > 0 else -self.net(images)
+
+
+@pytest.mark.parametrize("backbone", [small_convnet, Branching])
+def test_cpu_extraction_folds_batch_norms_on_a_copy_with_the_same_features(backbone):
+    model = WithBackbone(backbone())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = make_loader(np.random.default_rng(2).random((5, 12)), np.arange(5), np.zeros(5), 5)
+    with extract.cpu_inference(model.eval(), torch.device("cpu")) as runner:
+        folded = sum(isinstance(m, nn.BatchNorm2d) for m in runner.modules())
+    feats, _, _ = extract_features(model, loader, "cpu")
+    assert folded == (0 if backbone is small_convnet else 2)  # traced: every BN folded
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 2  # model untouched
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]) and value.is_contiguous(), key
+    with torch.no_grad():
+        expected = model(torch.cat([b["images"] for b in loader]))
+    torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-5)

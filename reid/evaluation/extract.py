@@ -1,11 +1,15 @@
 """Turn a test loader into features: one ``N x D`` tensor plus pids and camera ids."""
 from __future__ import annotations
 
+import copy
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
+from torch.fx.experimental import optimization as fx_optimization
 from tqdm import tqdm
 
 from reid.errors import ReidError
@@ -22,9 +26,9 @@ def extract_features(model: nn.Module, data_loader, device: torch.device | str,
     Flip test: a feature is the mean of the features of the image and its horizontal mirror.
     ``bf16``: run the model under bfloat16 autocast (TEST.BF16); on the CPU only where it has
     native bf16 instructions (AVX-512 BF16 / AMX), which is checked.
-    On the CPU the model and images are channels-last while extracting (oneDNN's native
-    layout: same features to float rounding, measured 1.2-1.3x faster; see
-    ``benchmarks/inference_throughput.py``).
+    On the CPU the features come from an inference copy of the model (:func:`cpu_inference`):
+    BatchNorms folded into their convolutions, channels-last; the same features to float
+    rounding, faster (``benchmarks/inference_throughput.py``).
     With several processes, each extracts its shard (the InferenceSampler gives contiguous
     shards) and every rank receives all features concatenated in rank order.
     The model's train/eval mode and memory layout are restored afterwards.
@@ -36,23 +40,57 @@ def extract_features(model: nn.Module, data_loader, device: torch.device | str,
     layout = torch.channels_last if device.type == "cpu" else None
     feats, pids, camids = [], [], []
     try:
-        if layout is not None:
-            model.to(memory_format=layout)
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        with cpu_inference(model, device) as runner, torch.inference_mode(), \
+                torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             batches = tqdm(data_loader, desc="extract features", unit="batch",
                            disable=not comm.is_main_process(), leave=False)
             for batch in batches:
-                feats.append(_embed(model, batch, device, flip, layout).float().cpu())
+                feats.append(_embed(runner, batch, device, flip, layout).float().cpu())
                 pids.append(_as_numpy(batch["targets"]))
                 camids.append(_as_numpy(batch["camids"]))
     finally:
-        if layout is not None:
-            model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
     local = (_cat_feats(feats), _cat_ints(pids), _cat_ints(camids))
     gathered = _gather_in_rank_order(local)
     _check_every_item_once(data_loader, len(gathered[1]))
     return gathered
+
+
+@contextmanager
+def cpu_inference(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """The module that extracts on ``device``: the eval-mode ``model`` itself off the CPU; on
+    the CPU a copy with its backbone's BatchNorms folded into the convolutions that feed them
+    (when the backbone can be traced), or else ``model`` itself, channels-last while in use."""
+    if device.type != "cpu":
+        yield model
+        return
+    folded = _fold_batch_norms(model)
+    runner = folded if folded is not None else model
+    runner.to(memory_format=torch.channels_last)
+    try:
+        yield runner
+    finally:  # the copy shares the heads with the model: restore them too
+        model.to(memory_format=torch.contiguous_format)
+
+
+def _fold_batch_norms(model: nn.Module) -> nn.Module | None:
+    """A copy of the eval-mode ``model`` whose ``backbone`` has every BatchNorm that directly
+    and only follows a convolution folded into it (torch.fx matches the traced graph, not
+    module names, so only true conv -> BN pairs fold); None when there is no backbone or it
+    cannot be traced (data-dependent control flow)."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        return None
+    try:
+        folded = fx_optimization.fuse(backbone)  # works on a deep copy
+    except Exception as error:  # noqa: BLE001 (tracing fails in many ways; the model still works)
+        logger.debug("BatchNorms not folded for inference (backbone not traceable): %s", error)
+        return None
+    clone = copy.copy(model)  # shares everything but the backbone, with its own tables:
+    clone._modules = dict(model._modules)
+    clone._parameters, clone._buffers = dict(model._parameters), dict(model._buffers)
+    clone.backbone = folded
+    return clone
 
 
 def cpu_has_bf16() -> bool:
