@@ -1,0 +1,107 @@
+"""What each difference between the embedded default recipe and FastReID's costs or gains
+(issue 11 item 4), measured on the default synthetic set through the real entry point.
+
+    .venv/bin/python benchmarks/recipe_ablation.py --work /work/ablation [--seeds 0 1 2]
+
+``params/synthetic.yml`` differs from FastReID 1.4's BoT recipe (``Base-bagtricks.yml``) in
+scale (12 epochs, steps 7 / 10 counted after a 20-iteration warm-up, LAST_STRIDE 1, 2 loader
+workers: what makes it fit its 10-minute budget on 2 cores) and in three choices of its own:
+``INPUT.PADDING 6`` (FastReID: 10), ``SOLVER.BIAS_LR_FACTOR 2.0`` (FastReID 1.4: 1.0) and
+precise-BN on (FastReID: off). Each variant changes one of those back to FastReID's value;
+``reid run`` (prepare -> train -> precise-BN -> evaluate, MLflow in WORK/mlflow.db) trains it
+once per seed. Cells are kept in ``WORK/<variant>/seed<k>/cell.json`` and reused when the
+recipe file and the overrides are unchanged, as in ``benchmarks/fastreid_accuracy.py``.
+
+The report: per variant, mean and spread over the seeds of Rank-1, mAP, mINP and the wall time,
+and the mean mAP difference to the default with the seeds paired (the same seed draws the same
+batches whatever the variant, so pairing removes most of the seed-to-seed spread).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fastreid_accuracy import (METRICS, REID, REPO, commit, machine_name, run_logged,  # noqa: E402
+                               spread)
+
+RECIPE = REPO / "params" / "synthetic.yml"
+VARIANTS = {  # name -> overrides taking one choice of the default back to FastReID's
+    "default": [],
+    "padding-10": ["INPUT.PADDING", "10"],
+    "bias-lr-1.0": ["SOLVER.BIAS_LR_FACTOR", "1.0"],
+    "no-precise-bn": ["TEST.PRECISE_BN.ENABLED", "False"],
+}
+
+
+def run_cell(args: argparse.Namespace, variant: str, seed: int) -> dict:
+    out = args.work / variant / f"seed{seed}"
+    identity = dict(recipe_sha256=hashlib.sha256(RECIPE.read_bytes()).hexdigest(),
+                    overrides=VARIANTS[variant], seed=seed)
+    kept = out / "cell.json"
+    if kept.is_file() and json.loads(kept.read_text())["identity"] == identity:
+        return json.loads(kept.read_text())
+    if args.report:
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():
+        if stale.is_file():
+            stale.unlink()
+    print(f"{variant} seed {seed}: reid run ...", flush=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{args.work / 'mlflow.db'}"}
+    start = time.perf_counter()
+    run_logged([str(REID), "run", "--config", str(RECIPE), "OUTPUT_DIR", str(out), "SEED",
+                str(seed), *VARIANTS[variant]], out / "benchmark.log", env)
+    (name, metrics), = json.loads((out / "results.json").read_text()).items()
+    cell = dict(identity=identity, metrics={k: float(metrics[k]) for k in METRICS},
+                wall_s=round(time.perf_counter() - start, 1), date=date.today().isoformat(),
+                machine=args.machine, commit=commit())
+    kept.write_text(json.dumps(cell, indent=1) + "\n")
+    print(f"{variant} seed {seed}: " + ", ".join(f"{k} {cell['metrics'][k]:.2f}" for k in METRICS)
+          + f", {cell['wall_s']:.0f} s", flush=True)
+    return cell
+
+
+def report(cells: dict[str, dict[int, dict]]) -> None:
+    print("\n| variant | overrides | seeds | Rank-1 | mAP | mINP | wall s | mAP vs default "
+          "(paired) |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = cells.get("default", {})
+    for variant, runs in cells.items():
+        values = list(runs.values())
+        paired = [runs[s]["metrics"]["mAP"] - base[s]["metrics"]["mAP"] for s in runs if s in base]
+        delta = (f"{statistics.fmean(paired):+.2f} ({len(paired)} seeds)"
+                 if paired and variant != "default" else "-")
+        row = [spread([r["metrics"][m] for r in values]) for m in METRICS]
+        print(f"| {variant} | {' '.join(VARIANTS[variant]) or '-'} | {len(values)} | "
+              f"{' | '.join(row)} | {spread([r['wall_s'] for r in values])} | {delta} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="runs and their MLflow store")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--machine", default=machine_name())
+    parser.add_argument("--report", action="store_true", help="only print the kept cells")
+    args = parser.parse_args(argv)
+    args.work = args.work.resolve()
+    cells: dict[str, dict[int, dict]] = {}
+    for seed in args.seeds:  # seed-major: a partial run still pairs every variant with default
+        for variant in args.variants:
+            cell = run_cell(args, variant, seed)
+            if cell:
+                cells.setdefault(variant, {})[seed] = cell
+    report(cells)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
