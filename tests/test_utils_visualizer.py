@@ -83,3 +83,22 @@ def test_reid_visualize_draws_the_named_queries(tmp_path, tiny_root, capsys):
                  "--query", "nope.jpg", "DATASETS.ROOT", str(tiny_root), "DATASETS.TESTS",
                  "('SyntheticMarket1501',)"]) == 2
     assert "no query image named 'nope.jpg' in SyntheticMarket1501" in capsys.readouterr().err
+
+
+def test_ranking_by_ap_and_pair_distances(tmp_path, monkeypatch):
+    visualizer = Visualizer(QUERY, GALLERY)
+    # query 0: its one match at rank 3 (AP 1/3); query 1: no match (AP 0)
+    visualizer.get_model_output(np.array([[0.1, 0.3, 0.5, 0.2], [0.4, 0.9, 0.1, 0.2]]), [0, 1])
+    drawn = []
+    monkeypatch.setattr("reid.visualize.plot_rank_list",
+                        lambda rows, output, title, top_k: drawn.append(rows) or output)
+    visualizer.vis_ranking_list(tmp_path / "worst.png", num_vis=1)
+    visualizer.vis_ranking_list(tmp_path / "best.png", num_vis=2, rank_sort="descending")
+    assert [[row["path"] for row in rows] for rows in drawn] == [
+        ["q/0002_c2.jpg"], ["q/0001_c1.jpg", "q/0002_c2.jpg"]]
+    genuine, impostor = visualizer.pair_distances()
+    assert genuine.tolist() == [0.5]  # query 0 with g/0001_c3
+    assert sorted(impostor.tolist()) == sorted([0.2, 0.3, 0.1, 0.2, 0.4])
+    assert visualizer.plot_distribution(tmp_path / "pairs.png", "cosine").is_file()
+    with pytest.raises(ReidError, match="rank_sort must be ascending or descending"):
+        visualizer.vis_ranking_list(tmp_path / "x.png", rank_sort="random")

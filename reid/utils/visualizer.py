@@ -77,11 +77,42 @@ class Visualizer:
                 "first_match": item(int(hits[0])) if hits.size else None}
 
     def save_rank_result(self, output: str | Path, max_rank: int = DEFAULT_MAX_RANK,
-                         title: str = "rank lists") -> Path:
-        """One figure, a row per query given to ``get_model_output``, written to ``output``."""
+                         title: str = "rank lists", rows: Sequence[int] | None = None) -> Path:
+        """One figure, a row per query given to ``get_model_output`` (or per ``rows`` of
+        them), written to ``output``."""
         from reid.visualize import plot_rank_list
-        rows = [self.rank_list(row, max_rank) for row in range(len(self.query_indices))]
-        return plot_rank_list(rows, output, title=title, top_k=max_rank)
+        rows = range(len(self.query_indices)) if rows is None else rows
+        return plot_rank_list([self.rank_list(row, max_rank) for row in rows], output,
+                              title=title, top_k=max_rank)
+
+    def vis_ranking_list(self, output: str | Path, num_vis: int = 10,
+                         rank_sort: str = "ascending", max_rank: int = DEFAULT_MAX_RANK
+                         ) -> Path:
+        """The ``num_vis`` queries of lowest AP first (``ascending``) or highest
+        (``descending``), as FastReID's method of that name."""
+        if rank_sort not in ("ascending", "descending"):
+            raise ReidError(f"rank_sort must be ascending or descending, got {rank_sort!r}")
+        aps = [self.rank_list(row, 1)["ap"] for row in range(len(self.query_indices))]
+        order = np.argsort(aps, kind="stable")
+        order = order[::-1] if rank_sort == "descending" else order
+        return self.save_rank_result(output, max_rank, title=f"rank lists, AP {rank_sort}",
+                                     rows=[int(row) for row in order[:num_vis]])
+
+    def pair_distances(self) -> tuple[np.ndarray, np.ndarray]:
+        """(genuine, impostor) distances of the queries' ranked galleries (same identity and
+        camera left out), as FastReID's ``plot_roc_curve`` collects them."""
+        genuine, impostor = [], []
+        for row in range(len(self.query_indices)):
+            order, matches = self.get_matched_result(row)
+            genuine.append(self.dist[row, order[matches]])
+            impostor.append(self.dist[row, order[~matches]])
+        return np.concatenate(genuine), np.concatenate(impostor)
+
+    def plot_distribution(self, output: str | Path, metric: str | None = None) -> Path:
+        """Histograms of the genuine and impostor pair distances."""
+        from reid.visualize import plot_distance_histograms
+        genuine, impostor = self.pair_distances()
+        return plot_distance_histograms(genuine, impostor, output, metric=metric)
 
 
 def named_query_indices(query: Sequence[Record], names: Sequence[str], dataset: str
