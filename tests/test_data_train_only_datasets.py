@@ -240,3 +240,12 @@ def test_veriwild_errors(tmp_path):
     (split / "test_3000.txt").unlink()
     with pytest.raises(ReidError, match=r"missing VERI-Wild list .*test_3000.txt"):
         DATASET_REGISTRY.get("SmallVeRiWild")(tmp_path)
+
+
+def test_a_training_only_set_named_as_a_test_set_is_refused_with_the_config():
+    with pytest.raises(ReidError) as err:
+        load_config(None, ["DATASETS.TESTS", "('Market1501', 'CAVIAR')"])
+    assert str(err.value) == ("config key DATASETS.TESTS must be sets with a query / gallery "
+                              "split; CAVIAR is a training-only set (name it in DATASETS.NAMES)"
+                              "; got ('Market1501', 'CAVIAR') (command line)")
+    load_config(None, ["DATASETS.NAMES", "('Market1501', 'CAVIAR')"])  # fine for training

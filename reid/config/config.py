@@ -220,6 +220,13 @@ def registered_choices() -> dict[str, Registry]:
             "SOLVER.WARMUP_METHOD": WARMUP_REGISTRY}
 
 
+def training_only(dataset: str) -> bool:
+    """True for a registered dataset without query and gallery (FastReID's extra sets)."""
+    from reid.data.datasets import DATASET_REGISTRY
+    return dataset in DATASET_REGISTRY and getattr(DATASET_REGISTRY.get(dataset), "train_only",
+                                                   False)
+
+
 def ranges(keys: Iterable[str]) -> dict[str, tuple[Bound, str]]:
     """RANGES plus the families found by name among ``keys``: every INPUT.*PROB (augmentation
     probabilities, present and future) and every MODEL.LOSSES.*.SCALE (loss weights)."""
@@ -248,6 +255,10 @@ def validate(cfg: CfgNode, sources: dict[str, str] | None = None) -> None:
     for key, registry in registered_choices().items():
         if flat[key] not in registry:
             raise wrong(key, f"one of {', '.join(registry.names())}")
+    for name in cfg.DATASETS.TESTS:  # caught here, not after the training
+        if training_only(name):
+            raise wrong("DATASETS.TESTS", f"sets with a query / gallery split; {name} is a "
+                        "training-only set (name it in DATASETS.NAMES)")
     for key, (bound, meaning) in ranges(flat).items():
         value = flat[key]
         items = value if isinstance(value, (list, tuple)) else [value]
