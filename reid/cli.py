@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                 aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, aliases=list(aliases))
         p.add_argument("--config", help="YAML recipe (default: params/synthetic.yml)")
+        p.add_argument("--plugin", action="append", metavar="MODULE", help="import MODULE to "
+                       "register your own datasets, backbones, ... (repeatable; added to the "
+                       "config's PLUGINS)")
         if weights:
             p.add_argument("--weights", help="checkpoint to load (default: from OUTPUT_DIR)")
         p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -305,6 +308,19 @@ def split_options(parser: argparse.ArgumentParser, tokens: list[str]) -> tuple[l
     return overrides, options
 
 
+def plugin_overrides(args: argparse.Namespace) -> list[str]:
+    """``--plugin M`` (repeatable) as a PLUGINS override that adds M to the recipe's (and the
+    overrides') PLUGINS: every process that reads the config imports it, torchrun workers and
+    the saved config.yaml included."""
+    if not getattr(args, "plugin", None):
+        return []
+    from reid.config import load_config
+    from reid.utils.plugins import import_plugins
+    import_plugins(args.plugin)  # first: the config may name what they register
+    configured = load_config(recipe(args.config), args.opts).PLUGINS
+    return ["PLUGINS", repr(list(dict.fromkeys([*configured, *args.plugin])))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides, options = split_options(args.command_parser, args.opts)
@@ -314,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, raise_terminated)
     try:
+        args.opts += plugin_overrides(args)
         args.fn(args)
     except ReidError as exc:
         print(f"{USER_ERROR_PREFIX}{one_line(exc)}", file=sys.stderr)

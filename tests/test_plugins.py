@@ -72,10 +72,36 @@ def test_an_entry_point_is_loaded_when_its_name_is_asked_for(tmp_path, monkeypat
 
 def test_a_missing_plugin_is_a_one_line_error():
     with pytest.raises(ReidError, match=r"cannot import plugin module 'no_such_reid_plugin' "
-                                        r"named in PLUGINS: No module named"):
+                                        r"\(PLUGINS, --plugin\): No module named"):
         load_config(None, ["PLUGINS", "['no_such_reid_plugin']"])
 
 
 def test_an_unknown_name_still_lists_the_registered_ones():
     with pytest.raises(ReidError, match=r"unknown dataset 'NoSuchSet'.*registered: .*Market1501"):
         DATASET_REGISTRY.get("NoSuchSet")
+
+
+HEAD_PLUGIN = textwrap.dedent('''
+    from reid.modeling.heads import HEAD_REGISTRY, EmbeddingHead
+
+    @HEAD_REGISTRY.register()
+    class {name}(EmbeddingHead):
+        pass
+''')
+
+
+def test_the_plugin_option_adds_to_the_configs_plugins(tmp_path, monkeypatch, capsys):
+    from reid.cli import main
+    from toys import write_config
+    (tmp_path / "reid_test_plugin_head.py").write_text(HEAD_PLUGIN.format(name="PluginHead"))
+    write_plugin(tmp_path, "reid_test_plugin_recipe", "PluginRecipeSet")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = write_config(tmp_path / "tiny.yml", {"PLUGINS": ["reid_test_plugin_recipe"],
+                                                  "OUTPUT_DIR": str(tmp_path / "out")})
+    # the head exists only through --plugin, given after the override naming it
+    assert main(["info", "--config", str(config), "MODEL.HEADS.NAME", "PluginHead",
+                 "--plugin", "reid_test_plugin_head"]) == 0
+    assert "PluginHead" in capsys.readouterr().out
+    assert "reid_test_plugin_recipe" in sys.modules  # the recipe's own still imported
+    assert main(["info", "--config", str(config), "--plugin", "no_such_reid_plugin"]) == 2
+    assert "cannot import plugin module 'no_such_reid_plugin'" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def import_plugins(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ReidError(f"cannot import plugin module {module!r} named in PLUGINS: {exc} "
+            raise ReidError(f"cannot import plugin module {module!r} (PLUGINS, --plugin): {exc} "
                             "(expected an importable module: installed, or a .py file in the "
                             "current directory)") from exc
         logger.info("loaded plugin module %s", module)
