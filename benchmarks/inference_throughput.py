@@ -19,8 +19,15 @@ Every method runs in its own process, the methods interleaved ``--repeats`` time
 process one batch warms up, then one pass over ``--batches`` batches is timed (for ``ours``
 one ``extract_features`` call, its model preparation included); the best pass over repeats is
 reported. Features of our variants are compared with ``ours-before``'s
-(smallest cosine over the batch). Only the model step is timed (tensors already in memory):
-FastReID's data loader does not import on torch 2 (``fastreid.data`` needs ``torch._six``).
+(smallest cosine over the batch). The ``-e2e`` methods (``--end-to-end``, BoT-R18 only: the CPU recipe) time the whole test-set
+extraction from a synthetic Market-layout folder (written once into the workdir by this
+project's generator): JPEG decoding, resizing, batching with 4 loader workers (FastReID's
+test-loader default, given to ours too), the model. ``fastreid-e2e`` is FastReID's
+``build_reid_test_loader`` + its evaluator's loop (``model(inputs)`` under ``no_grad``), with
+the run-time shims of ``benchmarks/fastreid_lockstep.py`` (``torch._six``) and its
+``DataLoaderX`` (a CUDA-stream prefetch thread) replaced by the ``DataLoader`` it derives from,
+as ``benchmarks/fastreid_train.py`` does; ``ours-e2e`` / ``ours-e2e-bf16`` are
+``build_test_loader`` + ``extract_features``.
 
     python benchmarks/inference_throughput.py                      # both recipes
     python benchmarks/inference_throughput.py --recipes BoT-R18-128x64 --repeats 5
@@ -49,6 +56,9 @@ RECIPES = {
                         (256, 128)),
 }
 METHODS = ("fastreid", "ours-before", "ours", "ours-bf16")
+END_TO_END = ("fastreid-e2e", "ours-e2e", "ours-e2e-bf16")
+E2E_RECIPE = "BoT-R18-128x64"
+LOADER_WORKERS = 4  # FastReID's build_reid_test_loader default
 OVERRIDES = ("MODEL.HEADS.NUM_CLASSES", "100", "MODEL.BACKBONE.PRETRAIN", "False")
 
 
@@ -71,6 +81,7 @@ def fastreid_step(recipe: str):
     def run(batches: list[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([model({"images": batch}) for batch in batches])
+    run.cfg, run.model = cfg, model
     return run
 
 
@@ -96,6 +107,74 @@ def ours_step(recipe: str, method: str):
     return before if method == "ours-before" else extract
 
 
+def fastreid_end_to_end(recipe: str, folder: Path):
+    os.environ["FASTREID_DATASETS"] = str(folder / "SyntheticMarket1501")  # read at import
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fastreid_lockstep import fastreid_shims
+
+    fastreid_shims()
+    import fastreid.data.build as fastreid_build
+
+    class PlainLoader(torch.utils.data.DataLoader):
+        """DataLoaderX's signature, without its CUDA-stream prefetch thread."""
+
+        def __init__(self, local_rank, **kwargs):
+            super().__init__(**kwargs)
+
+    fastreid_build.DataLoaderX = PlainLoader
+    step = fastreid_step(recipe)
+    cfg = step.cfg
+    loader, _ = fastreid_build.build_reid_test_loader(cfg, dataset_name="Market1501",
+                                                      num_workers=LOADER_WORKERS)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([step.model(inputs) for inputs in loader])
+    return run
+
+
+def ours_end_to_end(recipe: str, method: str, folder: Path):
+    sys.path.insert(0, str(ROOT))
+    from reid.config import load_config
+    from reid.data.build import build_test_loader
+    from reid.evaluation.extract import extract_features
+    from reid.inference import build_inference_model
+
+    cfg = load_config(ROOT / RECIPES[recipe][1], [
+        *OVERRIDES, "DATASETS.ROOT", str(folder), "DATASETS.NAMES", '("SyntheticMarket1501",)',
+        "DATASETS.TESTS", '("SyntheticMarket1501",)', "DATALOADER.NUM_WORKERS",
+        str(LOADER_WORKERS), "TEST.IMS_PER_BATCH", str(BATCH)])
+    torch.manual_seed(0)
+    model = build_inference_model(cfg)
+
+    def run() -> torch.Tensor:
+        loader, _ = build_test_loader(cfg, "SyntheticMarket1501")
+        return extract_features(model, loader, "cpu", bf16=method == "ours-e2e-bf16")[0]
+    return run
+
+
+def run_end_to_end(recipe: str, method: str, folder: Path, out: Path) -> dict:
+    run = (fastreid_end_to_end(recipe, folder) if method == "fastreid-e2e"
+           else ours_end_to_end(recipe, method, folder))
+    started = time.perf_counter()
+    features = run()
+    elapsed = time.perf_counter() - started
+    torch.save(features[:BATCH].float(), out)
+    return {"recipe": recipe, "method": method, "img_s": len(features) / elapsed,
+            "images": len(features), "threads": torch.get_num_threads()}
+
+
+def synthetic_folder(workdir: Path) -> Path:
+    """A synthetic Market-layout folder (this project's generator, defaults), written once."""
+    root = workdir / "synthetic"
+    if not (root / "SyntheticMarket1501" / "generator.json").exists():
+        sys.path.insert(0, str(ROOT))
+        from reid.data.synthetic import generate_synthetic_market
+
+        generate_synthetic_market(root)
+    return root
+
+
 def run_worker(recipe: str, method: str, batches: int, out: Path) -> dict:
     run = fastreid_step(recipe) if method == "fastreid" else ours_step(recipe, method)
     batch = images(RECIPES[recipe][2])
@@ -110,8 +189,9 @@ def run_worker(recipe: str, method: str, batches: int, out: Path) -> dict:
 
 # --------------------------------------------------------------------------- driver
 def spawn(recipe: str, method: str, args, out: Path) -> dict:
-    python = args.fastreid_python if method == "fastreid" else sys.executable
-    cmd = [python, __file__, "--worker", recipe, method, str(out), "--batches", str(args.batches)]
+    python = args.fastreid_python if method.startswith("fastreid") else sys.executable
+    cmd = [python, __file__, "--worker", recipe, method, str(out), "--batches", str(args.batches),
+           "--workdir", args.workdir]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -134,6 +214,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, default=3, help="timed batches per process")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help=f"also the {E2E_RECIPE} extraction from a JPEG folder")
     parser.add_argument("--fastreid-python", default=FASTREID_PYTHON)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(),
                                                           "reid-inference-bench"))
@@ -141,40 +223,51 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         recipe, method, out = args.worker
-        print(json.dumps(run_worker(recipe, method, args.batches, Path(out))))
+        if method in END_TO_END:
+            result = run_end_to_end(recipe, method, Path(args.workdir) / "synthetic", Path(out))
+        else:
+            result = run_worker(recipe, method, args.batches, Path(out))
+        print(json.dumps(result))
         return
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"cpu cores: {os.cpu_count()}, flags: {cpu_flags()}, load average before: "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.end_to_end:
+        synthetic_folder(workdir)
     table = []
     for recipe in args.recipes:
+        methods = list(args.methods)
+        if args.end_to_end and recipe == E2E_RECIPE:
+            methods += END_TO_END
         best: dict[str, dict] = {}
         for repeat in range(args.repeats):
-            for method in args.methods:
+            for method in methods:
                 result = spawn(recipe, method, args, workdir / f"{recipe}-{method}.pt")
                 print(f"  {recipe} run {repeat + 1} {method}: {result['img_s']:.1f} img/s",
                       flush=True)
                 if result["img_s"] > best.get(method, {"img_s": 0})["img_s"]:
                     best[method] = result
-        reference = workdir / f"{recipe}-ours-before.pt"
         for method, result in best.items():
+            reference = workdir / (f"{recipe}-ours-e2e.pt" if method in END_TO_END
+                                   else f"{recipe}-ours-before.pt")
             features = workdir / f"{recipe}-{method}.pt"
             if method.startswith("ours") and reference.exists():
                 result["cosine"] = min_cosine(torch.load(features), torch.load(reference))
             table.append(result)
     print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print(f"best of {args.repeats} interleaved passes over {args.batches} batches of {BATCH}")
-    print(f"{'recipe':<16} {'method':<12} {'threads':>7} {'img/s':>8} {'vs FastReID':>11} "
-          f"{'min cos vs ours-before':>22}")
+    print(f"{'recipe':<16} {'method':<13} {'threads':>7} {'img/s':>8} {'vs FastReID':>11} "
+          f"{'min cos vs ours-before / ours-e2e':>33}")
     for r in table:
+        peer = "fastreid-e2e" if r["method"] in END_TO_END else "fastreid"
         base = next((t["img_s"] for t in table
-                     if t["recipe"] == r["recipe"] and t["method"] == "fastreid"), None)
+                     if t["recipe"] == r["recipe"] and t["method"] == peer), None)
         ratio = f"{r['img_s'] / base:.2f}x" if base else "-"
         cosine = f"{r['cosine']:.7f}" if "cosine" in r else "-"
-        print(f"{r['recipe']:<16} {r['method']:<12} {r['threads']:>7} {r['img_s']:>8.1f} "
-              f"{ratio:>11} {cosine:>22}")
+        print(f"{r['recipe']:<16} {r['method']:<13} {r['threads']:>7} {r['img_s']:>8.1f} "
+              f"{ratio:>11} {cosine:>33}")
 
 
 if __name__ == "__main__":
