@@ -113,3 +113,19 @@ def test_config_accepts_a_newly_registered_optimizer_and_lists_them_when_wrong()
                                         "linear"):
         load_config(None, ["SOLVER.WARMUP_METHOD", "cosine"])
     assert set(WARMUP_REGISTRY.names()) == {"constant", "exp", "linear"}
+
+
+@pytest.mark.parametrize("key, module, registry", [
+    ("TEST.METRIC", "reid.evaluation.distance", "DISTANCE_METRICS"),
+    ("KD.LOSS", "reid.modeling.losses.distillation", "KD_LOSS_REGISTRY"),
+    ("SOLVER.SCHED", "reid.solver.lr_scheduler", "SCHEDULE_REGISTRY"),
+])
+def test_other_named_components_are_checked_against_their_registry(key, module, registry,
+                                                                    monkeypatch):
+    import importlib
+    names = getattr(importlib.import_module(module), registry)
+    with pytest.raises(ReidError, match=rf"{key} must be one of {', '.join(names.names())}; "
+                                        r"got 'reid_test_new'"):
+        load_config(None, [key, "reid_test_new"])
+    monkeypatch.setitem(names._objects, "reid_test_new", object())  # registered by a user
+    assert dict(load_config(None, [key, "reid_test_new"]).flatten())[key] == "reid_test_new"

@@ -200,9 +200,7 @@ RANGES: dict[str, tuple[Bound, str]] = {
 }
 
 CHOICES = {
-    "TEST.METRIC": ("cosine", "euclidean"),
     "MODEL.HEADS.NECK_FEAT": ("before", "after"),
-    "KD.LOSS": ("kl", "js"),
     "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
     "SOLVER.LOG_CHECKPOINTS": ("final", "all", "none"),
     "DATASETS.CHECK_IMAGES": ("header", "decode", "none"),
@@ -214,10 +212,13 @@ CHOICES = {
 def registered_choices() -> dict[str, Registry]:
     """Keys naming a registered component: the registry is the one list of valid names, so
     a component a user registers (``reid.utils.plugins``) is accepted like a built-in one."""
+    from reid.evaluation.distance import DISTANCE_METRICS
+    from reid.modeling.losses.distillation import KD_LOSS_REGISTRY
     from reid.solver.lr_scheduler import SCHEDULE_REGISTRY, WARMUP_REGISTRY
     from reid.solver.optimizer import OPTIMIZER_REGISTRY
     return {"SOLVER.OPT": OPTIMIZER_REGISTRY, "SOLVER.SCHED": SCHEDULE_REGISTRY,
-            "SOLVER.WARMUP_METHOD": WARMUP_REGISTRY}
+            "SOLVER.WARMUP_METHOD": WARMUP_REGISTRY, "TEST.METRIC": DISTANCE_METRICS,
+            "KD.LOSS": KD_LOSS_REGISTRY}
 
 
 def training_only(dataset: str) -> bool:
