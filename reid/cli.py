@@ -22,6 +22,7 @@ from reid.commands import (add_stage_commands, default_weights, load, print_resu
 from reid.errors import (USER_ERROR_PREFIX, ReidError, Terminated, describe_os_error, one_line,
                          raise_terminated)
 from reid.retrieval.commands import Hooks, add_retrieval_commands
+from reid.elastic_launch import stop_the_job
 from reid.stage_table import BEST_WEIGHTS
 from reid.utils.run_lock import hold_output_dir
 
@@ -334,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.fn(args)
     except ReidError as exc:
         print(f"{USER_ERROR_PREFIX}{one_line(exc)}", file=sys.stderr)
+        stop_the_job()  # a torchrun worker: no restart can cure a user error
         return 2
     except OSError as exc:  # a file the run needs (disk full, permissions): no traceback
         print(f"{USER_ERROR_PREFIX}{describe_os_error(exc)}", file=sys.stderr)

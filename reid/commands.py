@@ -8,15 +8,17 @@ for ``--no-track`` and ranks other than 0, so both paths are the same call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
 from typing import Callable
 
+from reid.elastic_launch import TORCHRUN_OPTIONS, Launch, run_torchrun
 from reid.errors import ReidError
 from reid.utils.logger import ColorfulFormatter, wants_colour
 from reid.utils.logs import LOG_FORMAT, attach_log_file
-from reid.utils.run_lock import INHERITED_ENV, hold_output_dir
+from reid.utils.run_lock import INHERITED_ENV, hold_output_dir, inherit_env
 
 logger = logging.getLogger("reid")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
@@ -105,7 +107,17 @@ def add_stage_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
             flag, keywords = INPUT_OPTIONS[name]
             parser.add_argument(flag, **keywords)
         parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        if "resume" in stage.inputs:  # the training stages: torchrun's options, its names
+            add_torchrun_options(parser)
         parser.set_defaults(stage=stage)
+
+
+def add_torchrun_options(parser: argparse.ArgumentParser) -> None:
+    """torchrun's launch options (``reid.elastic_launch``); giving any runs the command as
+    torchrun's workers."""
+    group = parser.add_argument_group("distributed launch (torchrun's options)")
+    for option, keywords in TORCHRUN_OPTIONS.items():
+        group.add_argument(option, **keywords)
 
 
 def check_options(args: argparse.Namespace, stage) -> None:
@@ -130,12 +142,34 @@ def cmd_stage(args: argparse.Namespace) -> None:
     --no-track and on ranks other than 0 (RANK is set by torchrun before the process group)."""
     stage = args.stage
     check_options(args, stage)
+    launch = Launch.from_args(args)  # checked before anything loads
     cfg = load(args)
+    if launch is not None:
+        return launch_workers(args, stage, cfg, launch)
     inputs = stage_inputs(args, stage, cfg)
     with hold_output_dir(cfg.OUTPUT_DIR):
         tracker, parent = _tracker(args, cfg)
         out = stage.adapter()(stage, cfg, tracker, parent, **inputs)
     SHOW.get(stage.name, lambda out: None)(out)
+
+
+def launch_workers(args: argparse.Namespace, stage, cfg, launch: Launch) -> None:
+    """This machine's torchrun agent, whose workers run the same command without the launch
+    options (rank 0 tracks). On one machine this process holds OUTPUT_DIR for its workers;
+    across machines the workers' rank 0 does (OUTPUT_DIR must then be a shared folder)."""
+    command = ["reid.cli", stage.command, "--config", recipe(args.config), *args.opts]
+    command += ["--resume"] * bool(args.resume) + ["--no-track"] * bool(args.no_track)
+    env = dict(os.environ)
+    holding = contextlib.nullcontext() if launch.multi_node else hold_output_dir(cfg.OUTPUT_DIR)
+    with holding:
+        if not launch.multi_node:
+            env.update(inherit_env(cfg.OUTPUT_DIR))
+        outcome = run_torchrun(launch.command(command), env)
+    outcome.raise_for_workers()
+    if outcome.returncode != 0:
+        logger.error("torchrun failed with exit code %d (its report above); log: %s",
+                     outcome.returncode, Path(cfg.OUTPUT_DIR) / "log.txt")
+        raise SystemExit(outcome.returncode)
 
 
 def _tracker(args: argparse.Namespace, cfg):

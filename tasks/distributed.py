@@ -6,7 +6,8 @@ on the flow's own config (written to a temporary YAML file) and waits. Rank 0 lo
 MLflow stage run under the flow's parent run (REID_PARENT_RUN_ID), exactly as the in-process
 task does; DDP runs over NCCL on GPUs and gloo on CPUs (``reid.engine.launch``).
 
-The workers' stderr is passed through; a user error they report (``reid: error: ...``, e.g.
+The workers' stderr is passed through (``reid.elastic_launch.run_torchrun``); a user error
+they report (``reid: error: ...``, e.g.
 a diverged training) is raised here as a ``ReidError`` with that line, so the task is not
 retried; any other failure (a lost worker, NCCL, workers stopped by a signal after writing a
 checkpoint: ``reid: stopped: ...``) is a ``RuntimeError`` that Prefect may retry, resuming
@@ -16,14 +17,14 @@ torchrun, which passes it to the workers, and waits for them to write their chec
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from reid import stages
 from reid.config import CfgNode, load_config, save_config
-from reid.errors import STOPPED_PREFIX, USER_ERROR_PREFIX, ReidError
+from reid.elastic_launch import run_torchrun
+from reid.errors import ReidError
 from reid.utils.logs import LOG_FILE
 from reid.utils.run_lock import hold_output_dir, inherit_env
 from tasks.tracking import PARENT_RUN_ENV
@@ -55,7 +56,6 @@ def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
     returns (read back from OUTPUT_DIR)."""
     check_process_count(cfg, nproc_per_node)
     env = dict(os.environ)
-    env.update(SIGNALS_ENV)
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     if parent_id:
@@ -68,14 +68,16 @@ def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
         env.update(inherit_env(cfg.OUTPUT_DIR))
         config_file = Path(folder) / "config.yaml"
         save_config(cfg, config_file)
-        returncode, user_error, stopped = _run(launch_command(config_file, nproc_per_node,
-                                                              stage, resume), env)
+        outcome = run_torchrun(launch_command(config_file, nproc_per_node, stage, resume), env)
     out = Path(cfg.OUTPUT_DIR)
-    if user_error:
-        raise ReidError(user_error)
-    if stopped:
-        raise RuntimeError(f"distributed training stopped by a signal ({stopped}); a retry "
-                           "resumes from that checkpoint")
+    if outcome.user_error:
+        raise ReidError(outcome.user_error)
+    if outcome.interrupted is not None:  # this process was interrupted: unwind as it was
+        raise outcome.interrupted
+    if outcome.stopped:
+        raise RuntimeError(f"distributed training stopped by a signal ({outcome.stopped}); a "
+                           "retry resumes from that checkpoint")
+    returncode = outcome.returncode
     if returncode != 0:
         raise RuntimeError(f"distributed training ({nproc_per_node} processes) failed with exit "
                            f"code {returncode}; its log: {out / LOG_FILE}")
@@ -85,35 +87,3 @@ def train(cfg: CfgNode, nproc_per_node: int, tracking_uri: str | None,
     saved = load_config(str(out / "config.yaml"), [])
     return {"checkpoint": str(final), "num_classes": int(saved.MODEL.HEADS.NUM_CLASSES),
             "config": str(out / "config.yaml")}
-
-
-# torchrun's agent passes these on to its workers (its default list lacks SIGUSR1, Slurm's
-# warning signal, which would otherwise kill the agent outright).
-SIGNALS_ENV = {"TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
-# How long an interrupted launch waits for the workers to write their checkpoint (torchrun
-# itself gives them 30 s before SIGKILL).
-STOP_GRACE_S = 60
-
-
-def _run(command: list[str], env: dict) -> tuple[int, str | None, str | None]:
-    """Run ``command`` passing its stderr through; returns its exit code, the first user error
-    line a worker printed and the first "stopped" line (both without their prefix), if any."""
-    user_error = stopped = None
-    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True,
-                          errors="replace") as proc:
-        try:
-            for line in proc.stderr:
-                sys.stderr.write(line)
-                if user_error is None and line.startswith(USER_ERROR_PREFIX):
-                    user_error = line[len(USER_ERROR_PREFIX):].strip()
-                if stopped is None and line.startswith(STOPPED_PREFIX):
-                    stopped = line[len(STOPPED_PREFIX):].strip()
-        except BaseException:  # interrupted (SIGTERM, Ctrl-C): torchrun stops its workers,
-            proc.terminate()   # which write a checkpoint first; wait for it
-            try:
-                _, rest = proc.communicate(timeout=STOP_GRACE_S)  # drained: none blocks
-                sys.stderr.write(rest or "")
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-    return proc.returncode, user_error, stopped

@@ -73,10 +73,29 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800) -> boo
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend, init_method="env://", world_size=world_size, rank=rank,
-                            timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    store = attempt_store(world_size, timeout)
+    if store is None:
+        dist.init_process_group(backend, init_method="env://", world_size=world_size, rank=rank,
+                                timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=store, world_size=world_size, rank=rank,
+                                timeout=timeout)
     logger.info("joined process group: rank %d of %d (%s)", rank, world_size, backend)
     return True
+
+
+def attempt_store(world_size: int, timeout: timedelta):
+    """Under torchrun's agent store (TORCHELASTIC_USE_AGENT_STORE), that store with a prefix
+    per worker-group attempt (TORCHELASTIC_RESTART_COUNT), else None (env:// as usual): a
+    restarted group must not read the addresses its dead predecessors published there (gloo
+    then connects to a process that is gone and the restart fails)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT"), world_size,
+                          is_master=False, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"reid/attempt_{attempt}", store)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -37,6 +37,10 @@ def update_bn_stats(model: nn.Module, data_loader: Iterable, num_iters: int) -> 
     BatchNorms measure batch statistics. The loader is restarted when it has fewer batches.
     Afterwards the weights, every module's train/eval mode, the BatchNorm momenta and their
     batch counters are as before.
+
+    With several processes every rank passes its own ``num_iters`` batches and the statistics
+    are then averaged over the ranks (one all-reduce), so every rank ends with the same running
+    mean and variance: those one process would compute over all the ranks' batches.
     """
     bns = tracked_batchnorms(model)
     if not bns or num_iters <= 0:
@@ -63,4 +67,23 @@ def update_bn_stats(model: nn.Module, data_loader: Iterable, num_iters: int) -> 
             bn.num_batches_tracked.copy_(count)
         for module, training in modes.items():
             module.train(training)
-    logger.info("precise-BN: recomputed %d BatchNorm layers over %d batches", len(bns), num_iters)
+    average_over_ranks(bns)
+    logger.info("precise-BN: recomputed %d BatchNorm layers over %d batches%s", len(bns),
+                num_iters, f" on each of {comm.get_world_size()} processes"
+                if comm.get_world_size() > 1 else "")
+
+
+def average_over_ranks(bns: list[nn.Module]) -> None:
+    """Every BatchNorm's running mean and variance averaged over the ranks (equal batch counts
+    make it the average over all the ranks' batches)."""
+    if comm.get_world_size() == 1:
+        return
+    stats = [s for bn in bns for s in (bn.running_mean, bn.running_var)]
+    flat = torch.cat([s.reshape(-1).double() for s in stats])
+    if torch.distributed.get_backend() != "nccl":
+        flat = flat.cpu()
+    comm.all_reduce_tensor(flat, "mean")
+    offset = 0
+    for s in stats:
+        s.copy_(flat[offset:offset + s.numel()].view_as(s).to(s.device, s.dtype))
+        offset += s.numel()
