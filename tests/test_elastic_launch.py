@@ -158,3 +158,12 @@ def test_a_user_error_is_not_restarted(tiny_root, tmp_path):
     assert last.startswith("reid: error: loss became nan on rank ")
     assert [line for line in done.stderr.splitlines() if "reid: error:" in line] == [last]
     assert (output / "log.txt").read_text().count("training epochs") == 1  # no restart
+
+
+def test_reid_run_sends_multi_machine_options_to_reid_train(capsys):
+    assert main(["run", "--nnodes", "2", "--max-restarts", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "reid: error: reid run trains on this machine (--nproc-per-node N) and retries a failed "
+        "training itself, resuming; --nnodes, --max-restarts: run `reid train` with torchrun's "
+        "options on each machine (deploy/slurm, deploy/kubernetes), then `reid precise-bn` and "
+        "`reid evaluate`")
