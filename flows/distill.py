@@ -36,7 +36,8 @@ def _changed(cfg: CfgNode, *overrides: str) -> CfgNode:
 
 
 def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
-                       parent: str, nproc_per_node: int = 1) -> tuple[str, dict]:
+                       parent: str, nproc_per_node: int = 1, use_cache: bool = True
+                       ) -> tuple[str, dict]:
     """One teacher's weights and its results: evaluated if they exist (a file, or a model URI
     resolved through MLflow: ``tasks/lineage.py``), else trained first."""
     teacher_cfg = load_config(config)
@@ -49,45 +50,50 @@ def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
         elif weights and Path(weights).is_file():
             results = evaluate_task(teacher_cfg, tracker, run, weights=weights)["results"]
         else:
-            out = run_stages(teacher_cfg, tracker, run, nproc_per_node=nproc_per_node)
+            out = run_stages(teacher_cfg, tracker, run, nproc_per_node=nproc_per_node,
+                             use_cache=use_cache)
             weights, results = out["checkpoint"], out["results"]
         tracker.log_results(run, results)
     return weights, results
 
 
 def teacher_checkpoints(cfg: CfgNode, tracker: Tracker, parent: str,
-                        nproc_per_node: int = 1) -> dict[str, tuple[str, dict]]:
+                        nproc_per_node: int = 1, use_cache: bool = True
+                        ) -> dict[str, tuple[str, dict]]:
     """``{role: (weights, results)}`` for every teacher of KD.MODEL_CONFIG, in order."""
     paths = teacher_paths(cfg, require_weights=False)
     if not paths and not cfg.KD.EMA.ENABLED:
         raise ReidError("the student recipe must name its teacher's config in KD.MODEL_CONFIG "
                         "(or set KD.EMA.ENABLED for self-distillation)")
     roles = ["teacher"] if len(paths) == 1 else [f"teacher {i}" for i in range(1, len(paths) + 1)]
-    return {role: teacher_checkpoint(config, weights, role, tracker, parent, nproc_per_node)
+    return {role: teacher_checkpoint(config, weights, role, tracker, parent, nproc_per_node,
+                                     use_cache)
             for role, (config, weights) in zip(roles, paths)}
 
 
 @flow(name="reid-distill")
 def distill(config: str, overrides: Optional[list[str]] = None,
             compare_without_kd: bool = True, nproc_per_node: int = 1,
-            register_model: Optional[str] = None) -> dict:
+            register_model: Optional[str] = None, use_cache: bool = True) -> dict:
     """Teachers (trained unless their weights exist) -> student with KD (-> the same student
     without KD, for comparison); ``nproc_per_node`` > 1 trains each with DDP;
-    ``register_model`` names the registered model the KD student becomes a version of."""
+    ``register_model`` names the registered model the KD student becomes a version of;
+    ``use_cache`` false recomputes stages an earlier run could lend their outputs to."""
     cfg = load_config(config, overrides or [])
     with hold_output_dir(cfg.OUTPUT_DIR):
         tracker = Tracker()
         tracker.close_abandoned(cfg.OUTPUT_DIR)
         return _distill(cfg, config, tracker, compare_without_kd, nproc_per_node,
-                        register_model)
+                        register_model, use_cache)
 
 
 def _distill(cfg: CfgNode, config: str, tracker: Tracker, compare_without_kd: bool,
-             nproc_per_node: int, register_model: Optional[str] = None) -> dict:
+             nproc_per_node: int, register_model: Optional[str] = None,
+             use_cache: bool = True) -> dict:
     rows = []
     tags = {"reid.flow": "distill", **output_dir_tags(cfg), **prefect_run_tags()}
     with tracker.run(f"distill:{Path(config).stem}", tags=tags) as parent:
-        teachers = teacher_checkpoints(cfg, tracker, parent, nproc_per_node)
+        teachers = teacher_checkpoints(cfg, tracker, parent, nproc_per_node, use_cache)
         tracker.log_dataset(parent, cfg)  # after the teachers' prepare stages made the data
         results = {role: teacher_results for role, (_, teacher_results) in teachers.items()}
         for role, teacher_results in results.items():
@@ -106,7 +112,7 @@ def _distill(cfg: CfgNode, config: str, tracker: Tracker, compare_without_kd: bo
             with tracker.run(role, parent, tags={"reid.role": role, **teacher_tags}) as run:
                 tracker.log_config(run, role_cfg, config)
                 out = run_stages(role_cfg, tracker, run, train_stage=stage, register=register,
-                                 nproc_per_node=nproc_per_node)
+                                 nproc_per_node=nproc_per_node, use_cache=use_cache)
                 tracker.log_results(run, out["results"])
             results[role] = out["results"]
             rows += result_rows(role, out["results"])

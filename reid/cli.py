@@ -63,13 +63,15 @@ def _run_flow(args: argparse.Namespace) -> None:
     if args.flow == "distill":
         out = distill(config=args.config, overrides=list(args.opts),
                       compare_without_kd=not args.no_compare,
-                      nproc_per_node=args.nproc_per_node, register_model=args.register)
+                      nproc_per_node=args.nproc_per_node, register_model=args.register,
+                      use_cache=not args.no_cache)
         for role, results in out["results"].items():
             print(f"\n{role}:")
             print_results(results)
     else:
         out = pipeline(config=recipe(args.config), overrides=list(args.opts), resume=args.resume,
-                       register_model=args.register, nproc_per_node=args.nproc_per_node)
+                       register_model=args.register, nproc_per_node=args.nproc_per_node,
+                       use_cache=not args.no_cache)
         print_results(out["results"])
         print(f"\noutputs in {out['output_dir']} (log.txt, metrics.json, results.json, "
               "checkpoints, visual/)")
@@ -198,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--register", metavar="NAME", help="register the evaluated model (the "
                      "distill flow: the KD student) in the MLflow model registry as a version "
                      "of NAME")
+    run.add_argument("--no-cache", action="store_true", help="recompute every stage, even "
+                     "one whose config part, data, code and inputs equal an earlier successful "
+                     "run's (whose outputs are reused by default)")
     run.add_argument("--no-compare", action="store_true",
                      help="distill flow: skip the student trained without KD")
     run.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
