@@ -17,12 +17,12 @@ import sys
 import threading
 from typing import Callable, Sequence
 
-from reid.commands import (add_stage_commands, default_weights, load, print_results, recipe,
-                           setup_logging)
-from reid.errors import (USER_ERROR_PREFIX, ReidError, Terminated, describe_os_error, one_line,
-                         raise_terminated)
+from reid.commands import (add_stage_commands, default_weights, install_stop_handlers, load,
+                           print_results, recipe, setup_logging)
+from reid.errors import (STOPPED_PREFIX, USER_ERROR_PREFIX, Preempted, ReidError, Terminated,
+                         describe_os_error, one_line)
 from reid.retrieval.commands import Hooks, add_retrieval_commands
-from reid.elastic_launch import TORCHRUN_OPTIONS, stop_the_job
+from reid.elastic_launch import add_refused_torchrun_options, refuse_multi_machine, stop_the_job
 from reid.stage_table import BEST_WEIGHTS
 from reid.utils.run_lock import hold_output_dir
 
@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Checks what can fail in seconds (the config, OUTPUT_DIR free, the tracking server)
     before the flow starts Prefect's temporary server, then runs the flow."""
     from reid.config import load_config
-    check_one_machine(args)
+    refuse_multi_machine(args)
     if args.flow == "distill" and not args.config:
         raise ReidError("reid run --flow distill needs --config (a student recipe with KD.*), "
                         "e.g. params/kd-synthetic.yml")
@@ -43,18 +43,6 @@ def cmd_run(args: argparse.Namespace) -> None:
         from tasks.tracking import check_server  # sets the embedded store's URI by default
         check_server(os.environ["MLFLOW_TRACKING_URI"])
         _run_flow(args)
-
-
-def check_one_machine(args: argparse.Namespace) -> None:
-    """The flow runs its stages on this machine: torchrun's multi-machine and restart options
-    belong to ``reid train`` (one agent per machine; deploy/), one line says so."""
-    given = [option for option in TORCHRUN_OPTIONS if option != "--nproc-per-node"
-             and getattr(args, option.lstrip("-").replace("-", "_"), None) is not None]
-    if given:
-        raise ReidError(f"reid run trains on this machine (--nproc-per-node N) and retries a "
-                        f"failed training itself, resuming; {', '.join(given)}: run `reid "
-                        f"train` with torchrun's options on each machine (deploy/slurm, "
-                        f"deploy/kubernetes), then `reid precise-bn` and `reid evaluate`")
 
 
 def _run_flow(args: argparse.Namespace) -> None:
@@ -209,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train with DDP on N local processes launched by torchrun (one "
                      "per GPU over NCCL; CPU processes over gloo when there is no GPU or "
                      "MODEL.DEVICE is cpu)")
-    for option, keywords in TORCHRUN_OPTIONS.items():  # under torchrun's names, refused
-        if option != "--nproc-per-node":
-            run.add_argument(option, **{**keywords, "help": argparse.SUPPRESS})
+    add_refused_torchrun_options(run)
     add_stage_commands(command)
     serve = sub.add_parser("serve", help="serve prefect.yaml's scheduled deployments "
                            "against the Prefect server named by PREFECT_API_URL")
@@ -350,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.opts = overrides
     setup_logging()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)
+        install_stop_handlers()
     try:
         args.opts += plugin_overrides(args)
         args.fn(args)
@@ -361,9 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a file the run needs (disk full, permissions): no traceback
         print(f"{USER_ERROR_PREFIX}{describe_os_error(exc)}", file=sys.stderr)
         return 1
-    except Terminated:
-        print("reid: terminated (SIGTERM); runs closed as KILLED", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Preempted as exc:  # a training stopped by a signal, its checkpoint written
+        print(f"{STOPPED_PREFIX}{exc}", file=sys.stderr)
+        return exc.exit_code
+    except Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"reid: terminated ({name}); runs closed as KILLED", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("reid: interrupted", file=sys.stderr)
         return 130

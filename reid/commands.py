@@ -11,11 +11,13 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Callable
 
 from reid.elastic_launch import TORCHRUN_OPTIONS, Launch, run_torchrun
-from reid.errors import ReidError
+from reid.errors import ReidError, Terminated
 from reid.utils.logger import ColorfulFormatter, wants_colour
 from reid.utils.logs import LOG_FORMAT, attach_log_file
 from reid.utils.run_lock import INHERITED_ENV, hold_output_dir, inherit_env
@@ -49,6 +51,27 @@ def drop_reported_user_errors(record: logging.LogRecord) -> bool:
         return True
     error = record.exc_info[1] if record.exc_info else None
     return not isinstance(error, ReidError) and "ReidError" not in record.getMessage()
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+def install_stop_handlers() -> None:
+    """The command's handlers of SIGTERM, SIGINT and SIGUSR1 (main thread only)."""
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), stop_or_raise)
+
+
+def stop_or_raise(signum, frame) -> None:
+    """A running training stops at the end of its step with a checkpoint
+    (``reid.engine.preemption``, also when it runs in a Prefect task's thread); anything else
+    unwinds at once: KeyboardInterrupt for Ctrl-C, ``Terminated`` for the others."""
+    preemption = sys.modules.get("reid.engine.preemption")  # not imported: no training
+    if preemption is not None and preemption.request_stop(signum):
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum=signum)
 
 
 def recipe(path: str | None) -> str:

@@ -128,6 +128,26 @@ class Launch:
                 *module_args]
 
 
+def add_refused_torchrun_options(parser) -> None:
+    """``reid run``: torchrun's options other than --nproc-per-node, parsed to be refused in
+    one line (``refuse_multi_machine``) rather than called unknown."""
+    for option, keywords in TORCHRUN_OPTIONS.items():
+        if option != "--nproc-per-node":
+            parser.add_argument(option, **{**keywords, "help": "(reid train only)"})
+
+
+def refuse_multi_machine(args) -> None:
+    """The flow runs its stages on this machine: torchrun's multi-machine and restart options
+    belong to ``reid train`` (one agent per machine; deploy/), one line says so."""
+    given = [option for option in TORCHRUN_OPTIONS if option != "--nproc-per-node"
+             and getattr(args, dest(option), None) is not None]
+    if given:
+        raise ReidError(f"reid run trains on this machine (--nproc-per-node N) and retries a "
+                        f"failed training itself, resuming; {', '.join(given)}: run `reid "
+                        f"train` with torchrun's options on each machine (deploy/slurm, "
+                        f"deploy/kubernetes), then `reid precise-bn` and `reid evaluate`")
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process is one of torchrun's workers."""
     return "TORCHELASTIC_RUN_ID" in os.environ
