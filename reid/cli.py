@@ -25,6 +25,7 @@ from reid.retrieval.commands import Hooks, add_retrieval_commands
 from reid.elastic_launch import add_refused_torchrun_options, refuse_multi_machine, stop_the_job
 from reid.stage_table import BEST_WEIGHTS
 from reid.utils.run_lock import hold_output_dir
+from reid.visual_commands import add_visual_commands
 
 logger = logging.getLogger("reid")
 
@@ -113,31 +114,6 @@ def cmd_info(args):
     ]
     for name, value in rows:
         print(f"{name:<18} {value}")
-
-
-def cmd_visualize(args):
-    """Rank lists of the queries named by --query (indices or file names) of a test set."""
-    from pathlib import Path
-
-    from reid.utils.visualizer import rank_lists
-    cfg = load(args)
-    weights = args.weights or default_weights(cfg, *BEST_WEIGHTS)
-    output = args.output or str(Path(cfg.OUTPUT_DIR) / "visual" / "rank_lists.png")
-    out = rank_lists(cfg, weights, args.query or [], output, dataset=args.dataset,
-                     max_rank=args.max_rank)
-    print(f"wrote the rank lists of queries {', '.join(map(str, out['queries']))} to "
-          f"{out['output']}")
-
-
-def cmd_video(args):
-    """Tracked people drawn on a video or a folder of frames, a stable colour per identity."""
-    from reid.utils.video_visualizer import annotate_video
-    if not (args.input and args.tracks and args.output):
-        raise ReidError("reid video needs --input VIDEO|FOLDER, --tracks FILE (MOT lines "
-                        "frame,id,left,top,width,height) and --output FOLDER|FILE.mp4")
-    out = annotate_video(args.input, args.tracks, args.output, fps=args.fps)
-    print(f"wrote {out['frames']} frames with {out['boxes']} boxes of {out['identities']} "
-          f"identities to {out['output']}")
 
 
 def cmd_compare(args):
@@ -257,28 +233,6 @@ def add_compare_command(sub) -> None:
     p.add_argument("--no-track", action="store_true",
                    help="do not log the comparison as an MLflow run")
     p.set_defaults(fn=cmd_compare, command_parser=p, opts=[])
-
-
-def add_visual_commands(sub, command: Callable[..., argparse.ArgumentParser]) -> None:
-    """``reid visualize`` (a recipe, weights and overrides) and ``reid video`` (neither)."""
-    p = command("visualize", cmd_visualize, "draw the rank lists of chosen queries of a test "
-                "set (by index or file name)", weights=True)
-    p.add_argument("--query", action="append", metavar="INDEX|FILE",
-                   help="a query to draw: its index in the query set or its file name "
-                   "(repeatable)")
-    p.add_argument("--dataset", help="test set name (default: the first of DATASETS.TESTS)")
-    p.add_argument("--max-rank", type=int, default=10, help="gallery images per query "
-                   "(default 10)")
-    p.add_argument("--output", help="figure file (default: OUTPUT_DIR/visual/rank_lists.png)")
-    p = sub.add_parser("video", help="draw tracked people (MOT-format boxes with track ids) "
-                       "on a video or a folder of frames, a stable colour per identity")
-    p.add_argument("--input", help="a video file or a folder of frames")
-    p.add_argument("--tracks", help="MOT text file: frame,id,left,top,width,height[,...]")
-    p.add_argument("--output", help="a folder (PNG frames) or a video file (.mp4, .mkv, "
-                   ".mov, .avi)")
-    p.add_argument("--fps", type=float, help="frame rate of the output video (default: the "
-                   "input video's, 25 for frames)")
-    p.set_defaults(fn=cmd_video, command_parser=p, opts=[])
 
 
 def add_gc_command(sub) -> None:
