@@ -116,6 +116,20 @@ def cmd_info(args):
         print(f"{name:<18} {value}")
 
 
+def cmd_visualize(args):
+    """Rank lists of the queries named by --query (indices or file names) of a test set."""
+    from pathlib import Path
+
+    from reid.utils.visualizer import rank_lists
+    cfg = load(args)
+    weights = args.weights or default_weights(cfg, *BEST_WEIGHTS)
+    output = args.output or str(Path(cfg.OUTPUT_DIR) / "visual" / "rank_lists.png")
+    out = rank_lists(cfg, weights, args.query or [], output, dataset=args.dataset,
+                     max_rank=args.max_rank)
+    print(f"wrote the rank lists of queries {', '.join(map(str, out['queries']))} to "
+          f"{out['output']}")
+
+
 def cmd_compare(args):
     from tasks.compare import compare
     if args.max_runs < 1:
@@ -196,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "feature size (--env: the software and GPUs instead)")
     info.add_argument("--env", action="store_true", help="print the environment: Python, "
                       "PyTorch, CUDA, cuDNN, GPUs, faiss, Prefect, MLflow, DVC versions")
-    add_visual_commands(sub, command)
+    add_visual_commands(sub, command, cmd_visualize)
     add_compare_command(sub)
     add_gc_command(sub)
     add_retrieval_commands(sub, Hooks(load=load, recipe=recipe, default_weights=default_weights,

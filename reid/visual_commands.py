@@ -1,27 +1,13 @@
-"""``reid visualize`` and ``reid video``: figures of a trained model's rank lists and tracked
-people drawn on a video (the command-line side of ``reid.utils.visualizer`` and
-``reid.utils.video_visualizer``), added to the parser by ``reid/cli.py``."""
+"""The parsers of ``reid visualize`` and ``reid video`` (figures of a trained model's rank
+lists; tracked people drawn on a video: the command-line side of ``reid.utils.visualizer``
+and ``reid.utils.video_visualizer``), added by ``reid/cli.py``, which keeps
+``cmd_visualize`` (it loads the recipe like the other commands: ``reid/commands.py``)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Callable
 
-from reid.commands import default_weights, load
 from reid.errors import ReidError
-from reid.stage_table import BEST_WEIGHTS
-
-
-def cmd_visualize(args: argparse.Namespace) -> None:
-    """Rank lists of the queries named by --query (indices or file names) of a test set."""
-    from reid.utils.visualizer import rank_lists
-    cfg = load(args)
-    weights = args.weights or default_weights(cfg, *BEST_WEIGHTS)
-    output = args.output or str(Path(cfg.OUTPUT_DIR) / "visual" / "rank_lists.png")
-    out = rank_lists(cfg, weights, args.query or [], output, dataset=args.dataset,
-                     max_rank=args.max_rank)
-    print(f"wrote the rank lists of queries {', '.join(map(str, out['queries']))} to "
-          f"{out['output']}")
 
 
 def cmd_video(args: argparse.Namespace) -> None:
@@ -35,7 +21,8 @@ def cmd_video(args: argparse.Namespace) -> None:
           f"identities to {out['output']}")
 
 
-def add_visual_commands(sub, command: Callable[..., argparse.ArgumentParser]) -> None:
+def add_visual_commands(sub, command: Callable[..., argparse.ArgumentParser],
+                        cmd_visualize: Callable[[argparse.Namespace], None]) -> None:
     """``reid visualize`` (a recipe, weights and overrides, through the CLI's ``command``)
     and ``reid video`` (neither)."""
     p = command("visualize", cmd_visualize, "draw the rank lists of chosen queries of a test "
