@@ -2,6 +2,8 @@
 artifact) and the temporary server's watch."""
 from __future__ import annotations
 
+import os
+
 import prefect.runtime
 from prefect.artifacts import create_table_artifact
 
@@ -10,10 +12,17 @@ from tasks.prefect_server import watch_temporary_server
 watch_temporary_server()  # a temporary Prefect server ends with this process, even on SIGKILL
 
 
+WORKER_ENV = "PREFECT__WORKER_NAME"  # set by a Prefect worker for the flow runs it starts
+
+
 def prefect_run_tags() -> dict[str, str]:
-    """The Prefect flow run behind an MLflow run (links the two UIs); empty outside a flow."""
+    """The Prefect flow run behind an MLflow run (links the two UIs), and the worker that
+    ran it when a work pool's worker did; empty outside a flow."""
     run_id = prefect.runtime.flow_run.id
-    return {"prefect.flow_run_id": str(run_id)} if run_id else {}
+    tags = {"prefect.flow_run_id": str(run_id)} if run_id else {}
+    if run_id and os.environ.get(WORKER_ENV):
+        tags["prefect.worker"] = os.environ[WORKER_ENV]
+    return tags
 
 
 def publish_results(rows: list[dict], key: str, description: str) -> None:

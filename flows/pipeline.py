@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from reid.config import CfgNode, load_config
 from reid.utils.run_lock import hold_output_dir
 from tasks.distributed import check_process_count
+from tasks.gpu_slots import gpu_slots
 from tasks.pipeline_tasks import evaluate_task, precise_bn_task, prepare_task, train_task
 from tasks.reports import report_markdown
 from tasks.stage_cache import cached
@@ -36,9 +37,10 @@ def run_stages(cfg: CfgNode, tracker: Tracker, parent_id: str, resume: bool = Fa
     check_process_count(cfg, nproc_per_node)  # before any work
     prepare_task(cfg, tracker, parent_id)
     tracker.log_dataset(parent_id, cfg)  # after prepare: the data exists and is checked
-    trained = cached(train_task, train_stage, cfg, tracker, parent_id,
-                     use_cache=use_cache and not resume, resume=resume, stage=train_stage,
-                     nproc_per_node=nproc_per_node)
+    with gpu_slots(cfg, nproc_per_node):  # one training per GPU (tasks/gpu_slots.py)
+        trained = cached(train_task, train_stage, cfg, tracker, parent_id,
+                         use_cache=use_cache and not resume, resume=resume, stage=train_stage,
+                         nproc_per_node=nproc_per_node)
     bn = cached(precise_bn_task, "precise_bn", cfg, tracker, parent_id,
                 reads=(trained["checkpoint"],), use_cache=use_cache,
                 weights=trained["checkpoint"])

@@ -68,6 +68,23 @@ def _run_flow(args: argparse.Namespace) -> None:
           f"$MLFLOW_TRACKING_URI to browse)")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """One pipeline run per point of --grid: here (--max-parallel at a time) or on the
+    workers of --work-pool; a summary of every point, and which failed and why."""
+    from flows.sweep import run_sweep
+    if not args.grid:
+        raise ReidError("reid sweep needs --grid FILE.yml (config keys -> lists of values "
+                        "and/or a list of override sets; e.g. params/sweeps/synthetic-lr.yml)")
+    out = run_sweep(config=recipe(args.config), grid=args.grid, overrides=list(args.opts),
+                    max_parallel=args.max_parallel, work_pool=args.work_pool,
+                    deployment=args.deployment, use_cache=not args.no_cache)
+    print(out["markdown"])
+    print(f"\nMLflow sweep run {out['mlflow_run_id']} (its comparison under sweep/)")
+    if out["failed"]:
+        raise ReidError(f"{len(out['failed'])} of {len(out['outcomes'])} sweep points failed: "
+                        + "; ".join(f"{f['point']}: {f['error']}" for f in out["failed"]))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve prefect.yaml's deployments (their schedules) until interrupted."""
     from flows.serve import serve_prefect_file
@@ -189,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
                      "MODEL.DEVICE is cpu)")
     add_refused_torchrun_options(run)
     add_stage_commands(command)
+    sweep = command("sweep", cmd_sweep, "run the pipeline once per point of a grid (a "
+                    "reid-sweep Prefect flow), here or on a Prefect work pool's workers")
+    sweep.add_argument("--grid", help="YAML grid: 'grid:' (config keys -> lists of values) "
+                       "and/or 'points:' (override sets); see params/sweeps/ (required)")
+    sweep.add_argument("--max-parallel", type=int, default=1, metavar="N",
+                       help="points in flight at once (default 1)")
+    sweep.add_argument("--work-pool", metavar="NAME", help="run each point as a run of the "
+                       "pipeline deployment on this Prefect work pool (PREFECT_API_URL's "
+                       "server; start workers with `prefect worker start --pool NAME`)")
+    sweep.add_argument("--deployment", default="reid-pipeline/sweep-point",
+                       help="with --work-pool: the pipeline deployment (prefect.yaml) to run "
+                       "(default: reid-pipeline/sweep-point)")
+    sweep.add_argument("--no-cache", action="store_true",
+                       help="recompute every stage of every point")
     serve = sub.add_parser("serve", help="serve prefect.yaml's scheduled deployments "
                            "against the Prefect server named by PREFECT_API_URL")
     serve.add_argument("--prefect-file", default="prefect.yaml",

@@ -40,7 +40,9 @@ def test_repo_prefect_yaml_serves_a_nightly_retrain_and_a_weekly_kd_refresh(monk
     monkeypatch.chdir(ROOT)
     built = {d.name: d for d in map(build_deployment, read_deployments(ROOT / "prefect.yaml"))}
 
-    assert set(built) == {"nightly-retrain", "weekly-kd-refresh"}
+    assert set(built) == {"nightly-retrain", "weekly-kd-refresh", "sweep-point"}
+    assert built["sweep-point"].entrypoint == "flows/pipeline.py:pipeline"
+    assert not built["sweep-point"].schedules  # started by `reid sweep --work-pool` only
     nightly, weekly = built["nightly-retrain"], built["weekly-kd-refresh"]
     assert nightly.flow_name == "reid-pipeline"
     assert nightly.entrypoint == "flows/pipeline.py:pipeline"
