@@ -27,7 +27,8 @@ test-loader default, given to ours too), the model. ``fastreid-e2e`` is FastReID
 the run-time shims of ``benchmarks/fastreid_lockstep.py`` (``torch._six``) and its
 ``DataLoaderX`` (a CUDA-stream prefetch thread) replaced by the ``DataLoader`` it derives from,
 as ``benchmarks/fastreid_train.py`` does; ``ours-e2e`` / ``ours-e2e-bf16`` are
-``build_test_loader`` + ``extract_features``.
+``build_test_loader`` + ``extract_features``, with the test set's Rank-1 / mAP (random
+weights: only how far bf16 moves them means something).
 
     python benchmarks/inference_throughput.py                      # both recipes
     python benchmarks/inference_throughput.py --recipes BoT-R18-128x64 --repeats 5
@@ -148,9 +149,21 @@ def ours_end_to_end(recipe: str, method: str, folder: Path):
     model = build_inference_model(cfg)
 
     def run() -> torch.Tensor:
-        loader, _ = build_test_loader(cfg, "SyntheticMarket1501")
-        return extract_features(model, loader, "cpu", bf16=method == "ours-e2e-bf16")[0]
+        loader, num_query = build_test_loader(cfg, "SyntheticMarket1501")
+        feats, pids, camids = extract_features(model, loader, "cpu",
+                                               bf16=method == "ours-e2e-bf16")
+        run.labels = (pids, camids, num_query)  # evaluated after the timing
+        return feats
     return run
+
+
+def rank_metrics(feats: torch.Tensor, pids, camids, num_query: int) -> dict:
+    """Rank-1 / mAP (percent) of the test set: how much bf16 moves them (random weights)."""
+    from reid.evaluation import evaluate_features
+
+    result = evaluate_features(feats[:num_query], feats[num_query:], pids[:num_query],
+                               pids[num_query:], camids[:num_query], camids[num_query:])
+    return {"Rank-1": float(result.cmc[0]) * 100, "mAP": result.mAP * 100}
 
 
 def run_end_to_end(recipe: str, method: str, folder: Path, out: Path) -> dict:
@@ -161,7 +174,8 @@ def run_end_to_end(recipe: str, method: str, folder: Path, out: Path) -> dict:
     elapsed = time.perf_counter() - started
     torch.save(features[:BATCH].float(), out)
     return {"recipe": recipe, "method": method, "img_s": len(features) / elapsed,
-            "images": len(features), "threads": torch.get_num_threads()}
+            "images": len(features), "threads": torch.get_num_threads(),
+            **(rank_metrics(features, *run.labels) if hasattr(run, "labels") else {})}
 
 
 def synthetic_folder(workdir: Path) -> Path:
@@ -266,8 +280,10 @@ def main() -> None:
                      if t["recipe"] == r["recipe"] and t["method"] == peer), None)
         ratio = f"{r['img_s'] / base:.2f}x" if base else "-"
         cosine = f"{r['cosine']:.7f}" if "cosine" in r else "-"
+        metrics = (f"  Rank-1 {r['Rank-1']:.2f} mAP {r['mAP']:.3f} (random weights)"
+                   if "mAP" in r else "")
         print(f"{r['recipe']:<16} {r['method']:<13} {r['threads']:>7} {r['img_s']:>8.1f} "
-              f"{ratio:>11} {cosine:>33}")
+              f"{ratio:>11} {cosine:>33}{metrics}")
 
 
 if __name__ == "__main__":
