@@ -167,3 +167,22 @@ def test_reid_run_sends_multi_machine_options_to_reid_train(capsys):
         "training itself, resuming; --nnodes, --max-restarts: run `reid train` with torchrun's "
         "options on each machine (deploy/slurm, deploy/kubernetes), then `reid precise-bn` and "
         "`reid evaluate`")
+
+
+def test_workers_stopped_by_a_signal_are_retried_and_the_launcher_exits_like_them(
+        monkeypatch, tiny_overrides):
+    from reid.config import load_config
+    from reid.elastic_launch import Outcome
+    from reid.errors import Preempted
+    from tasks import distributed
+    line = "SIGUSR1 at iteration 12; checkpoint /out/model_iter_0000012.pth; --resume continues"
+    monkeypatch.setattr(distributed, "run_torchrun",
+                        lambda command, env: Outcome(returncode=1, stopped=line + " from it"))
+    cfg = load_config(str(RECIPE), tiny_overrides)
+    # a RuntimeError, not a ReidError: the Prefect train task retries it (resuming)
+    with pytest.raises(RuntimeError, match=r"stopped by a signal \(SIGUSR1 at iteration 12;"):
+        distributed.train(cfg, 2, tracking_uri=None)
+    with pytest.raises(Preempted) as stop:  # `reid train --nproc-per-node N` itself
+        Outcome(returncode=1, stopped=line + " from it").raise_for_workers()
+    assert (stop.value.exit_code, stop.value.iteration, stop.value.checkpoint) == (
+        138, 12, "/out/model_iter_0000012.pth")
