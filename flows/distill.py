@@ -8,13 +8,21 @@ them all). The table has one row group per teacher: "teacher" for one, "teacher 
 2", ... for several. With KD.EMA.ENABLED and no KD.MODEL_CONFIG (self-distillation) there is
 no teacher to evaluate. With ``compare_without_kd`` the same student is also trained without
 distillation, so the table shows what KD bought.
+
+Independent branches run concurrently through the flow's task runner (``run_distill``'s
+``max_parallel``, default 2): the teachers (those sharing an OUTPUT_DIR one after the other),
+then the KD student beside the no-KD student. Each branch keeps its MLflow run under the flow's
+parent run, as before; trainings on a GPU still take turns per GPU (``tasks/gpu_slots.py``).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import prefect_run_tags, publish_results, result_rows
 from flows.pipeline import run_stages
@@ -57,21 +65,62 @@ def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
     return weights, results
 
 
+@task(name="distill-branch", cache_policy=NO_CACHE)
+def branch(work: Callable[..., dict], *args) -> dict:
+    """An independent part of the flow (a teacher, a student), run by the flow's task runner
+    beside the others; GPU trainings still take turns (``tasks/gpu_slots.py``)."""
+    return work(*args)
+
+
+def in_parallel(calls: list[tuple]) -> list[dict]:
+    """``[work(*args), ...]`` of ``calls = [(work, *args), ...]`` as concurrent branches; all
+    are waited for before the first failure is raised (no branch outlives the flow's run)."""
+    futures = [branch.submit(*call) for call in calls]
+    wait(futures)
+    return [future.result() for future in futures]
+
+
+def _teacher_group(group: list[tuple[str, str, str]], tracker: Tracker, parent: str,
+                   nproc_per_node: int, use_cache: bool) -> dict:
+    """Teachers sharing an OUTPUT_DIR, one after the other (one training per folder)."""
+    return {role: teacher_checkpoint(config, weights, role, tracker, parent, nproc_per_node,
+                                     use_cache) for role, config, weights in group}
+
+
 def teacher_checkpoints(cfg: CfgNode, tracker: Tracker, parent: str,
                         nproc_per_node: int = 1, use_cache: bool = True
                         ) -> dict[str, tuple[str, dict]]:
-    """``{role: (weights, results)}`` for every teacher of KD.MODEL_CONFIG, in order."""
+    """``{role: (weights, results)}`` for every teacher of KD.MODEL_CONFIG, in order; teachers
+    with different OUTPUT_DIRs are evaluated or trained concurrently."""
     paths = teacher_paths(cfg, require_weights=False)
     if not paths and not cfg.KD.EMA.ENABLED:
         raise ReidError("the student recipe must name its teacher's config in KD.MODEL_CONFIG "
                         "(or set KD.EMA.ENABLED for self-distillation)")
     roles = ["teacher"] if len(paths) == 1 else [f"teacher {i}" for i in range(1, len(paths) + 1)]
-    return {role: teacher_checkpoint(config, weights, role, tracker, parent, nproc_per_node,
-                                     use_cache)
-            for role, (config, weights) in zip(roles, paths)}
+    groups: dict[Path, list] = {}
+    for role, (config, weights) in zip(roles, paths):
+        folder = Path(load_config(config).OUTPUT_DIR).resolve()
+        groups.setdefault(folder, []).append((role, config, weights))
+    found = {}
+    for done in in_parallel([(_teacher_group, group, tracker, parent, nproc_per_node,
+                              use_cache) for group in groups.values()]):
+        found.update(done)
+    return {role: found[role] for role in roles}
 
 
-@flow(name="reid-distill")
+def _student(role: str, role_cfg: CfgNode, stage: str, register: Optional[str], config: str,
+             tracker: Tracker, parent: str, nproc_per_node: int, use_cache: bool) -> dict:
+    """One student (with KD, or the same model without) in its role run under ``parent``."""
+    _, teacher_tags = lineage.resolve_config(role_cfg, tracker.client.tracking_uri)
+    with tracker.run(role, parent, tags={"reid.role": role, **teacher_tags}) as run:
+        tracker.log_config(run, role_cfg, config)
+        out = run_stages(role_cfg, tracker, run, train_stage=stage, register=register,
+                         nproc_per_node=nproc_per_node, use_cache=use_cache)
+        tracker.log_results(run, out["results"])
+    return out
+
+
+@flow(name="reid-distill", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def distill(config: str, overrides: Optional[list[str]] = None,
             compare_without_kd: bool = True, nproc_per_node: int = 1,
             register_model: Optional[str] = None, use_cache: bool = True) -> dict:
@@ -107,14 +156,19 @@ def _distill(cfg: CfgNode, config: str, tracker: Tracker, compare_without_kd: bo
             plain = _changed(cfg, "MODEL.META_ARCHITECTURE", "Baseline",
                              "OUTPUT_DIR", str(Path(cfg.OUTPUT_DIR) / "no-kd"))
             runs["student (no KD)"] = (plain, "train", None)
-        for role, (role_cfg, stage, register) in runs.items():
-            _, teacher_tags = lineage.resolve_config(role_cfg, tracker.client.tracking_uri)
-            with tracker.run(role, parent, tags={"reid.role": role, **teacher_tags}) as run:
-                tracker.log_config(run, role_cfg, config)
-                out = run_stages(role_cfg, tracker, run, train_stage=stage, register=register,
-                                 nproc_per_node=nproc_per_node, use_cache=use_cache)
-                tracker.log_results(run, out["results"])
+        students = in_parallel([(_student, role, role_cfg, stage, register, config, tracker,
+                                 parent, nproc_per_node, use_cache)
+                                for role, (role_cfg, stage, register) in runs.items()])
+        for role, out in zip(runs, students):
             results[role] = out["results"]
             rows += result_rows(role, out["results"])
         publish_results(rows, "reid-distill-results", f"{config}: teachers vs student (percent)")
     return {"results": results, "mlflow_run_id": parent}
+
+
+def run_distill(config: str, max_parallel: int = 2, **parameters) -> dict:
+    """The distill flow with at most ``max_parallel`` branches (teachers, students) at once."""
+    if max_parallel < 1:
+        raise ReidError(f"--max-parallel must be at least 1, got {max_parallel}")
+    runner = ThreadPoolTaskRunner(max_workers=max_parallel)
+    return distill.with_options(task_runner=runner)(config=config, **parameters)

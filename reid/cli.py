@@ -47,10 +47,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _run_flow(args: argparse.Namespace) -> None:
-    from flows.distill import distill
+    from flows.distill import run_distill
     from flows.pipeline import pipeline
     if args.flow == "distill":
-        out = distill(config=args.config, overrides=list(args.opts),
+        out = run_distill(args.config, max_parallel=args.max_parallel, overrides=list(args.opts),
                       compare_without_kd=not args.no_compare,
                       nproc_per_node=args.nproc_per_node, register_model=args.register,
                       use_cache=not args.no_cache)
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="recompute every stage, even "
                      "one whose config part, data, code and inputs equal an earlier successful "
                      "run's (whose outputs are reused by default)")
+    run.add_argument("--max-parallel", type=int, default=2, metavar="N",
+                     help="distill flow: independent branches (teachers, the KD and no-KD "
+                     "students) at once (default 2; GPU trainings still take turns per GPU)")
     run.add_argument("--no-compare", action="store_true",
                      help="distill flow: skip the student trained without KD")
     run.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
