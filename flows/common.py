@@ -3,6 +3,7 @@ artifact) and the temporary server's watch."""
 from __future__ import annotations
 
 import os
+import socket
 
 import prefect.runtime
 from prefect.artifacts import create_table_artifact
@@ -13,14 +14,19 @@ watch_temporary_server()  # a temporary Prefect server ends with this process, e
 
 
 WORKER_ENV = "PREFECT__WORKER_NAME"  # set by a Prefect worker for the flow runs it starts
+PROCESS_TAG = "reid.process"
 
 
 def prefect_run_tags() -> dict[str, str]:
-    """The Prefect flow run behind an MLflow run (links the two UIs), and the worker that
-    ran it when a work pool's worker did; empty outside a flow."""
+    """The Prefect flow run behind an MLflow run (links the two UIs), the process running it,
+    and the worker that started it when a work pool's worker did; empty outside a flow."""
     run_id = prefect.runtime.flow_run.id
-    tags = {"prefect.flow_run_id": str(run_id)} if run_id else {}
-    if run_id and os.environ.get(WORKER_ENV):
+    if not run_id:
+        return {}
+    # host:pid of the process running the flow: a sweep tells a lost point by it
+    tags = {"prefect.flow_run_id": str(run_id),
+            PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+    if os.environ.get(WORKER_ENV):
         tags["prefect.worker"] = os.environ[WORKER_ENV]
     return tags
 

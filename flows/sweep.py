@@ -21,18 +21,23 @@ as artifacts of the sweep run and published as a Prefect artifact.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.states import Crashed
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import prefect_run_tags
+from flows.common import PROCESS_TAG, prefect_run_tags
 from flows.pipeline import pipeline
 from reid.config import load_config
 from reid.errors import ReidError, one_line
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 SWEEP_TAG = "reid.sweep"              # on each point's pipeline run: the sweep run's id
 POINT_TAG = "reid.sweep.point"        # the point's name
 DEFAULT_DEPLOYMENT = "reid-pipeline/sweep-point"  # prefect.yaml's pipeline deployment
+POLL_S = 2.0  # how often a distributed point's flow run is looked at
 
 
 @dataclass
@@ -73,23 +79,61 @@ def local_point(config: str, base: list[str], point: Point, parent: str,
 def deployed_point(deployment: str, config: str, base: list[str], point: Point, parent: str,
                    use_cache: bool, work_pool: str) -> Outcome:
     """One point as a run of the pipeline deployment, waited for; its end state is its
-    outcome (a crashed worker's run ends Crashed, named in the summary)."""
+    outcome. A run whose process died on this machine (its worker killed) is marked Crashed
+    and reported lost, instead of being waited for forever."""
     parameters = {"config": config, "overrides": [*base, *point.overrides],
                   "use_cache": use_cache, "parent_run_id": parent,
                   "run_tags": {SWEEP_TAG: parent, POINT_TAG: point.name}}
     try:
-        run = run_deployment(deployment, parameters=parameters, timeout=None,
+        run = run_deployment(deployment, parameters=parameters, timeout=0,
                              flow_run_name=f"sweep-point {point.name}", as_subflow=True)
     except Exception as exc:  # noqa: BLE001 - e.g. no such deployment: this point fails
         return Outcome(point.name, False, f"cannot start deployment {deployment} on work pool "
                        f"{work_pool}: {one_line(exc)}")
-    state = run.state
-    if state is None or not state.is_completed():
-        name = state.name if state else "unknown"
-        return Outcome(point.name, False, f"flow run {run.name} ended {name}: "
-                       f"{(state.message or '') if state else ''}".strip(),
-                       flow_run_id=str(run.id))
+    return wait_for_point(run.id, point, parent)
+
+
+def wait_for_point(flow_run_id, point: Point, parent: str) -> Outcome:
+    tracker = Tracker()
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                break
+            lost = lost_process(tracker, parent, point.name)
+            if lost:
+                client.set_flow_run_state(flow_run_id, Crashed(message=lost), force=True)
+                return Outcome(point.name, False, f"lost: {lost}", flow_run_id=str(run.id))
+            time.sleep(POLL_S)
+    if not run.state.is_completed():
+        return Outcome(point.name, False, f"flow run {run.name} ended {run.state.name}: "
+                       f"{run.state.message or ''}".strip(), flow_run_id=str(run.id))
     return Outcome(point.name, True, flow_run_id=str(run.id))
+
+
+def lost_process(tracker: Tracker, parent: str, point: str) -> Optional[str]:
+    """Why the point's pipeline run is lost: it is still RUNNING in MLflow but the process
+    that ran it (``reid.process`` = host:pid, on this machine) is gone; None otherwise (or when
+    that process is on another machine: Prefect's own crash detection covers those)."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`{SWEEP_TAG}` = '{parent}' and tags.`{POINT_TAG}` = "
+        f"'{point}' and attributes.status = 'RUNNING'", max_results=5)
+    for run in runs:
+        host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            return (f"its flow run's process {host}:{pid} ended without finishing it (worker "
+                    "killed?); run the sweep again to finish it")
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 # --------------------------------------------------------------------------- the sweep

@@ -3,6 +3,7 @@ failing point, the MLflow nesting and the sweep's comparison."""
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,27 @@ def test_reid_sweep_refuses_bad_options_in_one_line(argv, message, capsys, tmp_p
     assert main([str(grid) if a == "GRID" else a for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("reid: error: ") and message in err[0]
+
+
+def test_a_point_whose_process_died_is_lost_not_waited_for(mlflow_uri):
+    """A worker killed mid-sweep leaves its point's pipeline run RUNNING with a dead process:
+    the sweep reports that point lost (and marks its flow run Crashed) instead of hanging."""
+    import socket
+    import subprocess
+    import sys
+
+    from flows.common import PROCESS_TAG
+    from flows.sweep import POINT_TAG, SWEEP_TAG, lost_process
+    from tasks.tracking import Tracker
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now
+    tracker = Tracker()
+    host = socket.gethostname()
+    for point, process in (("a", f"{host}:{dead.pid}"), ("b", f"{host}:{os.getpid()}"),
+                           ("c", f"elsewhere:{dead.pid}")):
+        tracker.start(f"pipeline:{point}", tags={SWEEP_TAG: "S", POINT_TAG: point,
+                                                 PROCESS_TAG: process})  # left RUNNING
+    assert f"process {host}:{dead.pid} ended without finishing" in lost_process(tracker, "S", "a")
+    assert lost_process(tracker, "S", "b") is None  # alive
+    assert lost_process(tracker, "S", "c") is None  # another machine: not judged from here
+    assert lost_process(tracker, "other sweep", "a") is None
