@@ -45,8 +45,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
                       block_size: int | None = None, device: str | torch.device | None = None,
                       fars: tuple[float, ...] = DEFAULT_FARS,
                       observe: Callable[[int, np.ndarray], None] | None = None,
-                      index: str = EXACT, candidates: int = DEFAULT_CANDIDATES
-                      ) -> EvaluationResult:
+                      index: str = EXACT, candidates: int = DEFAULT_CANDIDATES,
+                      index_params: str | None = None) -> EvaluationResult:
     """CMC, mAP, mINP, per-query AP and INP (and TAR@FAR, ROC) from features.
 
     Args:
@@ -68,6 +68,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
             top-``candidates`` of that index (LOWER BOUNDS of the exact ones), with their
             recall against exact search as ``candidate_recall``
             (:mod:`reid.evaluation.approximate`; Market protocol, no re-ranking or ROC).
+            ``index_params``: its faiss search parameters (e.g. "nprobe=32").
 
     Returns:
         an :class:`~reid.evaluation.results.EvaluationResult`: ``cmc``, ``all_ap`` and
@@ -87,7 +88,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     if index != EXACT:
         from reid.evaluation.approximate import approximate_evaluation
         return approximate_evaluation(q_feats.numpy(), g_feats.numpy(), q_pids, g_pids,
-                                      q_camids, g_camids, index, metric, max_rank, candidates)
+                                      q_camids, g_camids, index, metric, max_rank, candidates,
+                                      search_params=index_params)
     if block_size is not None and block_size < 1:
         raise ReidError(f"evaluate_features: block_size must be >= 1, got {block_size}")
     rows = block_size or max(1, min(len(q_feats), BLOCK_CELLS // max(len(g_feats), 1)))

@@ -32,6 +32,7 @@ from reid.retrieval.sources import FeatureSource, as_matrix, read_features
 logger = logging.getLogger(__name__)
 
 QUERY_BLOCK = 256  # queries re-scored at a time (their candidates' rows are gathered)
+GATHER_BYTES = 64 << 20  # at most this much of candidate rows gathered per block
 
 
 @dataclass
@@ -137,8 +138,9 @@ class Gallery:
         removed = np.flatnonzero(self.rows.removed)
         ids = np.empty((len(feats), k), dtype=np.int64)
         dist = np.empty((len(feats), k), dtype=np.float32)
-        for start in range(0, len(feats), QUERY_BLOCK):
-            block = feats[start:start + QUERY_BLOCK]
+        rows = max(1, min(QUERY_BLOCK, GATHER_BYTES // (fetch * self.dim * 4)))
+        for start in range(0, len(feats), rows):
+            block = feats[start:start + rows]
             found = faiss_index.search(self.index, faiss_index.prepare(block, self.metric),
                                        fetch, removed)
             ids[start:start + len(block)], dist[start:start + len(block)] = \
