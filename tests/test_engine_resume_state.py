@@ -1,7 +1,8 @@
 """What a training checkpoint must carry beyond the weights, checked by resuming from the
 uninterrupted run's own mid-epoch checkpoint in a fresh OUTPUT_DIR: the KD.EMA teacher (not
 part of the student's state_dict), MoCo's queue (buffers); and the inputs a resume must refuse
-through the command line, each with one ``reid: error:`` line and nothing overwritten."""
+through the command line, each with one ``reid: error:`` line and nothing overwritten; and
+model-side randomness (dropout) drawing the same after a resume."""
 from __future__ import annotations
 
 import shutil
@@ -14,8 +15,10 @@ from conftest import RECIPE, TINY_DATA, TINY_TRAIN, as_overrides
 from reid import stages
 from reid.cli import main
 from reid.config import load_config
-from reid.engine.checkpoint import LAST_CHECKPOINT
+from reid.engine.checkpoint import LAST_CHECKPOINT, Checkpointer
 from reid.engine.events import read_metrics
+from reid.engine.hooks import HookBase, PeriodicCheckpointer
+from toys import ToyReidNet, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,3 +139,53 @@ def test_a_truncated_checkpoint_is_refused(trained, tiny_root, tmp_path, capsys)
     assert line.startswith(f"reid: error: cannot read checkpoint {final}: it is a zip archive "
                            "but not a complete torch checkpoint (truncated or foreign)")
     assert snapshot(output) == before
+
+
+# --------------------------------------------------------------------------- dropout
+class DropoutNet(ToyReidNet):
+    """The toy model with dropout on its features: each training step draws a mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, batch):
+        if not self.training:
+            return super().forward(batch)
+        feats = self.drop(self.backbone(batch["images"]))
+        return {"loss_cls": torch.nn.functional.cross_entropy(self.heads(feats),
+                                                              batch["targets"])}
+
+
+class CrashAt(HookBase):
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.done == self.iteration:
+            raise KeyboardInterrupt("machine lost")
+
+
+def test_dropout_draws_the_same_masks_after_a_resume_inside_an_epoch(tmp_path):
+    """The toy loader's sampler cannot skip batches: the trainer draws and drops them."""
+    def trainer(seed, hooks=()):
+        def build(model, optimizer, scheduler):
+            checkpoints = PeriodicCheckpointer(Checkpointer(model, tmp_path, optimizer,
+                                                            scheduler), 0, 4, period_iters=3)
+            return [*hooks, checkpoints]
+        torch.manual_seed(seed)
+        return make_trainer(max_epoch=4, model=DropoutNet(), hooks=build, seed=seed)
+
+    whole = trainer(0)
+    whole.train()
+    with pytest.raises(KeyboardInterrupt):
+        trainer(0, hooks=[CrashAt(5)]).train()  # last checkpoint: iteration 3, inside epoch 2
+
+    resumed = trainer(7)  # other initial weights and random state
+    checkpointer = resumed.hooks[-1].checkpointer
+    state = checkpointer.resume_state(None, resume=True)
+    start = resumed.load_state_dict(state["trainer"])
+    assert start == 3
+    resumed.train(start_iter=start)
+    for key, value in whole.model.state_dict().items():
+        assert torch.allclose(resumed.model.state_dict()[key], value, rtol=0, atol=1e-6), key

@@ -208,9 +208,8 @@ class Trainer:
         self.model.train()
         try:
             self._call_hooks("before_train")
-            if self._resumed_rng is not None:  # last: nothing before may draw from them
-                rng.restore(self._resumed_rng)
-                self._resumed_rng = None
+            if start_iter % self.iters_per_epoch == 0:  # last: nothing before may draw
+                self._restore_rng()
             for self.epoch in range(self.start_epoch, self.max_epoch):
                 self._run_epoch()
             self.completed = True
@@ -230,7 +229,12 @@ class Trainer:
                 next(batches)
             for _ in range(position, self.iters_per_epoch):
                 self._call_hooks("before_step")
-                self.run_step(next(batches))
+                batch = next(batches)
+                # Resumed inside the epoch: the saved state already holds whatever starting
+                # the epoch's pass drew (a loader without a generator draws its workers' base
+                # seed from torch's), so it is restored once that pass has started.
+                self._restore_rng()
+                self.run_step(batch)
                 self.done = self.iter + 1
                 self._call_hooks("after_step")
                 self.iter += 1
@@ -306,6 +310,11 @@ class Trainer:
                            "is its own" if rank < saved_ranks else "starts from SEED + rank")
         self._resumed_rng = state["rng"][rank] if rank < saved_ranks else None
         return int(state["iteration"])
+
+    def _restore_rng(self) -> None:
+        if self._resumed_rng is not None:
+            rng.restore(self._resumed_rng)
+            self._resumed_rng = None
 
     def _call_hooks(self, stage: str) -> None:
         for hook in self.hooks:
