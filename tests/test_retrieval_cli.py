@@ -104,3 +104,17 @@ def test_a_tracked_build_logs_the_index_run(built, tiny_root, tmp_path, mlflow_u
     assert run.data.metrics["recall_at_10"] > 0.9 and run.data.tags["reid.index.type"] == "HNSW8"
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "index")}
     assert {"index/manifest.json", "index/index.faiss", "index/vectors.npy"} <= logged
+
+
+def test_an_image_folder_index_finds_each_image_itself(built, tiny_root, tmp_path):
+    tmp, config, weights = built
+    folder = Path(DATASET_REGISTRY.get(DATASET)(tiny_root).query[0][0]).parent
+    assert main(["index", "build", "--config", str(config), "--weights", str(weights),
+                 "--input", str(folder), "--index-type", "HNSW8", "--output",
+                 str(tmp_path / "idx"), "--no-track"]) == 0
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query", str(folder), "-k", "1",
+                 "--output", str(tmp_path / "hits.json")]) == 0
+    hits = json.loads((tmp_path / "hits.json").read_text())
+    assert {query: found[0]["path"] for query, found in hits.items()} == \
+        {str(p.resolve()): str(p.resolve()) for p in folder.glob("*.jpg")}
+    assert all(found[0]["distance"] < 1e-5 and found[0]["pid"] == -1 for found in hits.values())
