@@ -15,6 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "params" / "synthetic.yml"
 
+
+def recipe_files() -> list[Path]:
+    """Every training recipe under params/ (sorted); params/sweeps/ holds sweep grids, not
+    recipes."""
+    params = ROOT / "params"
+    return sorted(p for p in params.rglob("*.yml")
+                  if p.relative_to(params).parts[0] != "sweeps")
+
 # Small enough that a training stage takes seconds on 2 CPU cores.
 TINY_DATA = {
     "DATASETS.SYNTHETIC.NUM_TRAIN_IDS": 8,

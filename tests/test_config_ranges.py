@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from conftest import RECIPE, ROOT, flat, write_file
+from conftest import RECIPE, ROOT, flat, recipe_files, write_file
 from reid.cli import main
 from reid.config import get_cfg, load_config
 from reid.errors import ReidError
 
-RECIPES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "params").rglob("*.yml"))
+RECIPES = [str(p.relative_to(ROOT)) for p in recipe_files()]
 
 
 def train_error(capsys, tmp_path, *overrides: str) -> str:

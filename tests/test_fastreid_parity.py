@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import recipe_files
 from reid.config import load_config
 from reid.modeling import POOLING_REGISTRY, build_model
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "params"
 MANIFESTS = sorted((REPO / "tests" / "data" / "fastreid").glob("*.json"))
-ALL_RECIPES = sorted(PARAMS.rglob("*.yml"))
+ALL_RECIPES = recipe_files()
 
 
 def load_harness():

@@ -13,6 +13,7 @@ from reid.config import load_config
 from reid.engine.trainer import GradientClipper, Trainer, build_gradient_clipper
 from reid.errors import ReidError
 from reid.solver import build_lr_scheduler, build_optimizer
+from conftest import recipe_files
 from toys import solver_cfg
 
 
@@ -125,7 +126,7 @@ def test_norm_layers_inside_a_wrapper_are_found():
     assert got["inner.backbone.0.weight"] == pytest.approx(1e-3)
 
 
-RECIPES = sorted(str(p.relative_to(PARAMS)) for p in PARAMS.rglob("*.yml"))
+RECIPES = [str(p.relative_to(PARAMS)) for p in recipe_files()]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
