@@ -26,7 +26,7 @@ from reid.data.synthetic import generate_synthetic_market, generated_with, gener
 from reid.engine.checkpoint import Checkpointer
 from reid.engine.events import METRICS_FILE, MetricsFile, MetricsPrinter, fan_out
 from reid.engine.hooks import (LayerFreezer, MetricsLogger, MetricsSink, PeriodicCheckpointer,
-                               PeriodicEvaluator, ProgressBar)
+                               PeriodicEvaluator, ProgressBar, check_best_metric)
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
 from reid.engine.precise_bn import update_bn_stats
 from reid.engine.preemption import StopOnSignal
@@ -144,6 +144,7 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     from the newest checkpoint at its exact iteration; nothing is written before that
     checkpoint has been read and checked.
     """
+    check_best_metric(cfg.TEST.BEST_METRIC, cfg.DATASETS.TESTS)
     init_distributed()
     seed_everything(cfg.SEED, comm.get_rank())
     device = resolve_device(cfg.MODEL.DEVICE)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from reid.engine.checkpoint import Checkpointer
-from reid.engine.hooks import HookBase, PeriodicCheckpointer, PeriodicEvaluator, best_metric_value
+from reid.engine.hooks import (HookBase, PeriodicCheckpointer, PeriodicEvaluator,
+                               best_metric_value, check_best_metric)
 from reid.errors import ReidError
 from toys import make_trainer
 
@@ -111,3 +112,13 @@ def test_the_best_metric_may_name_its_test_set():
     with pytest.raises(ReidError, match=r"TEST.BEST_METRIC 'SetB.mINP' is not among the "
                        r"evaluation's results \(SetA.mAP, SetB.mAP, SetB.Rank-1\)"):
         best_metric_value(results, "SetB.mINP")
+
+
+def test_a_best_metric_naming_an_unknown_test_set_is_refused_before_training():
+    check_best_metric("mAP", ("SetA",))
+    check_best_metric("SetA.Rank-1", ("SetA", "SetB"))
+    for wanted in ("SetC.mAP", "SetA."):
+        with pytest.raises(ReidError, match=rf"TEST.BEST_METRIC '{wanted}' must be a metric "
+                           r"\(e.g. mAP, Rank-1\) of the first test set or <test set>.<metric> "
+                           r"with a test set of DATASETS.TESTS \(SetA, SetB\)"):
+            check_best_metric(wanted, ("SetA", "SetB"))

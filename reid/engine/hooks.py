@@ -337,6 +337,16 @@ class PeriodicEvaluator(HookBase):
             self.save_best("model_best", best=dict(self.best))
 
 
+def check_best_metric(wanted: str, test_sets) -> None:
+    """TEST.BEST_METRIC refused before training when it names no metric or a test set that
+    DATASETS.TESTS lacks (the metric itself is known only once evaluated)."""
+    test_set, _, metric = wanted.rpartition(".")
+    if not metric or (test_set and test_set not in test_sets):
+        raise ReidError(f"TEST.BEST_METRIC {wanted!r} must be a metric (e.g. mAP, Rank-1) of "
+                        f"the first test set or <test set>.<metric> with a test set of "
+                        f"DATASETS.TESTS ({', '.join(test_sets)})")
+
+
 def best_metric_value(results: dict, wanted: str) -> tuple[str, float]:
     """(``"<set>.<metric>"``, value) of TEST.BEST_METRIC in ``{set: {metric: value}}``:
     ``"<metric>"`` names the first set's."""
