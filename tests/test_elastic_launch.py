@@ -186,3 +186,22 @@ def test_workers_stopped_by_a_signal_are_retried_and_the_launcher_exits_like_the
         Outcome(returncode=1, stopped=line + " from it").raise_for_workers()
     assert (stop.value.exit_code, stop.value.iteration, stop.value.checkpoint) == (
         138, 12, "/out/model_iter_0000012.pth")
+
+
+def test_the_deploy_examples_are_complete_files_that_launch_reid_train():
+    import yaml
+    sbatch = ROOT / "deploy" / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(sbatch)]).returncode == 0  # parses as a script
+    script = sbatch.read_text()
+    assert script.startswith("#!/bin/bash") and "#SBATCH --signal=B:USR1@" in script
+    assert 'srun --kill-on-bad-exit=0 "$VENV/bin/reid" train' in script
+    for option in ("--nnodes", "--nproc-per-node", "--rdzv-backend c10d", "--rdzv-endpoint",
+                   "--rdzv-id", "--max-restarts"):
+        assert option in script, option
+    job = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "pytorchjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    assert job["spec"]["elasticPolicy"]["rdzvBackend"] == "c10d"
+    worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]
+    assert worker["restartPolicy"] == "ExitCode"
+    container = worker["template"]["spec"]["containers"][0]
+    assert "exec reid train" in container["args"][0] and "--rdzv-endpoint" in container["args"][0]
