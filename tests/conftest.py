@@ -126,6 +126,21 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_log_files():
+    """A command run in-process (``main([...])``) attaches its OUTPUT_DIR/log.txt to the root
+    logger; it goes with the test, so a later test's records never reach a file of a folder
+    that may be gone (which raised FileNotFoundError in unrelated flow tests)."""
+    import logging
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``):
