@@ -24,8 +24,8 @@ from reid.data.datasets import DATASET_REGISTRY
 from reid.data.image_check import check_images
 from reid.data.synthetic import generate_synthetic_market, generated_with, generator_arguments
 from reid.engine.checkpoint import Checkpointer
-from reid.engine.events import METRICS_FILE, MetricsFile, MetricsPrinter, fan_out
-from reid.engine.hooks import (LayerFreezer, MetricsLogger, MetricsSink, PeriodicCheckpointer,
+from reid.engine.events import METRICS_FILE, MetricsFile, MetricsPrinter, PeriodicWriter, fan_out
+from reid.engine.hooks import (LayerFreezer, MetricsSink, PeriodicCheckpointer,
                                PeriodicEvaluator, ProgressBar, check_best_metric)
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
 from reid.engine.precise_bn import update_bn_stats
@@ -39,6 +39,7 @@ from reid.modeling import build_model, classifier_weight_names, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.stage_table import BEST_CHECKPOINT, FINAL_CHECKPOINT, PRECISE_BN_CHECKPOINT
 from reid.utils import comm
+from reid.utils.events import TensorboardXWriter
 from reid.utils.io import atomic_write, atomic_write_json
 from reid.utils.logs import log_file
 from reid.utils.run_lock import hold_output_dir
@@ -162,23 +163,23 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
                                 **training_extras(model))
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     evaluator = Evaluator(cfg, out)  # TEST.* options; test loaders built on first use
-    # Metrics go to OUTPUT_DIR/metrics.json and log.txt as well as to ``sink`` (MLflow).
+    # Metrics go to OUTPUT_DIR/metrics.json and log.txt (and TensorBoard event files with
+    # TENSORBOARD.ENABLED) as well as to ``sink`` (MLflow).
     metrics_file, printer = MetricsFile(out / METRICS_FILE), MetricsPrinter()
+    tensorboard = TensorboardXWriter(out) if cfg.TENSORBOARD.ENABLED else None
     solver = cfg.SOLVER
     checkpoints = PeriodicCheckpointer(checkpointer, solver.CHECKPOINT_PERIOD, solver.MAX_EPOCH,
                                        period_iters=solver.CHECKPOINT_PERIOD_ITERS,
                                        period_minutes=solver.CHECKPOINT_PERIOD_MINUTES,
                                        keep=solver.CHECKPOINT_KEEP)
     hooks = [
-        metrics_file,
-        printer,
         LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
         LayerFreezer(model, classifier_weight_names(model), cfg.SOLVER.FREEZE_FC_ITERS),
         PeriodicEvaluator(lambda: evaluator.evaluate(model, device), cfg.TEST.EVAL_PERIOD,
-                          cfg.SOLVER.MAX_EPOCH, fan_out(metrics_file, sink),
+                          cfg.SOLVER.MAX_EPOCH, fan_out(metrics_file, tensorboard, sink),
                           best_metric=cfg.TEST.BEST_METRIC, save_best=checkpointer.save_weights),
         ProgressBar(),
-        MetricsLogger(fan_out(metrics_file, printer, sink), cfg.SOLVER.LOG_PERIOD),
+        PeriodicWriter([metrics_file, printer, tensorboard, sink], cfg.SOLVER.LOG_PERIOD),
         # Last: a checkpoint holds the other hooks' state as this step left it.
         checkpoints,
         StopOnSignal(checkpoints),  # SIGTERM / SIGINT / SIGUSR1: checkpoint, then Preempted

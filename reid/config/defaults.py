@@ -303,6 +303,10 @@ _C.SEED = 0
 # (reid) modules imported when the config is loaded, to register a user's own datasets,
 # backbones, heads, ... with the registries (reid.utils.plugins)
 _C.PLUGINS = []
+# (reid) TensorBoard event files of the training (scalars, images, histograms; evaluations
+# during training) in OUTPUT_DIR: `tensorboard --logdir OUTPUT_DIR`; needs the tensorboard extra
+_C.TENSORBOARD = CN()
+_C.TENSORBOARD.ENABLED = False
 
 # FastReID 1.4 spellings accepted in YAML files and overrides (old key -> key here).
 KEY_ALIASES = {

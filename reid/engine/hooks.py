@@ -1,4 +1,5 @@
-"""Trainer hooks: checkpointing, metrics, progress bar and layer freezing.
+"""Trainer hooks: checkpointing, metrics (``PeriodicWriter``, also ``MetricsLogger``), progress
+bar, layer freezing and periodic evaluation.
 
 ``HookBase`` (what a hook is) and ``MetricsSink`` live in ``reid.engine.hook_base`` and are
 importable from here too.
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from reid.engine.hook_base import HookBase, MetricsSink
+from reid.engine.events import PeriodicWriter
 from reid.errors import ReidError
 from reid.utils import comm
 
@@ -123,64 +125,8 @@ def any_rank_flag(flag: bool) -> bool:
     return bool(comm.reduce_dict({"flag": float(flag)}, average=False)["flag"] > 0)
 
 
-class MetricsLogger(HookBase):
-    """Sends ``sink(metrics, step)`` on rank 0 every ``period`` iterations and at each epoch's
-    end; ``step`` is the number of iterations done.
-
-    Metrics: each loss term and total_loss averaged over the iterations since the last call
-    and over the ranks, the current lr (of the first parameter group), images_per_sec over
-    those iterations (summed over the ranks) and epoch (fractional progress, e.g. 2.5). Every
-    rank calls the sink's reduction (one all-reduce per report); only rank 0 sends. The sums
-    being averaged are part of the training checkpoint, so a resumed run's reports equal the
-    uninterrupted run's.
-    """
-
-    def __init__(self, sink: MetricsSink, period: int) -> None:
-        self.sink = sink
-        self.period = max(1, int(period))
-
-    def before_train(self) -> None:
-        sums, count = self.__dict__.pop("_resumed", ({}, 0))
-        self._reset()
-        self._sums, self._count = dict(sums), count
-
-    def state_dict(self) -> dict:
-        return {"sums": dict(self._sums), "count": self._count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resumed = (state.get("sums", {}), state.get("count", 0))
-
-    def _reset(self) -> None:
-        self._sums: dict[str, float] = {}
-        self._count = 0
-        self._images = self.trainer.images_seen
-        self._start = time.perf_counter()
-
-    def after_step(self) -> None:
-        for name, value in self.trainer.metrics.items():
-            if name != "lr":
-                self._sums[name] = self._sums.get(name, 0.0) + value
-        self._count += 1
-        if (self.trainer.iter + 1) % self.period == 0:
-            self._emit(self.trainer.iter + 1)
-
-    def after_epoch(self) -> None:
-        if self._count:  # not already sent by after_step at this very iteration
-            self._emit(self.trainer.iter)
-
-    def _emit(self, step: int) -> None:
-        trainer = self.trainer
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        metrics = {name: total / self._count for name, total in self._sums.items()}
-        # One all-reduce: the means over the ranks, and the images summed (mean x ranks).
-        metrics["images"] = float(trainer.images_seen - self._images)
-        metrics = comm.reduce_dict(metrics, average=True)
-        images = metrics.pop("images") * comm.get_world_size()
-        metrics.update(lr=trainer.metrics["lr"], images_per_sec=images / elapsed,
-                       epoch=step / trainer.iters_per_epoch)
-        if comm.is_main_process():
-            self.sink(metrics, step)
-        self._reset()
+# The periodic-writer hook (reid.engine.events), under its earlier name here too.
+MetricsLogger = PeriodicWriter
 
 
 class ProgressBar(HookBase):

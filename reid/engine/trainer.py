@@ -26,6 +26,7 @@ from reid.engine import rng
 from reid.engine.hook_base import HookBase
 from reid.errors import ReidError
 from reid.utils import comm
+from reid.utils.events import EventStorage
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,9 @@ class Trainer:
     ``max_iter``, ``iters_per_epoch``, ``metrics`` (the last step's loss terms, total_loss and
     lr), ``images_seen`` (on this rank), ``done`` (iterations completed: the one a checkpoint
     taken now resumes at), ``last_checkpoint`` (set by the checkpointing hook) and
-    ``completed`` (True once the last epoch has finished).
+    ``completed`` (True once the last epoch has finished). ``storage`` (an ``EventStorage``,
+    also ``get_event_storage()`` while training) receives every step's loss terms and
+    total_loss and the lr (not smoothed); the periodic-writer hook reports from it.
 
     ``grad_clipper`` (e.g. ``build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS)``) is called on
     the optimizer's parameters after backward (and after AMP unscaling), before the step.
@@ -192,6 +195,7 @@ class Trainer:
         self.images_seen = 0
         self.last_checkpoint: Optional[str] = None
         self.completed = False
+        self.storage = EventStorage()
 
     # ------------------------------------------------------------------ loop
     def train(self, start_epoch: int = 0, start_iter: Optional[int] = None) -> None:
@@ -206,17 +210,19 @@ class Trainer:
                     self.max_epoch, self.iters_per_epoch,
                     f", from iteration {start_iter + 1}" if start_iter else "")
         self.model.train()
-        try:
-            self._call_hooks("before_train")
-            if start_iter % self.iters_per_epoch == 0:  # last: nothing before may draw
-                self._restore_rng()
-            for self.epoch in range(self.start_epoch, self.max_epoch):
-                self._run_epoch()
-            self.completed = True
-        finally:
-            # Hooks always clean up (close progress bars); they check ``completed`` before
-            # doing end-of-training work such as saving the final checkpoint.
-            self._call_every_hook("after_train")
+        self.storage.iter = start_iter
+        with self.storage:
+            try:
+                self._call_hooks("before_train")
+                if start_iter % self.iters_per_epoch == 0:  # last: nothing before may draw
+                    self._restore_rng()
+                for self.epoch in range(self.start_epoch, self.max_epoch):
+                    self._run_epoch()
+                self.completed = True
+            finally:
+                # Hooks always clean up (close progress bars); they check ``completed`` before
+                # doing end-of-training work such as saving the final checkpoint.
+                self._call_every_hook("after_train")
 
     def _run_epoch(self) -> None:
         position = self.iter - self.epoch * self.iters_per_epoch  # > 0 when resumed mid-epoch
@@ -228,6 +234,7 @@ class Trainer:
             for _ in range(0 if skipped else position):
                 next(batches)
             for _ in range(position, self.iters_per_epoch):
+                self.storage.iter = self.iter
                 self._call_hooks("before_step")
                 batch = next(batches)
                 # Resumed inside the epoch: the saved state already holds whatever starting
@@ -265,6 +272,8 @@ class Trainer:
         self._step_scheduler()
         self.images_seen += batch_size(batch)
         self.metrics = {**values, "lr": lr}
+        self.storage.put_scalars(**values)
+        self.storage.put_scalar("lr", lr, smoothing_hint=False)
 
     def _step_scheduler(self) -> None:
         """The per-iteration LR schedule advances every iteration (as FastReID's), also when
