@@ -281,7 +281,7 @@ def main() -> None:
             reference = workdir / (f"{recipe}-ours-e2e.pt" if method in END_TO_END
                                    else f"{recipe}-ours-before.pt")
             features = workdir / f"{recipe}-{method}.pt"
-            if method.startswith("ours") and reference.exists():
+            if method.startswith("ours") and reference.exists() and features != reference:
                 result["cosine"] = min_cosine(torch.load(features), torch.load(reference))
             table.append(result)
     print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
