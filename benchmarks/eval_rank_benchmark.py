@@ -349,8 +349,8 @@ def _print_table(rows: list[dict], repeats: int) -> None:
         tar = "  TAR@FAR " + ", ".join(f"{k}: {v:.2f}" for k, v in r["tar_at_far"].items()) \
             if "tar_at_far" in r else ""
         print(f"{r['case']:<7} {r['method']:<9} {r['threads']:>7} {r['seconds']:>8.3f} "
-              f"{r['cpu_seconds']:>9.3f} {r['peak_rss_mb']:>12.0f} {r['rank1']:>7.3f} {r['mAP']:>8.4f} {r['mINP']:>8.4f}"
-              f"{tar}")
+              f"{r['cpu_seconds']:>9.3f} {r['peak_rss_mb']:>12.0f} {r['rank1']:>7.3f} "
+              f"{r['mAP']:>8.4f} {r['mINP']:>8.4f}{tar}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Feature extraction throughput (img/s) on the CPU: this project against FastReID 1.4, side by side.
+"""Feature extraction throughput (img/s) on the CPU: this project and FastReID 1.4, side by side.
 
 For each recipe (BoT-R18 at 128x64, BoT-R50 at 256x128; random weights, eval mode, batch 128),
 the same synthetic images (``torch.rand`` from one seed: both venvs run torch 2.14.1, so the
@@ -19,8 +19,10 @@ Every method runs in its own process, the methods interleaved ``--repeats`` time
 process one batch warms up, then one pass over ``--batches`` batches is timed (for ``ours``
 one ``extract_features`` call, its model preparation included); the best pass over repeats is
 reported (wall img/s), beside images per CPU second of the process and its loader workers
-(load-robust: the machine these figures come from is shared with other work). Features of our variants are compared with ``ours-before``'s
-(smallest cosine over the batch). The ``-e2e`` methods (``--end-to-end``, BoT-R18 only: the CPU recipe) time the whole test-set
+(steadier than the wall time on a machine shared with other work). Features of our variants
+are compared with ``ours-before``'s (smallest cosine over the batch).
+
+The ``-e2e`` methods (``--end-to-end``, BoT-R18 only: the CPU recipe) time the whole test-set
 extraction from a synthetic Market-layout folder (written once into the workdir by this
 project's generator): JPEG decoding, resizing, batching with 4 loader workers (FastReID's
 test-loader default, given to ours too), the model. ``fastreid-e2e`` is FastReID's
@@ -33,6 +35,7 @@ weights: only how far bf16 moves them means something).
 
     python benchmarks/inference_throughput.py                      # both recipes
     python benchmarks/inference_throughput.py --recipes BoT-R18-128x64 --repeats 5
+    python benchmarks/inference_throughput.py --end-to-end       # + the JPEG-folder runs
 """
 from __future__ import annotations
 
