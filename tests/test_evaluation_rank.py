@@ -211,6 +211,27 @@ def test_nan_and_inf_impostors_rank_last():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_non_finite_junk_and_huge_impostors_need_no_special_case():
+    # Junk (same pid, same camera) may be NaN or infinite; impostors may be huge or -inf.
+    rng = np.random.default_rng(4)
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(rng, 15, 80, 5, 3, "continuous")
+    dist = dist.astype(np.float32)
+    junk = (q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] == g_cams[None, :])
+    dist[junk] = np.where(rng.random(junk.sum()) < 0.5, np.nan, -np.inf)
+    impostor = q_pids[:, None] != g_pids[None, :]
+    huge = impostor & (rng.random(dist.shape) < 0.2)
+    dist[huge] = rng.choice(np.array([-3e38, -np.inf, 3e38], np.float32), size=huge.sum())
+    expected = brute_force_rank(np.where(np.isnan(dist), np.inf, dist), q_pids, g_pids,
+                                q_cams, g_cams, 50)
+    # One worker: numpy's error state does not reach a thread pool's threads.
+    with np.errstate(all="raise"), StreamingEvaluation(q_pids, g_pids, q_cams, g_cams,
+                                                       workers=1) as evaluation:
+        evaluation.add(0, dist)  # no overflow or invalid-cast warning on the way
+        result = evaluation.result()
+    for got, want in zip((result.cmc, result.all_ap, result.all_inp), expected):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_non_finite_distance_to_a_true_match_is_an_error():
     dist = np.array([[0.1, 0.2], [np.nan, 0.3]])
     with pytest.raises(ReidError, match="query 1 has a non-finite distance to one of its true"):

@@ -161,8 +161,10 @@ def _count_ranks(dist: np.ndarray, members: np.ndarray, pos_dist: np.ndarray,
     cells = _to_cells(np.take(dist.ravel(), flat), np.repeat(scale, counts),
                       np.repeat(offset, counts), num_cells)
     cells += np.repeat(np.arange(rows) * num_cells, counts)  # flat cell: row * K + cell
-    pos_cells = np.where(is_pos, _to_cells(pos_dist, scale[:, None], offset[:, None], num_cells),
-                         0)
+    # Padding entries may hold a junk item's distance (even NaN): mapped as 0, then dropped.
+    pos_cells = _to_cells(np.where(is_pos, pos_dist, 0), scale[:, None], offset[:, None],
+                          num_cells)
+    pos_cells[~is_pos] = 0
     histogram = np.bincount(cells, minlength=rows * num_cells).reshape(rows, num_cells)
     below = np.cumsum(histogram, axis=1) - histogram  # items in cells strictly below each cell
     before = np.take_along_axis(below, pos_cells, axis=1)
@@ -227,8 +229,9 @@ def _to_cells(values: np.ndarray, scale: np.ndarray, offset: np.ndarray, num_cel
     values and positives go through the same operations with the same row constants), so a
     smaller cell always means a smaller distance.
     """
-    work = np.multiply(values, scale)
-    np.add(work, offset, out=work)
+    with np.errstate(over="ignore"):  # a huge distance becomes +-inf: clipped like any other
+        work = np.multiply(values, scale)
+        np.add(work, offset, out=work)
     np.clip(work, 0, num_cells - 1, out=work)
     return work.astype(np.int64)
 
