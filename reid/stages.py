@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -24,22 +24,20 @@ from reid.data.datasets import DATASET_REGISTRY
 from reid.data.image_check import check_images
 from reid.data.synthetic import generate_synthetic_market, generated_with, generator_arguments
 from reid.engine.checkpoint import Checkpointer
-from reid.engine.events import METRICS_FILE, MetricsFile, MetricsPrinter, PeriodicWriter, fan_out
-from reid.engine.hooks import (LayerFreezer, MetricsSink, PeriodicCheckpointer,
-                               PeriodicEvaluator, ProgressBar, check_best_metric)
+from reid.engine.defaults import build_hooks
+from reid.engine.events import METRICS_FILE
+from reid.engine.hooks import HookBase, MetricsSink, PeriodicCheckpointer, check_best_metric
 from reid.engine.launch import init_distributed, resolve_device, seed_everything, wrap_ddp
 from reid.engine.precise_bn import update_bn_stats
-from reid.engine.preemption import StopOnSignal
-from reid.engine.trainer import Trainer, build_gradient_clipper
+from reid.engine.trainer import Trainer, autocast_dtype, build_gradient_clipper
 from reid.errors import USER_FIXABLE, ReidError, describe_os_error
 from reid.evaluation.evaluator import Evaluator
 from reid.evaluation.extract import extract_features
 from reid.inference import build_inference_model, folder_features, list_images
-from reid.modeling import build_model, classifier_weight_names, wants_sync_bn
+from reid.modeling import build_model, wants_sync_bn
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.stage_table import BEST_CHECKPOINT, FINAL_CHECKPOINT, PRECISE_BN_CHECKPOINT
 from reid.utils import comm
-from reid.utils.events import TensorboardXWriter
 from reid.utils.io import atomic_write, atomic_write_json
 from reid.utils.logs import log_file
 from reid.utils.run_lock import hold_output_dir
@@ -137,13 +135,15 @@ def with_num_classes(cfg: CfgNode, num_classes: int) -> CfgNode:
 
 
 @logged
-def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False) -> dict:
+def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False,
+          hooks: Iterable[HookBase] = ()) -> dict:
     """Train the model of ``cfg`` (Baseline, Distiller, ...) and write checkpoints to OUTPUT_DIR.
 
     Under ``torchrun`` it trains with DDP (NCCL on GPUs, gloo on CPU); only rank 0 writes. With
     ``resume`` (or in a worker group torchrun restarted, when a checkpoint exists) it goes on
     from the newest checkpoint at its exact iteration; nothing is written before that
-    checkpoint has been read and checked.
+    checkpoint has been read and checked. ``hooks`` are added to the training's (as are the
+    config's HOOKS; see ``reid.engine.defaults.build_hooks``).
     """
     check_best_metric(cfg.TEST.BEST_METRIC, cfg.DATASETS.TESTS)
     init_distributed()
@@ -165,31 +165,16 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     evaluator = Evaluator(cfg, out)  # TEST.* options; test loaders built on first use
     # Metrics go to OUTPUT_DIR/metrics.json and log.txt (and TensorBoard event files with
     # TENSORBOARD.ENABLED) as well as to ``sink`` (MLflow).
-    metrics_file, printer = MetricsFile(out / METRICS_FILE), MetricsPrinter()
-    tensorboard = TensorboardXWriter(out) if cfg.TENSORBOARD.ENABLED else None
-    solver = cfg.SOLVER
-    checkpoints = PeriodicCheckpointer(checkpointer, solver.CHECKPOINT_PERIOD, solver.MAX_EPOCH,
-                                       period_iters=solver.CHECKPOINT_PERIOD_ITERS,
-                                       period_minutes=solver.CHECKPOINT_PERIOD_MINUTES,
-                                       keep=solver.CHECKPOINT_KEEP)
-    hooks = [
-        LayerFreezer(model, [n for n in cfg.MODEL.FREEZE_LAYERS if n], cfg.SOLVER.FREEZE_ITERS),
-        LayerFreezer(model, classifier_weight_names(model), cfg.SOLVER.FREEZE_FC_ITERS),
-        PeriodicEvaluator(lambda: evaluator.evaluate(model, device), cfg.TEST.EVAL_PERIOD,
-                          cfg.SOLVER.MAX_EPOCH, fan_out(metrics_file, tensorboard, sink),
-                          best_metric=cfg.TEST.BEST_METRIC, save_best=checkpointer.save_weights),
-        ProgressBar(),
-        PeriodicWriter([metrics_file, printer, tensorboard, sink], cfg.SOLVER.LOG_PERIOD),
-        # Last: a checkpoint holds the other hooks' state as this step left it.
-        checkpoints,
-        StopOnSignal(checkpoints),  # SIGTERM / SIGINT / SIGUSR1: checkpoint, then Preempted
-    ]
+    hooks = build_hooks(cfg, model, checkpointer, lambda: evaluator.evaluate(model, device),
+                        lambda: precise_bn_images(cfg, device), sink=sink, extra_hooks=hooks)
+    checkpoints = next(hook for hook in hooks if isinstance(hook, PeriodicCheckpointer))
     # Frozen layers produce no gradients for a while: DDP must be told to expect that.
     freezing = cfg.SOLVER.FREEZE_ITERS > 0 or cfg.SOLVER.FREEZE_FC_ITERS > 0
     ddp_model = wrap_ddp(model, device, find_unused_parameters=freezing)
+    amp_dtype = autocast_dtype(cfg.SOLVER.FP16_ENABLED, cfg.SOLVER.BF16_ENABLED)
     trainer = Trainer(ddp_model, loader, optimizer, scheduler,
-                      max_epoch=cfg.SOLVER.MAX_EPOCH, device=device,
-                      amp=cfg.SOLVER.FP16_ENABLED, hooks=hooks,
+                      max_epoch=cfg.SOLVER.MAX_EPOCH, device=device, amp=amp_dtype is not None,
+                      amp_dtype=amp_dtype or torch.float16, hooks=hooks,
                       grad_clipper=build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS))
     state = checkpointer.resume_state(cfg.MODEL.WEIGHTS, resume or restarted_with_checkpoint(
         checkpointer))
@@ -224,7 +209,8 @@ def restarted_with_checkpoint(checkpointer: Checkpointer) -> bool:
 
 
 @logged
-def distill(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False) -> dict:
+def distill(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False,
+            hooks: Iterable[HookBase] = ()) -> dict:
     """Train a student with knowledge distillation from the teachers named by KD.* (or from
     an exponential moving average of itself with KD.EMA.ENABLED)."""
     if cfg.MODEL.META_ARCHITECTURE != "Distiller":
@@ -235,7 +221,7 @@ def distill(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = Fal
             if not cfg.KD[key]:
                 raise ReidError(f"distillation needs KD.{key} (the teachers' configs and "
                                 "weights) or KD.EMA.ENABLED True (self-distillation)")
-    return train(cfg, sink=sink, resume=resume)
+    return train(cfg, sink=sink, resume=resume, hooks=hooks)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -267,15 +253,17 @@ def precise_bn(cfg: CfgNode, weights: str | Path) -> dict:
         return {"checkpoint": str(target)}
     device = resolve_device(cfg.MODEL.DEVICE)
     model = load_model(cfg, weights, device)
-    loader, _ = build_train_loader(cfg, dataset_names=(precise_bn_dataset(cfg),),
-                                   train_transforms=False)
-    update_bn_stats(model, _images_only(loader, device), cfg.TEST.PRECISE_BN.NUM_ITER)
+    update_bn_stats(model, precise_bn_images(cfg, device), cfg.TEST.PRECISE_BN.NUM_ITER)
     Checkpointer(model, target.parent).save(target.stem)
     return {"checkpoint": str(target)}
 
 
-def _images_only(loader, device):
-    """Yield image tensors on ``device`` from a loader of batch dicts (re-iterable)."""
+def precise_bn_images(cfg: CfgNode, device: torch.device):
+    """The image batches of TEST.PRECISE_BN.DATASET on ``device``, with test-time transforms
+    (re-iterable)."""
+    loader, _ = build_train_loader(cfg, dataset_names=(precise_bn_dataset(cfg),),
+                                   train_transforms=False)
+
     class Images:
         def __len__(self) -> int:
             return len(loader)

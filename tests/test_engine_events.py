@@ -168,7 +168,7 @@ def test_reports_are_window_medians_of_every_scalar_model_ones_included():
     for step, metrics in received:
         assert metrics["total_loss"] == pytest.approx(statistics.median(totals[:step][-3:]))
         assert metrics["lr"] == recorder.steps[step - 1]["lr"]  # latest, not smoothed
-    # The toy loader is not shuffled: the same batches each epoch.
+    # The first epoch draws the batches in the order iterated above (the sampler's epoch 0).
     assert received[1][1]["mean_pixel"] == pytest.approx(statistics.median(pixels[1:4]))
     assert list(received[0][1]) == ["mean_pixel", "loss_cls", "loss_reg", "total_loss", "lr",
                                     "images_per_sec", "epoch"]

@@ -203,6 +203,9 @@ _C.DATALOADER.SET_WEIGHT = []
 # ---------------------------------------------------------------------------- #
 _C.SOLVER = CN()
 _C.SOLVER.FP16_ENABLED = False
+# (reid) train under bfloat16 autocast instead (CPU and CUDA; no loss scaling needed); a CPU
+# without native bf16 (AVX-512 BF16 / AMX) emulates it, slower (a warning). Not with FP16_ENABLED.
+_C.SOLVER.BF16_ENABLED = False
 _C.SOLVER.OPT = "Adam"
 _C.SOLVER.MAX_EPOCH = 120
 _C.SOLVER.BASE_LR = 3e-4
@@ -303,6 +306,9 @@ _C.SEED = 0
 # (reid) modules imported when the config is loaded, to register a user's own datasets,
 # backbones, heads, ... with the registries (reid.utils.plugins)
 _C.PLUGINS = []
+# (reid) hooks added to the training's, as importable "module:Class" names; a class is built
+# with the config when its __init__ takes an argument (cfg), else with none
+_C.HOOKS = []
 # (reid) TensorBoard event files of the training (scalars, images, histograms; evaluations
 # during training) in OUTPUT_DIR: `tensorboard --logdir OUTPUT_DIR`; needs the tensorboard extra
 _C.TENSORBOARD = CN()

@@ -25,6 +25,7 @@ from torch import nn
 from reid.engine import rng
 from reid.engine.hook_base import HookBase
 from reid.errors import ReidError
+from reid.evaluation.extract import cpu_has_bf16
 from reid.utils import comm
 from reid.utils.events import EventStorage
 
@@ -102,12 +103,30 @@ _SCHEDULER_BEFORE_OPTIMIZER = (r"Detected call of `lr_scheduler\.step\(\)` befor
                                r"`optimizer\.step\(\)`")
 
 
-def amp_enabled(requested: bool, device: torch.device) -> bool:
-    if requested and device.type != "cuda":
+def autocast_dtype(fp16: bool, bf16: bool) -> Optional[torch.dtype]:
+    """The autocast dtype of SOLVER.FP16_ENABLED / SOLVER.BF16_ENABLED (None: float32)."""
+    if fp16 and bf16:
+        raise ReidError("SOLVER.FP16_ENABLED and SOLVER.BF16_ENABLED are both True; set one "
+                        "(bfloat16 needs no loss scaling, float16 runs on CUDA only)")
+    return torch.float16 if fp16 else torch.bfloat16 if bf16 else None
+
+
+def amp_enabled(requested: bool, device: torch.device,
+                dtype: torch.dtype = torch.float16) -> bool:
+    """Whether autocast runs: float16 on CUDA only (as FastReID's AMP); bfloat16 on CUDA and
+    on the CPU, where one without native bf16 emulates it (slower than float32: a warning)."""
+    if not requested:
+        return False
+    if dtype == torch.bfloat16:
+        if device.type == "cpu" and not cpu_has_bf16():
+            logger.warning("SOLVER.BF16_ENABLED on a CPU without native bfloat16 (AVX-512 BF16 "
+                           "or AMX): emulated, expect it slower than float32")
+        return True
+    if device.type != "cuda":
         logger.warning("SOLVER.FP16_ENABLED is ignored on %s: mixed precision runs on CUDA only",
                        device)
         return False
-    return requested
+    return True
 
 
 # clip type (SOLVER.CLIP_GRADIENTS.CLIP_TYPE) -> fn(parameter, clip value, norm type)
@@ -165,12 +184,14 @@ class Trainer:
 
     ``grad_clipper`` (e.g. ``build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS)``) is called on
     the optimizer's parameters after backward (and after AMP unscaling), before the step.
+    With ``amp`` the forward runs under autocast to ``amp_dtype`` (float16 with a GradScaler,
+    on CUDA; bfloat16 without one, on CUDA or the CPU).
     """
 
     def __init__(self, model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                  scheduler: Any, max_epoch: int, iters_per_epoch: Optional[int] = None,
                  device: str | torch.device | None = None, amp: bool = False,
-                 hooks: Iterable[HookBase] = (),
+                 hooks: Iterable[HookBase] = (), amp_dtype: torch.dtype = torch.float16,
                  grad_clipper: Optional[Callable[[Iterable[nn.Parameter]], Any]] = None) -> None:
         self.model = model
         self.data_loader = data_loader
@@ -182,8 +203,12 @@ class Trainer:
         if device is None:
             device = next(model.parameters()).device
         self.device = torch.device(device)
-        self.amp = amp_enabled(amp, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.amp = amp_enabled(amp, self.device, amp_dtype)
+        self.amp_dtype = amp_dtype
+        # Loss scaling keeps float16's small gradients from vanishing; bfloat16 has float32's
+        # exponent range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp and amp_dtype == torch.float16)
         self.grad_clipper = grad_clipper
         self.hooks = list(hooks)
         for hook in self.hooks:
@@ -251,7 +276,7 @@ class Trainer:
 
     def run_step(self, batch: Any) -> None:
         batch = to_device(batch, self.device)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             losses = self.model(batch)
         if not isinstance(losses, dict) or not losses:
             raise TypeError(f"a model in training mode must return a dict of losses, got "
