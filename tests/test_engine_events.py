@@ -222,3 +222,11 @@ def test_fan_out_skips_missing_sinks():
     got = []
     fan_out(None, lambda m, s: got.append((m, s)))({"a": 1.0}, 3)
     assert got == [({"a": 1.0}, 3)]
+
+
+def test_history_keeps_its_last_max_length_values_and_averages_them_all():
+    history = HistoryBuffer(max_length=3)
+    for iteration in range(10):
+        history.update(float(iteration), iteration)
+    assert history.values() == [(7.0, 7), (8.0, 8), (9.0, 9)]
+    assert history.global_avg() == pytest.approx(4.5)  # of all ten

@@ -40,9 +40,10 @@ def get_event_storage() -> "EventStorage":
 
 class HistoryBuffer:
     """The last ``max_length`` values of a scalar with their iterations, and the average of
-    every value ever added (``global_avg``)."""
+    every value ever added (``global_avg``). FastReID keeps a million; writers need only their
+    window, so ten thousand (about 1 MB a scalar) bounds a long training's memory."""
 
-    def __init__(self, max_length: int = 1_000_000) -> None:
+    def __init__(self, max_length: int = 10_000) -> None:
         self.max_length = max_length
         self._data: deque[tuple[float, int]] = deque(maxlen=max_length)
         self._count = 0
