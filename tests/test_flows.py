@@ -36,7 +36,7 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
     # The flow never went through the CLI's logging setup: the stages keep log.txt themselves.
     log = (output_dir / "log.txt").read_text()
     mAP = results["SyntheticMarket1501"]["mAP"]
-    for line in ("INFO reid.engine.trainer: training epochs 1..", "INFO reid.engine.events: iter ",
+    for line in ("INFO reid.engine.trainer: training epochs 1..", "INFO reid.utils.events: iter ",
                  "INFO reid.evaluation.evaluator: SyntheticMarket1501: Rank-1 ",
                  f"mAP {mAP:.2f}"):
         assert line in log
@@ -71,7 +71,7 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
         for record in logs:
             by_logger.setdefault(record.name, []).append(record)
         assert any(r.message.startswith("iter ") and r.task_run_id
-                   for r in by_logger.get("reid.engine.events", []))
+                   for r in by_logger.get("reid.utils.events", []))
         assert any(f"mAP {results['SyntheticMarket1501']['mAP']:.2f}" in r.message
                    for r in by_logger.get("reid.evaluation.evaluator", []))
 
