@@ -10,10 +10,10 @@ from conftest import RECIPE, TINY_DATA, TINY_TRAIN, as_overrides
 from reid import stages
 from reid.config import get_cfg, load_config
 from reid.engine.checkpoint import Checkpointer
-from reid.engine.defaults import IterationTimer, PreciseBN, build_hooks, hook_from_name
+from reid.engine.defaults import build_hooks, hook_from_name
 from reid.engine.events import PeriodicWriter, read_metrics
-from reid.engine.hooks import (HookBase, LayerFreezer, PeriodicCheckpointer, PeriodicEvaluator,
-                               ProgressBar)
+from reid.engine.hooks import (HookBase, IterationTimer, LayerFreezer, PeriodicCheckpointer,
+                               PeriodicEvaluator, PreciseBN, ProgressBar)
 from reid.engine.preemption import StopOnSignal
 from reid.errors import ReidError
 from reid.utils.events import get_event_storage
@@ -84,7 +84,7 @@ def test_iteration_timer_puts_step_times_and_logs_the_speed(caplog):
     ticks = itertools.count()
     timer = IterationTimer(warmup_iter=1, clock=lambda: float(next(ticks)))
     trainer = make_trainer(max_epoch=2, hooks=[timer])  # 2 iterations per epoch
-    with caplog.at_level(logging.INFO, logger="reid.engine.defaults"):
+    with caplog.at_level(logging.INFO, logger="reid.engine.train_hooks"):
         trainer.train()
     # Clock reads: 0 before training, then (before_step, after_step) pairs 1-2, 3-4, ...
     assert trainer.storage.history("time").values() == [(1.0, 0), (1.0, 1), (1.0, 2),

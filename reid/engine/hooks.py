@@ -18,6 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from reid.engine.hook_base import HookBase, MetricsSink
 from reid.engine.events import PeriodicWriter
+from reid.engine.train_hooks import IterationTimer, PreciseBN  # noqa: F401 (FastReID's names)
 from reid.errors import ReidError
 from reid.utils import comm
 
