@@ -178,14 +178,12 @@ class Trainer:
     ``max_iter``, ``iters_per_epoch``, ``metrics`` (the last step's loss terms, total_loss and
     lr), ``images_seen`` (on this rank), ``done`` (iterations completed: the one a checkpoint
     taken now resumes at), ``last_checkpoint`` (set by the checkpointing hook) and
-    ``completed`` (True once the last epoch has finished). ``storage`` (an ``EventStorage``,
-    also ``get_event_storage()`` while training) receives every step's loss terms and
-    total_loss and the lr (not smoothed); the periodic-writer hook reports from it.
+    ``completed`` (True once the last epoch has finished). ``storage`` (``EventStorage``, also
+    ``get_event_storage()`` while training) gets every step's losses and lr (not smoothed).
 
     ``grad_clipper`` (e.g. ``build_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS)``) is called on
     the optimizer's parameters after backward (and after AMP unscaling), before the step.
-    With ``amp`` the forward runs under autocast to ``amp_dtype`` (float16 with a GradScaler,
-    on CUDA; bfloat16 without one, on CUDA or the CPU).
+    With ``amp`` the forward runs under autocast to ``amp_dtype`` (float16: CUDA, GradScaler).
     """
 
     def __init__(self, model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
@@ -205,8 +203,7 @@ class Trainer:
         self.device = torch.device(device)
         self.amp = amp_enabled(amp, self.device, amp_dtype)
         self.amp_dtype = amp_dtype
-        # Loss scaling keeps float16's small gradients from vanishing; bfloat16 has float32's
-        # exponent range and needs none.
+        # Loss scaling keeps float16's small gradients from vanishing; bfloat16 needs none.
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp and amp_dtype == torch.float16)
         self.grad_clipper = grad_clipper
