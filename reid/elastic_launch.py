@@ -223,10 +223,14 @@ def run_torchrun(command: list[str], env: dict) -> Outcome:
 def _take(outcome: Outcome, line: str) -> None:
     """One line of torchrun's stderr: the workers' error / stop lines are kept; after an
     error, torchrun's own failure report (tracebacks of every rank) is not shown."""
-    text = line.rsplit("\r", 1)[-1]  # a progress bar's redraws may precede the line
-    if text.startswith(USER_ERROR_PREFIX):
-        outcome.user_error = outcome.user_error or text[len(USER_ERROR_PREFIX):].strip()
-    elif text.startswith(STOPPED_PREFIX):
-        outcome.stopped = outcome.stopped or text[len(STOPPED_PREFIX):].strip()
+    # A progress bar's redraws may precede the line, and rank 0's bar (no newline yet) may
+    # hold the start of another rank's line: the prefix is looked for anywhere.
+    text = line.rsplit("\r", 1)[-1]
+    error_at, stop_at = text.find(USER_ERROR_PREFIX), text.find(STOPPED_PREFIX)
+    if error_at >= 0:
+        outcome.user_error = (outcome.user_error
+                              or text[error_at + len(USER_ERROR_PREFIX):].strip())
+    elif stop_at >= 0:
+        outcome.stopped = outcome.stopped or text[stop_at + len(STOPPED_PREFIX):].strip()
     elif outcome.user_error is None:
         sys.stderr.write(line)

@@ -205,3 +205,14 @@ def test_the_deploy_examples_are_complete_files_that_launch_reid_train():
     assert worker["restartPolicy"] == "ExitCode"
     container = worker["template"]["spec"]["containers"][0]
     assert "exec reid train" in container["args"][0] and "--rdzv-endpoint" in container["args"][0]
+
+
+def test_an_error_glued_to_another_ranks_progress_bar_is_still_the_error():
+    from reid.elastic_launch import Outcome, _take
+    outcome = Outcome(returncode=1)
+    # rank 0's bar had no newline yet when rank 1 wrote its line into the same pipe
+    _take(outcome, "train:  11%|#  | 1/9 [00:00<00:02, loss=4.1160]reid: error: loss became "
+                   "nan on rank 1\n")
+    _take(outcome, "\rtrain: 22%|##  | 2/9reid: stopped: checkpoint at iteration 2\n")
+    assert (outcome.user_error, outcome.stopped) == ("loss became nan on rank 1",
+                                                     "checkpoint at iteration 2")
