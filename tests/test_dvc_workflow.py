@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -34,15 +35,31 @@ def tiny_recipe() -> str:
                        "TEST.PRECISE_BN.DATASET": "SyntheticMarket1501"}))
 
 
+def stage_commands(dvc_yaml: Path) -> list[list[str]]:
+    """dvc.yaml's stage commands, its ${vars} substituted, without the leading `reid`."""
+    spec = yaml.safe_load(dvc_yaml.read_text())
+    variables = {k: v for entry in spec.get("vars", []) for k, v in entry.items()}
+    commands = []
+    for stage in spec["stages"].values():
+        cmd = stage["cmd"]
+        for name, value in variables.items():
+            cmd = cmd.replace("${" + name + "}", str(value))
+        words = shlex.split(cmd)
+        assert words[0] == "reid", cmd
+        commands.append(words[1:])
+    return commands
+
+
 def run_stages_in_process(repo: Path) -> None:
-    """The four stages through the CLI in this process (seconds instead of four process
-    starts); `dvc commit` then records them in dvc.lock as if `dvc repro` had run them."""
+    """dvc.yaml's stages through the CLI in this process (seconds instead of four process
+    starts), exactly as dvc.yaml spells them; `dvc commit` then records them in dvc.lock as if
+    `dvc repro` had run them."""
     from reid.cli import main
     previous = Path.cwd()
     os.chdir(repo)
     try:
-        for command in ("prepare", "train", "precise-bn", "eval"):
-            assert main([command, "--no-track", "--config", "params/synthetic.yml"]) == 0, command
+        for command, *rest in stage_commands(repo / "dvc.yaml"):
+            assert main([command, "--no-track", *rest]) == 0, command
     finally:
         os.chdir(previous)
 
