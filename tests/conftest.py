@@ -127,17 +127,21 @@ def prefect_server():
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_log_files():
-    """A command run in-process (``main([...])``) attaches its OUTPUT_DIR/log.txt to the root
-    logger; it goes with the test, so a later test's records never reach a file of a folder
-    that may be gone (which raised FileNotFoundError in unrelated flow tests)."""
+def no_leftover_log_handlers():
+    """A command run in-process (``main([...])``) attaches its OUTPUT_DIR/log.txt and a
+    console handler on the test's captured stderr to the root logger; both go with the test,
+    so a later test's records never reach a file of a folder that may be gone
+    (FileNotFoundError) or a closed capture stream ("--- Logging error ---" in its stderr).
+    pytest's own capture handlers come and go with each phase: they are left to pytest."""
     import logging
     root = logging.getLogger()
     before = list(root.handlers)
     yield
     for handler in [h for h in root.handlers if h not in before]:
+        if type(handler).__module__.startswith("_pytest"):
+            continue
+        root.removeHandler(handler)
         if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
             handler.close()
 
 

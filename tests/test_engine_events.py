@@ -230,3 +230,26 @@ def test_history_keeps_its_last_max_length_values_and_averages_them_all():
         history.update(float(iteration), iteration)
     assert history.values() == [(7.0, 7), (8.0, 8), (9.0, 9)]
     assert history.global_avg() == pytest.approx(4.5)  # of all ten
+
+
+def test_each_thread_finds_its_own_training_storage():
+    """Trainings run concurrently in threads (the distill flow's branches): a model deep in
+    one of them must get its own training's storage, and each exit pops only its own."""
+    import threading
+    entered, release, seen = threading.Barrier(2), threading.Event(), {}
+
+    def train(name: str, start: int) -> None:
+        with EventStorage(start) as storage:
+            entered.wait()
+            release.wait()
+            seen[name] = get_event_storage() is storage
+
+    threads = [threading.Thread(target=train, args=(name, i)) for i, name in enumerate("ab")]
+    for thread in threads:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert seen == {"a": True, "b": True}
+    with pytest.raises(ReidError, match="inside a training"):
+        get_event_storage()  # nothing left behind in this thread either

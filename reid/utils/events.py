@@ -15,6 +15,7 @@ import datetime
 import json
 import logging
 import math
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -27,15 +28,24 @@ from reid.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-_CURRENT_STORAGE_STACK: list["EventStorage"] = []
+# One stack per thread: trainings run concurrently in threads (the distill flow's branches,
+# Prefect's thread-pool task runner), and each model must find its own training's storage.
+_THREAD = threading.local()
+
+
+def _storage_stack() -> list["EventStorage"]:
+    if not hasattr(_THREAD, "storages"):
+        _THREAD.storages = []
+    return _THREAD.storages
 
 
 def get_event_storage() -> "EventStorage":
     """The storage of the training running now (inside ``with EventStorage(...)``)."""
-    if not _CURRENT_STORAGE_STACK:
+    stack = _storage_stack()
+    if not stack:
         raise ReidError("get_event_storage() must be called inside a training (an open "
                         "`with EventStorage(...)` block)")
-    return _CURRENT_STORAGE_STACK[-1]
+    return stack[-1]
 
 
 class HistoryBuffer:
@@ -171,12 +181,13 @@ class EventStorage:
             self._smoothing_hints[name] = bool(saved["smoothing_hint"])
 
     def __enter__(self) -> "EventStorage":
-        _CURRENT_STORAGE_STACK.append(self)
+        _storage_stack().append(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        assert _CURRENT_STORAGE_STACK[-1] is self
-        _CURRENT_STORAGE_STACK.pop()
+        stack = _storage_stack()
+        assert stack[-1] is self
+        stack.pop()
 
 
 class EventWriter:
