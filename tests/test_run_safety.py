@@ -179,9 +179,11 @@ def test_a_continued_run_keeps_its_params_when_the_config_changed(tmp_path, mlfl
 
 
 def test_fresh_sqlite_store_created_by_two_processes_at_once(tmp_path):
+    # Once here (the store's contents checked); benchmarks/reliability.py's
+    # fresh-store-created-twice-at-once case races two `reid prepare` commands twice more.
     script = ("import sys; from tasks.tracking import Tracker; "
               "Tracker(sys.argv[1]); print('ok')")
-    for attempt in range(3):
+    for attempt in range(1):
         uri = f"sqlite:///{tmp_path / f'store{attempt}.db'}"
         procs = [subprocess.Popen([sys.executable, "-c", script, uri], cwd=ROOT, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
