@@ -6,9 +6,8 @@ import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from conftest import free_port
+from toys import run_ranks
 
 WORLD_SIZE = 2
 DEADLINE_S = 120
@@ -50,18 +49,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("comm-gloo")
-    context = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the ranks did not finish in {DEADLINE_S} s (a rank hangs)")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+    return run_ranks(worker, out_dir, WORLD_SIZE, DEADLINE_S)
 
 
 def test_ranks_and_local_ranks(ranks):

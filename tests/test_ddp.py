@@ -1,18 +1,15 @@
 """Two CPU ranks (gloo) train through the Trainer and wrap_ddp, each on different data."""
 import os
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from reid.engine.hooks import LayerFreezer
 from reid.engine.launch import destroy, init_distributed, seed_everything, wrap_ddp
 from reid.engine.trainer import Trainer, TrainingDiverged
 from reid.solver import build_lr_scheduler, build_optimizer
 from reid.utils import comm
-from conftest import free_port
-from toys import ToyReidNet, make_loader, solver_cfg
+from toys import ToyReidNet, make_loader, run_ranks, solver_cfg
 
 WORLD_SIZE = 2
 DEADLINE_S = 90
@@ -72,18 +69,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed training did not finish in {DEADLINE_S} s (a rank hangs)")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+    return run_ranks(worker, out_dir, WORLD_SIZE, DEADLINE_S)
 
 
 def test_ranks_end_with_identical_weights_that_moved(ranks):

@@ -4,13 +4,10 @@ ranks; a stop signal received by one rank stops both at the same iteration."""
 import os
 import signal
 import statistics
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from conftest import free_port
 from reid.engine.checkpoint import Checkpointer
 from reid.engine.hooks import HookBase, MetricsLogger, PeriodicCheckpointer
 from reid.engine.launch import destroy, init_distributed, wrap_ddp
@@ -18,7 +15,7 @@ from reid.engine.precise_bn import update_bn_stats
 from reid.engine.preemption import StopOnSignal, request_stop
 from reid.errors import Preempted
 from test_engine_precise_bn import expected_stats, make_batches, two_bn_model
-from toys import ToyReidNet, make_loader, make_trainer
+from toys import ToyReidNet, make_loader, make_trainer, run_ranks
 
 WORLD_SIZE = 2
 DEADLINE_S = 120
@@ -84,18 +81,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp-numbers")
-    context = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the ranks did not finish in {DEADLINE_S} s (a rank hangs)")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+    return run_ranks(worker, out_dir, WORLD_SIZE, DEADLINE_S)
 
 
 def test_precise_bn_statistics_are_one_process_over_all_batches_on_every_rank(ranks):

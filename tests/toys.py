@@ -284,3 +284,25 @@ def save_fastreid_style(path: Path, state: dict[str, torch.Tensor]) -> Path:
     model["module.pixel_mean"] = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
     torch.save({"model": model, "iteration": 1234, "optimizer": {}}, path)
     return path
+
+
+def run_ranks(worker: Callable, out_dir: Path, world_size: int, deadline_s: float) -> list:
+    """Spawn ``worker(rank, port, out_dir)`` on ``world_size`` processes (a gloo group on a
+    free port), fail the test if a rank hangs past ``deadline_s``, and return what each rank
+    saved as ``out_dir/rank<r>.pt``."""
+    import time
+
+    import torch.multiprocessing as mp
+    from conftest import free_port
+    context = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=world_size,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + deadline_s
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the ranks did not finish in {deadline_s} s (a rank hangs)")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
