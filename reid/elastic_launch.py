@@ -20,10 +20,11 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Optional
 
-from reid.errors import STOPPED_PREFIX, USER_ERROR_PREFIX, Preempted, ReidError
+from reid.errors import STOPPED_PREFIX, USER_ERROR_PREFIX, Preempted, ReidError, Terminated
 
 # option name (torchrun's, with dashes) -> (argparse keywords, help)
 TORCHRUN_OPTIONS: dict[str, dict] = {
@@ -44,6 +45,7 @@ SIGNALS_ENV = {"TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,
 # How long an interrupted launch waits for the workers to write their checkpoint (torchrun
 # itself gives them 30 s before SIGKILL).
 STOP_GRACE_S = 60
+PEER_GRACE_S = 10  # how long a rank > 0 leaves rank 0 to stop the job (stop_the_job)
 
 
 def dest(option: str) -> str:
@@ -174,9 +176,19 @@ class Outcome:
 def stop_the_job() -> None:
     """In a torchrun worker that failed for a reason a restart cannot cure (a user error,
     the same on every rank): ask its agent to stop the job (SIGTERM, which torchrun handles
-    by stopping its workers, without a restart), so that --max-restarts is not spent on it."""
+    by stopping its workers, without a restart), so that --max-restarts is not spent on it.
+
+    Rank 0 asks at once. Another rank first gives rank 0 ``PEER_GRACE_S`` to do it: an error
+    every rank meets (a diverged loss) reaches rank 0 too, which then closes its MLflow run
+    and its files before the job stops; a SIGTERM from a faster rank would cut that short.
+    Only an error of that rank alone outlives the grace."""
     if not launched_by_torchrun():
         return
+    if os.environ.get("RANK", "0") != "0":
+        try:
+            time.sleep(PEER_GRACE_S)
+        except (Terminated, KeyboardInterrupt):  # rank 0 stopped the job meanwhile
+            return
     parent = os.getppid()
     try:
         with open(f"/proc/{parent}/cmdline", "rb") as f:

@@ -44,6 +44,7 @@ MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 SQLITE_SCHEME = "sqlite:///"
 OUTPUT_DIR_TAG = "reid.output_dir"  # where a run's files are: finds abandoned and resumed runs
 ABANDONED_TAG = "reid.abandoned"
+ERROR_TAG = "reid.error"  # why a FAILED run failed: the error's one line
 SERVER_TIMEOUT_S = 5  # one check at start; MLflow's own client retries for minutes
 # MLflow 3's UI opens an experiment on its GenAI overview (traces, token usage) unless the
 # experiment says it holds model training: then it opens on the runs table. The tag and value
@@ -164,9 +165,20 @@ class Tracker:
         try:
             yield run_id
         except BaseException as exc:
-            self.end(run_id, "KILLED" if interrupted(exc) else "FAILED")
+            if interrupted(exc):
+                self.end(run_id, "KILLED")
+            else:
+                self._note_error(run_id, exc)
+                self.end(run_id, "FAILED")
             raise
         self.end(run_id)
+
+    def _note_error(self, run_id: str, exc: BaseException) -> None:
+        """Tag a failing run with its error (best effort: the store may be what failed)."""
+        try:
+            self.client.set_tag(run_id, ERROR_TAG, f"{type(exc).__name__}: {one_line(exc)}"[:5000])
+        except Exception as tag_error:  # noqa: BLE001 - the run's own error is what matters
+            logger.warning("could not tag run %s with its error: %s", run_id, one_line(tag_error))
 
     def _runs_of(self, output_dir: str | Path, tags: dict[str, str], status: str = "") -> list:
         where = {OUTPUT_DIR_TAG: str(Path(output_dir).resolve()), **tags}

@@ -50,12 +50,23 @@ def test_tracker_nests_runs_and_logs_config_metrics_dataset(tmp_path, mlflow_uri
     assert "bad" not in child_run.data.metrics  # non-finite values are not sent
 
 
-def test_failed_block_marks_the_run_failed(mlflow_uri):
+def test_failed_block_marks_the_run_failed_with_its_error(mlflow_uri):
     tracker = Tracker()
     with pytest.raises(ReidError):
         with tracker.run("broken") as run_id:
-            raise ReidError("boom")
-    assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
+            raise ReidError("boom\nsecond line")
+    run = MlflowClient(mlflow_uri).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["reid.error"] == "ReidError: boom second line"
+
+
+def test_an_interrupted_block_marks_the_run_killed_without_an_error(mlflow_uri):
+    tracker = Tracker()
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.run("stopped") as run_id:
+            raise KeyboardInterrupt
+    run = MlflowClient(mlflow_uri).get_run(run_id)
+    assert run.info.status == "KILLED" and "reid.error" not in run.data.tags
 
 
 def test_read_dvc_out_reads_a_dvc_file(tmp_path):
