@@ -1,10 +1,15 @@
 """A distributed sweep: a Prefect server on 127.0.0.1 (the session's), a process work pool,
-prefect.yaml's sweep-point deployment and two `prefect worker` processes running 4 tiny points."""
+prefect.yaml's sweep-point deployment and two `prefect worker` processes running 4 tiny points;
+one worker killed mid-sweep, then the same sweep again."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from contextlib import ExitStack
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -45,31 +50,85 @@ def deploy_sweep_point(env: dict) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_a_sweep_on_a_work_pool_runs_on_both_workers_and_nests_in_mlflow(
+def start_workers(stack: ExitStack, env: dict, tmp_path, round_: int) -> dict:
+    """The two workers (one flow run at a time each), stopped when ``stack`` closes."""
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
+               "process", "--limit", "1"]
+    return {name: stack.enter_context(background(command + ["--name", name],
+                                                 tmp_path / f"{name}-{round_}.log", env))
+            for name in WORKERS}
+
+
+def kill_the_first_busy_worker(workers: dict, client: MlflowClient, killed: list) -> None:
+    """Lose a machine mid-sweep: as soon as a worker's point has its pipeline run RUNNING in
+    MLflow, SIGKILL that worker's process group and the flow run's process."""
+    from flows.common import PROCESS_TAG
+    from flows.sweep import POINT_TAG
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        running = client.search_runs(experiments, "attributes.status = 'RUNNING'") \
+            if experiments else []
+        for run in running:
+            worker = run.data.tags.get("prefect.worker")
+            if worker in workers and POINT_TAG in run.data.tags:
+                os.killpg(workers[worker].pid, signal.SIGKILL)
+                pid = int(run.data.tags[PROCESS_TAG].rpartition(":")[2])
+                try:
+                    os.kill(pid, signal.SIGKILL)  # in case it runs in a session of its own
+                except ProcessLookupError:
+                    pass
+                killed.append((worker, run.data.tags[POINT_TAG]))
+                return
+        time.sleep(0.2)
+
+
+def test_a_sweep_on_a_work_pool_survives_a_killed_worker_and_a_rerun_finishes_it(
         worker_env, tiny_overrides, mlflow_uri, tmp_path):
     from flows.sweep import POINT_TAG, run_sweep
+    from tasks.stage_cache import REUSED_TAG
     deploy_sweep_point(worker_env)
     grid = write_file(tmp_path / "grid.yml",
                       "grid:\n  SOLVER.BASE_LR: [0.00035, 0.0035]\n  SEED: [1, 2]\n")
     overrides = tiny_overrides + ["SOLVER.MAX_EPOCH", "1", "TEST.PRECISE_BN.ENABLED", "False"]
-    logs = [tmp_path / f"{name}.log" for name in WORKERS]
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
-               "process", "--limit", "1"]
-    with background(command + ["--name", WORKERS[0]], logs[0], worker_env), \
-            background(command + ["--name", WORKERS[1]], logs[1], worker_env):
+    client = MlflowClient(mlflow_uri)
+
+    # One worker dies with its point in flight: the sweep reports exactly that point lost.
+    killed: list = []
+    with ExitStack() as stack:
+        workers = start_workers(stack, worker_env, tmp_path, 1)
+        killer = threading.Thread(target=kill_the_first_busy_worker,
+                                  args=(workers, client, killed))
+        killer.start()
+        first = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=4, work_pool=POOL)
+        killer.join()
+    assert len(killed) == 1, "no worker ever had a point running"
+    (worker, lost_point), = killed
+    assert [(o["point"], o["error"][:6]) for o in first["failed"]] == [(lost_point, "lost: ")]
+    assert "run the sweep again to finish it" in first["failed"][0]["error"]
+    assert len(first["ranked"]) == 3  # the other points finished on the surviving worker
+
+    # The same sweep again finishes every point, reusing the training of the finished ones.
+    with ExitStack() as stack:
+        start_workers(stack, worker_env, tmp_path, 2)
         out = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=4, work_pool=POOL)
     assert not out["failed"], out["failed"]
     assert len(out["outcomes"]) == 4 and all(o["flow_run_id"] for o in out["outcomes"])
-
-    client = MlflowClient(mlflow_uri)
     sweep = client.get_run(out["mlflow_run_id"])
-    nested = client.search_runs([sweep.info.experiment_id],
+    experiment = sweep.info.experiment_id
+    nested = client.search_runs([experiment],
                                 f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'")
     assert sorted(r.data.tags[POINT_TAG] for r in nested) == sorted(
         o["point"] for o in out["outcomes"])
     assert all(r.info.status == "FINISHED" for r in nested)
-    workers = {r.data.tags.get("prefect.worker") for r in nested}
-    assert workers == set(WORKERS), (workers, tail(logs[0]), tail(logs[1]))
+    workers_used = {r.data.tags.get("prefect.worker") for r in nested}
+    assert workers_used == set(WORKERS), (workers_used, *map(tail, (
+        tmp_path / f"{name}-2.log" for name in WORKERS)))
+    for run in nested:
+        train, = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = "
+                                    f"'{run.info.run_id}' and attributes.run_name = 'train'")
+        reused = REUSED_TAG in train.data.tags
+        assert reused == (run.data.tags[POINT_TAG] != lost_point), run.data.tags[POINT_TAG]
     # The comparison table ranks the 4 points by mAP, best first.
     ranked = sorted(nested, key=lambda r: -r.data.metrics["SyntheticMarket1501.mAP"])
     assert out["ranked"] == [r.info.run_id for r in ranked]
