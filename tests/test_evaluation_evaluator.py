@@ -174,3 +174,38 @@ def test_options_are_typed_once_and_run_returns_the_files_written(tmp_path):
     assert set_a.examples_file == tmp_path / "examples" / "SetA.json"
     assert set_a.examples_file.exists()
     assert run.files == [*set_a.files, *run.sets["SetB"].files]
+
+
+def test_an_index_type_evaluates_from_each_querys_candidates(tmp_path):
+    """TEST.INDEX.TYPE: a Flat index over the whole gallery is exact; fewer candidates give
+    lower bounds; the candidates' recall is reported; no retrieval examples are written."""
+    whole = config(**{"DATASETS.TESTS": '["SetA"]', "TEST.INDEX.TYPE": "Flat",
+                      "TEST.INDEX.CANDIDATES": "12"})
+    results = Evaluator(whole, output_dir=tmp_path, build_loader=loaders([])).evaluate(
+        FirstRowModel(), "cpu")["SetA"]
+    assert results.pop("candidate_recall") == pytest.approx(100.0)
+    assert results == pytest.approx(expected(), abs=1e-4)
+    assert not (tmp_path / "examples").exists()  # examples need whole rows of distances
+
+    top2 = config(**{"DATASETS.TESTS": '["SetA"]', "TEST.INDEX.TYPE": "Flat",
+                     "TEST.INDEX.CANDIDATES": "2"})
+    results = Evaluator(top2, build_loader=loaders([])).evaluate(FirstRowModel(), "cpu")["SetA"]
+    exact = expected()
+    assert results["Rank-1"] == pytest.approx(exact["Rank-1"])
+    assert results["mAP"] <= exact["mAP"] + 1e-4 and results["mINP"] <= exact["mINP"] + 1e-4
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("TEST.ROC_ENABLED", "True", "TEST.ROC_ENABLED"),
+    ("TEST.RERANK.ENABLED", "True", "TEST.RERANK.ENABLED"),
+    ("TEST.PROTOCOL", "cuhk03", "TEST.PROTOCOL cuhk03"),
+])
+def test_an_index_type_refuses_what_needs_the_whole_gallery(key, value, named):
+    with pytest.raises(ReidError, match=f"TEST.INDEX.TYPE 'IVF64,Flat' .*cannot serve {named}, "
+                       "which rank the whole gallery; set TEST.INDEX.TYPE exact"):
+        config(**{"TEST.INDEX.TYPE": "IVF64,Flat", key: value})
+
+
+def test_candidates_must_be_at_least_one():
+    with pytest.raises(ReidError, match="TEST.INDEX.CANDIDATES must be >= 1"):
+        config(**{"TEST.INDEX.CANDIDATES": "0"})

@@ -190,6 +190,7 @@ RANGES: dict[str, tuple[Bound, str]] = {
     "SOLVER.LOG_PERIOD": (AT_LEAST_ONE, "iterations between log lines"),
     "TEST.EVAL_PERIOD": (NON_NEGATIVE, "epochs between evaluations in training; 0 = none"),
     "TEST.PRECISE_BN.NUM_ITER": (AT_LEAST_ONE, "batches of precise-BN statistics"),
+    "TEST.INDEX.CANDIDATES": (AT_LEAST_ONE, "candidates per query of an approximate evaluation"),
     "INPUT.PADDING": (NON_NEGATIVE, "pixels of padding before the random crop"),
     "MODEL.BACKBONE.FEAT_DIM": (AT_LEAST_ONE, "channels of the backbone's output"),
     "MODEL.HEADS.EMBEDDING_DIM": (NON_NEGATIVE, "embedding size; 0 = no embedding layer"),
@@ -271,6 +272,13 @@ def validate(cfg: CfgNode, sources: dict[str, str] | None = None) -> None:
         size = flat[key]
         if len(size) != 2 or min(size) < 1:
             raise wrong(key, "[height, width] in pixels")
+    if cfg.TEST.INDEX.TYPE != "exact":
+        ranked_whole = [key for key in ("TEST.ROC_ENABLED", "TEST.RERANK.ENABLED") if flat[key]]
+        if ranked_whole or cfg.TEST.PROTOCOL not in ("", "market"):
+            need = ", ".join(ranked_whole) or f"TEST.PROTOCOL {cfg.TEST.PROTOCOL}"
+            raise ReidError(f"config key TEST.INDEX.TYPE {cfg.TEST.INDEX.TYPE!r} (approximate "
+                            f"evaluation: each query's top candidates only) cannot serve {need}, "
+                            "which rank the whole gallery; set TEST.INDEX.TYPE exact")
     batch, k = cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE
     if batch % k:
         raise ReidError(f"SOLVER.IMS_PER_BATCH ({batch}) must be a multiple of "

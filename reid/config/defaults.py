@@ -279,6 +279,18 @@ _C.TEST.ROC_FARS = [1e-4, 1e-3, 1e-2]
 # (OUTPUT_DIR/examples/<test set>.json) for the evaluate stage's visual report.
 _C.TEST.VISUALIZE = True
 
+# (reid) how each query's gallery is ranked. "exact": every item (the default). A faiss factory
+# string ("IVF1024,PQ64x4fs", "PCA64,IVF64,PQ32x4fs", "HNSW32", ...): approximate evaluation
+# for galleries too large to rank whole: the metrics come from each query's top CANDIDATES
+# (re-scored exactly) and are lower bounds of the exact ones; the candidates' recall against
+# exact search is reported beside them (candidate_recall). Market protocol only, no ROC or
+# re-ranking, no retrieval examples. PARAMS: faiss search parameters ("nprobe=32"); "" = by
+# index type.
+_C.TEST.INDEX = CN()
+_C.TEST.INDEX.TYPE = "exact"
+_C.TEST.INDEX.PARAMS = ""
+_C.TEST.INDEX.CANDIDATES = 100
+
 _C.TEST.AQE = CN()
 _C.TEST.AQE.ENABLED = False
 _C.TEST.AQE.ALPHA = 3.0

@@ -23,7 +23,7 @@ from torch import nn
 from reid.errors import ReidError
 from reid.evaluation.examples import ExampleCollector, write_examples
 from reid.evaluation.extract import extract_features
-from reid.evaluation.features import evaluate_features
+from reid.evaluation.features import EXACT, evaluate_features
 from reid.evaluation.options import EvalOptions
 from reid.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from reid.evaluation.results import EvaluationRun, SetResult
@@ -60,14 +60,18 @@ def evaluate_model(model: nn.Module, data_loader, num_query: int, device: torch.
 
     def features_result(distance_device: torch.device):
         """The metrics, and the examples collected on the way (afresh on every try)."""
+        # Examples need whole rows of distances, which an approximate evaluation never has.
         collector = (ExampleCollector(pids[:num_query], pids[num_query:], camids[:num_query],
-                                      camids[num_query:]) if examples_path is not None else None)
+                                      camids[num_query:])
+                     if examples_path is not None and options.index == EXACT else None)
         result = evaluate_features(
             feats[:num_query], feats[num_query:], pids[:num_query], pids[num_query:],
             camids[:num_query], camids[num_query:], metric=options.metric,
             max_rank=options.max_rank, protocol=protocol, rerank=options.rerank,
             aqe=options.aqe, roc=options.roc, fars=options.fars, device=distance_device,
-            observe=collector.observe if collector is not None else None)
+            observe=collector.observe if collector is not None else None,
+            index=options.index, candidates=options.candidates,
+            index_params=options.index_params or None)
         return result, collector
 
     def compute() -> SetResult:

@@ -64,6 +64,9 @@ class EvalOptions:
     fars: tuple[float, ...] = DEFAULT_FARS
     protocol: str | None = None   # None: each test set's own ``eval_protocol``
     examples: bool = False        # keep best/worst rank lists and pair distances for plots
+    index: str = "exact"          # or a faiss factory string: approximate evaluation
+    index_params: str = ""        # its faiss search parameters ("" = by index type)
+    candidates: int = 100         # each query's candidates in an approximate evaluation
 
     @classmethod
     def from_config(cls, cfg) -> "EvalOptions":
@@ -76,4 +79,6 @@ class EvalOptions:
         return cls(metric=test.METRIC, flip=bool(test.FLIP_ENABLED), bf16=bool(test.BF16),
                    aqe=aqe, rerank=rerank,
                    roc=bool(test.ROC_ENABLED), fars=tuple(float(f) for f in test.ROC_FARS),
-                   protocol=test.PROTOCOL or None, examples=bool(test.VISUALIZE))
+                   protocol=test.PROTOCOL or None, examples=bool(test.VISUALIZE),
+                   index=test.INDEX.TYPE, index_params=test.INDEX.PARAMS,
+                   candidates=int(test.INDEX.CANDIDATES))
