@@ -113,6 +113,15 @@ def output_dir_tags(cfg: CfgNode) -> dict[str, str]:
     return {OUTPUT_DIR_TAG: str(Path(cfg.OUTPUT_DIR).resolve())}
 
 
+def tag_term(key: str, value: str) -> str:
+    """An MLflow filter term for tag ``key`` equal to ``value``. The filter syntax has no
+    escape for quotes: a value holding one (a folder named "it's") is matched with LIKE, each
+    quote a one-character wildcard, so the caller must compare the runs' tags exactly."""
+    if "'" not in value and '"' not in value:
+        return f"tags.`{key}` = '{value}'"
+    return "tags.`{}` LIKE '{}'".format(key, value.replace("'", "_").replace('"', "_"))
+
+
 class Tracker:
     """MLflow runs with explicit ids. ``NullTracker`` has the same interface and does nothing."""
 
@@ -182,11 +191,13 @@ class Tracker:
 
     def _runs_of(self, output_dir: str | Path, tags: dict[str, str], status: str = "") -> list:
         where = {OUTPUT_DIR_TAG: str(Path(output_dir).resolve()), **tags}
-        terms = [f"tags.`{key}` = '{value}'" for key, value in where.items()]
+        terms = [tag_term(key, value) for key, value in where.items()]
         if status:
             terms.append(f"attributes.status = '{status}'")
-        return self.client.search_runs([self.experiment_id], " and ".join(terms),
+        runs = self.client.search_runs([self.experiment_id], " and ".join(terms),
                                        order_by=["attributes.start_time DESC"], max_results=1000)
+        return [run for run in runs  # exact: a LIKE term may match more (tag_term)
+                if all(run.data.tags.get(key) == value for key, value in where.items())]
 
     def close_abandoned(self, output_dir: str | Path, keep: tuple = ()) -> list[str]:
         """Runs of ``output_dir`` left RUNNING by a process that died (kill -9, a lost

@@ -141,18 +141,21 @@ def test_interrupted_runs_end_killed_and_failures_failed(tmp_path, mlflow_uri):
                         "TerminationSignal": "KILLED", "ValueError": "FAILED"}
 
 
-def test_abandoned_runs_are_closed_and_a_resume_continues_its_run(tmp_path, mlflow_uri):
+# The second pair: MLflow's filter cannot quote a quote; both folders match its LIKE pattern.
+@pytest.mark.parametrize("out, other", [("out", "other"), ("it's \"out\"", "itxs xoutx")])
+def test_abandoned_runs_are_closed_and_a_resume_continues_its_run(tmp_path, mlflow_uri, out,
+                                                                   other):
     from tasks.tracking import OUTPUT_DIR_TAG, Tracker
-    cfg = load_config(None, ["OUTPUT_DIR", str(tmp_path / "out")])
-    other = load_config(None, ["OUTPUT_DIR", str(tmp_path / "other")])
+    cfg = load_config(None, ["OUTPUT_DIR", str(tmp_path / out)])
+    other_cfg = load_config(None, ["OUTPUT_DIR", str(tmp_path / other)])
     tracker = Tracker()
     tags = lambda c, **t: {OUTPUT_DIR_TAG: str((tmp_path / c).resolve()), **t}  # noqa: E731
-    parent = tracker.start("pipeline", tags=tags("out", **{"reid.flow": "pipeline"}))
-    train = tracker.start("train", parent, tags=tags("out", **{"reid.stage": "train"}))
-    finished = tracker.start("prepare", parent, tags=tags("out", **{"reid.stage": "prepare"}))
+    parent = tracker.start("pipeline", tags=tags(out, **{"reid.flow": "pipeline"}))
+    train = tracker.start("train", parent, tags=tags(out, **{"reid.stage": "train"}))
+    finished = tracker.start("prepare", parent, tags=tags(out, **{"reid.stage": "prepare"}))
     tracker.end(finished)
-    elsewhere = tracker.start("train", tags=tags("other", **{"reid.stage": "train"}))
-    user_parent = tracker.start("dvc parent", tags=tags("out"))
+    elsewhere = tracker.start("train", tags=tags(other, **{"reid.stage": "train"}))
+    user_parent = tracker.start("dvc parent", tags=tags(out))
 
     assert sorted(tracker.close_abandoned(cfg.OUTPUT_DIR, keep=(user_parent,))) == sorted(
         [parent, train])
@@ -162,7 +165,7 @@ def test_abandoned_runs_are_closed_and_a_resume_continues_its_run(tmp_path, mlfl
     assert tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": "train"}, parent) == train
     assert tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": "train"}, "another parent") is None
     assert tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": "prepare"}) is None  # finished
-    assert tracker.resumable(other.OUTPUT_DIR, {"reid.stage": "train"}) == elsewhere
+    assert tracker.resumable(other_cfg.OUTPUT_DIR, {"reid.stage": "train"}) == elsewhere
     with tracker.run("train", existing_id=train) as continued:
         tracker.log_config(continued, cfg)
     assert continued == train and status(train) == "FINISHED"
