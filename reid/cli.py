@@ -64,8 +64,12 @@ def _run_flow(args: argparse.Namespace) -> None:
         print_results(out["results"])
         print(f"\noutputs in {out['output_dir']} (log.txt, metrics.json, results.json, "
               "checkpoints, visual/)")
-    print(f"\nMLflow run {out['mlflow_run_id']} (mlflow ui --backend-store-uri "
-          f"$MLFLOW_TRACKING_URI to browse)")
+    print_run_link("MLflow run", out["mlflow_run_id"])
+
+
+def print_run_link(what: str, run_id: str) -> None:
+    from tasks.tracking import ui_link
+    print(f"\n{what} {run_id}: {ui_link(run_id)}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -79,7 +83,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                     max_parallel=args.max_parallel, work_pool=args.work_pool,
                     deployment=args.deployment, use_cache=not args.no_cache)
     print(out["markdown"])
-    print(f"\nMLflow sweep run {out['mlflow_run_id']} (its comparison under sweep/)")
+    print_run_link("MLflow sweep run (its comparison under sweep/)", out["mlflow_run_id"])
     if out["failed"]:
         raise ReidError(f"{len(out['failed'])} of {len(out['outcomes'])} sweep points failed: "
                         + "; ".join(f"{f['point']}: {f['error']}" for f in out["failed"]))

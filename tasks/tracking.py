@@ -113,6 +113,23 @@ def output_dir_tags(cfg: CfgNode) -> dict[str, str]:
     return {OUTPUT_DIR_TAG: str(Path(cfg.OUTPUT_DIR).resolve())}
 
 
+# In a link to MLflow 3's UI: its "Model training" view (runs, metrics) instead of the GenAI
+# overview it opens on. 3.17 reads the view from the link or the browser's last choice, not
+# from the experiment's kind (benchmarks/mlflow_ui_check.py).
+ML_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(run_id: str, tracking_uri: str | None = None) -> str:
+    """Where to see ``run_id`` in the MLflow UI: its page on a tracking server, or for a local
+    store the ``mlflow ui`` command and the page it will serve."""
+    uri = tracking_uri or get_tracking_uri()
+    experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
+    page = f"#/experiments/{experiment}/runs/{run_id}?{ML_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+
+
 def tag_term(key: str, value: str) -> str:
     """An MLflow filter term for tag ``key`` equal to ``value``. The filter syntax has no
     escape for quotes: a value holding one (a folder named "it's") is matched with LIKE, each

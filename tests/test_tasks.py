@@ -141,3 +141,12 @@ def test_experiments_are_marked_as_model_training_for_the_mlflow_ui(mlflow_uri):
                                                       "genai_development"})
     Tracker(mlflow_uri, experiment="chosen")  # a kind the user picked is theirs
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_the_ui_link_opens_the_run_in_the_model_training_view(mlflow_uri):
+    from tasks.tracking import ui_link
+    tracker = Tracker()
+    run_id = tracker.start("train")
+    page = f"#/experiments/{tracker.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    assert ui_link(run_id) == (f"mlflow ui --backend-store-uri {mlflow_uri}, then "
+                               f"http://127.0.0.1:5000/{page}")
