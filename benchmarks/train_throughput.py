@@ -25,7 +25,7 @@ round repeated ``--repeats`` times, each round printed; warm-up steps are never 
 
 ``--variants`` are ours measured on their own (each a ``+``-joined list): ``fp32`` (the recipe),
 ``bf16`` (SOLVER.BF16_ENABLED), ``cl`` (channels_last model and images), ``foreach`` / ``fused``
-(Adam's implementations), ``wN`` (N loader workers, e2e), ``nopersist`` (no persistent workers,
+(Adam's implementations), ``tN`` (N torch threads), ``wN`` (N loader workers, e2e), ``nopersist`` (no persistent workers,
 e2e). img/CPU-s (step mode) is images per CPU second of the process: steadier than the wall
 time on a machine shared with other work.
 
@@ -384,6 +384,9 @@ def worker(args) -> dict:
     side, mode, variant, recipe, batch = args.worker
     batch, device = int(batch), "cuda" if torch.cuda.is_available() else "cpu"
     parts, workdir = set(variant.split("+")), Path(args.workdir)
+    threads = next((int(v[1:]) for v in parts if v[0] == "t" and v[1:].isdigit()), args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     if side == "fastreid":
         result = (fastreid_step(recipe, batch, device, args.warmup, args.steps) if mode == "step"
                   else fastreid_e2e(recipe, batch, device, args.e2e_warmup, args.e2e_epochs,
@@ -407,7 +410,8 @@ def spawn(args, side: str, mode: str, variant: str, recipe: str, batch: int) -> 
     python = args.fastreid_python if side == "fastreid" else sys.executable
     cmd = [python, __file__, "--worker", side, mode, variant, recipe, str(batch),
            "--workdir", args.workdir, "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--e2e-warmup", str(args.e2e_warmup), "--e2e-epochs", str(args.e2e_epochs)]
+           "--e2e-warmup", str(args.e2e_warmup), "--e2e-epochs", str(args.e2e_epochs),
+           "--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-8:])
@@ -421,7 +425,7 @@ def describe(side: str, variant: str, r: dict, base: dict | None) -> str:
     ratio = f"{r['img_s'] / base['img_s']:.2f}x" if base and "img_s" in base else "-"
     text = (f"    {side:<9} {variant:<22} {r['img_s']:8.1f} img/s {ratio:>7} vs FastReID  "
             f"{r['img_cpu_s']:7.1f} img/CPU-s  loss {r['loss']:.4f}  ({r['timed_iters']} timed "
-            f"iters)")
+            f"iters, {r['threads']} threads)")
     if r.get("gpu_util") is not None:
         text += f"  GPU util {r['gpu_util']:.0f} %"
     if "flops_per_img" in r:
@@ -446,6 +450,9 @@ def main() -> None:
     parser.add_argument("--e2e-warmup", type=int, default=10, help="untimed iterations")
     parser.add_argument("--e2e-epochs", type=int, default=3,
                         help="epochs of each trainer (about 18 iterations each at batch 64)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of every measured process (0: torch's default); 1 "
+                             "makes img/CPU-s a load-proof measure of the work per image")
     parser.add_argument("--fastreid-python", default=FASTREID_PYTHON)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(),
                                                           "reid-train-bench"))

@@ -156,6 +156,8 @@ def train(cfg: CfgNode, sink: Optional[MetricsSink] = None, resume: bool = False
     if comm.get_world_size() > 1 and wants_sync_bn(cfg):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
+    if cfg.SOLVER.CHANNELS_LAST:  # the activations follow the 4-D weights' memory format
+        model = model.to(memory_format=torch.channels_last)
     iters_per_epoch = len(loader)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer, iters_per_epoch)

@@ -80,14 +80,29 @@ def build_param_groups(cfg: CfgNode, model: nn.Module) -> list[dict]:
             for name, param in model.named_parameters() if param.requires_grad]
 
 
+def implementation(cfg: CfgNode, cls: type[torch.optim.Optimizer]) -> dict:
+    """The optimizer's keyword for SOLVER.FUSED: ``{"fused": True}``, or none when off."""
+    if not cfg.SOLVER.FUSED:
+        return {}
+    if "fused" not in inspect.signature(cls).parameters:
+        fused = sorted(name for name, other in torch_optimizers().items()
+                       if "fused" in inspect.signature(other).parameters)
+        raise ReidError(f"SOLVER.FUSED True: SOLVER.OPT {cfg.SOLVER.OPT} has no fused "
+                        f"implementation; set SOLVER.FUSED False or use one of "
+                        f"{', '.join(fused)}")
+    return {"fused": True}
+
+
 @OPTIMIZER_REGISTRY.register(name="Adam")
 def build_adam(groups: list[dict], cfg: CfgNode) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg.SOLVER.BASE_LR)
+    return torch.optim.Adam(groups, lr=cfg.SOLVER.BASE_LR,
+                            **implementation(cfg, torch.optim.Adam))
 
 
 @OPTIMIZER_REGISTRY.register(name="AdamW")
 def build_adamw(groups: list[dict], cfg: CfgNode) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR)
+    return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR,
+                             **implementation(cfg, torch.optim.AdamW))
 
 
 @OPTIMIZER_REGISTRY.register(name="SGD")
@@ -97,7 +112,7 @@ def build_sgd(groups: list[dict], cfg: CfgNode) -> torch.optim.Optimizer:
         raise ReidError(f"SOLVER.NESTEROV True needs SOLVER.MOMENTUM > 0 (got {solver.MOMENTUM}); "
                         "set SOLVER.NESTEROV False or give a momentum")
     return torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM,
-                           nesterov=solver.NESTEROV)
+                           nesterov=solver.NESTEROV, **implementation(cfg, torch.optim.SGD))
 
 
 def torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
@@ -117,7 +132,7 @@ def generic_builder(name: str, cls: type[torch.optim.Optimizer]) -> Callable:
             logger.warning("SOLVER.OPT %s has no weight decay: SOLVER.WEIGHT_DECAY* are not "
                            "applied", name)
         try:
-            return cls(groups, lr=cfg.SOLVER.BASE_LR)
+            return cls(groups, lr=cfg.SOLVER.BASE_LR, **implementation(cfg, cls))
         except (ValueError, TypeError) as exc:  # e.g. Muon: 2-D parameters only
             raise ReidError(f"SOLVER.OPT {name} cannot optimise this model: {exc}") from exc
 
