@@ -26,7 +26,9 @@ round repeated ``--repeats`` times, each round printed; warm-up steps are never 
 ``--variants`` are ours measured on their own (each a ``+``-joined list): ``fp32`` (the recipe),
 ``bf16`` (SOLVER.BF16_ENABLED), ``cl`` (channels_last model and images), ``foreach`` / ``fused``
 (Adam's implementations), ``tN`` (N torch threads), ``wN`` (N loader workers, e2e), ``nopersist`` (no persistent workers,
-e2e). img/CPU-s (step mode) is images per CPU second of the process: steadier than the wall
+e2e). ``loader`` times each project's training loader alone (``--steps`` batches after
+``--warmup``, ``--loader-workers`` workers, 0: in the measuring process, whose CPU time is then
+the decoding and augmentation cost). img/CPU-s (step mode) is images per CPU second of the process: steadier than the wall
 time on a machine shared with other work.
 
 On CUDA (``torch.cuda.is_available()``) the default recipe is BoT-R50 at 256x128 (images of that
@@ -38,6 +40,7 @@ and the MFU: model FLOPs of one training step per image (forward + backward, cou
     python benchmarks/train_throughput.py                       # CPU: step + e2e, 2 repeats
     python benchmarks/train_throughput.py --modes step --variants fp32 bf16 cl bf16+cl fused
     python benchmarks/train_throughput.py --modes e2e --variants fp32 w2 w4 nopersist
+    python benchmarks/train_throughput.py --modes loader --steps 10   # the loaders alone
 """
 from __future__ import annotations
 
@@ -364,6 +367,38 @@ def fastreid_e2e(recipe: str, batch: int, device: str, warmup: int, epochs: int,
             "iters_per_epoch": trainer.iters_per_epoch}
 
 
+# --------------------------------------------------------------------------- loaders alone
+def loader_alone(side: str, recipe: str, batch: int, warmup: int, steps: int, workers: int,
+                 workdir: Path) -> dict:
+    """Batches drawn from a project's training loader alone (no model): JPEG decoding,
+    augmentation, sampler and collation, in ``workers`` processes (0: this one)."""
+    root = synthetic_root(workdir, RECIPES[recipe][2])
+    if side == "fastreid":
+        os.environ["FASTREID_DATASETS"] = str(root / "SyntheticMarket1501")  # read at import
+        cfg = fastreid_cfg(recipe, batch, "cpu", ["DATALOADER.NUM_WORKERS", str(workers)])
+        import fastreid.data.build as fastreid_build
+
+        class PlainLoader(torch.utils.data.DataLoader):
+            def __init__(self, local_rank, **kwargs):
+                super().__init__(**kwargs)
+
+        fastreid_build.DataLoaderX = PlainLoader
+        batches = iter(fastreid_build.build_reid_train_loader(cfg))
+    else:
+        from reid.data.build import build_train_loader
+        from reid.engine.trainer import cycle
+
+        cfg = ours_cfg(recipe, batch, "cpu", {f"w{workers}"}, [
+            "DATASETS.ROOT", str(root), "DATASETS.NAMES", '("SyntheticMarket1501",)',
+            "DATASETS.TESTS", '("SyntheticMarket1501",)'])
+        batches = cycle(build_train_loader(cfg)[0])
+    clock = Clock("cpu", warmup, batch)
+    for _ in range(warmup + steps):
+        next(batches)
+        clock.step()
+    return {**clock.result(), "loss": float("nan"), "gpu_util": None}
+
+
 # --------------------------------------------------------------------------- MFU
 def train_flops_per_image(model: torch.nn.Module, size: tuple[int, int], device: str) -> float:
     """FLOPs of one training step (forward + backward) per image, counted at batch 8."""
@@ -387,7 +422,10 @@ def worker(args) -> dict:
     threads = next((int(v[1:]) for v in parts if v[0] == "t" and v[1:].isdigit()), args.threads)
     if threads:
         torch.set_num_threads(threads)
-    if side == "fastreid":
+    if mode == "loader":
+        result = loader_alone(side, recipe, batch, args.warmup, args.steps, args.loader_workers,
+                              workdir)
+    elif side == "fastreid":
         result = (fastreid_step(recipe, batch, device, args.warmup, args.steps) if mode == "step"
                   else fastreid_e2e(recipe, batch, device, args.e2e_warmup, args.e2e_epochs,
                                     workdir))
@@ -411,7 +449,7 @@ def spawn(args, side: str, mode: str, variant: str, recipe: str, batch: int) -> 
     cmd = [python, __file__, "--worker", side, mode, variant, recipe, str(batch),
            "--workdir", args.workdir, "--warmup", str(args.warmup), "--steps", str(args.steps),
            "--e2e-warmup", str(args.e2e_warmup), "--e2e-epochs", str(args.e2e_epochs),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--loader-workers", str(args.loader_workers)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-8:])
@@ -437,19 +475,24 @@ def describe(side: str, variant: str, r: dict, base: dict | None) -> str:
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--modes", nargs="+", default=["step", "e2e"], choices=("step", "e2e"))
+    parser.add_argument("--modes", nargs="+", default=["step", "e2e"], choices=("step", "e2e", "loader"))
     parser.add_argument("--recipe", default="BoT-R50-256x128" if cuda else "BoT-R18-128x64",
                         choices=list(RECIPES))
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 256] if cuda else [64])
     parser.add_argument("--variants", nargs="+", default=["bf16"] if cuda else ["fp32"],
                         help="ours, each measured on its own (see the module's docstring)")
     parser.add_argument("--no-fastreid", action="store_true")
+    parser.add_argument("--fastreid-variants", nargs="+", default=["fastreid"],
+                        help="FastReID's runs: fastreid (as it is), fastreid+tN (N threads); "
+                             "the first is what the ratios compare with")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=5, help="untimed model steps")
     parser.add_argument("--steps", type=int, default=20, help="timed model steps")
     parser.add_argument("--e2e-warmup", type=int, default=10, help="untimed iterations")
     parser.add_argument("--e2e-epochs", type=int, default=3,
                         help="epochs of each trainer (about 18 iterations each at batch 64)")
+    parser.add_argument("--loader-workers", type=int, default=0,
+                        help="loader workers of both sides in the loader mode")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads of every measured process (0: torch's default); 1 "
                              "makes img/CPU-s a load-proof measure of the work per image")
@@ -467,18 +510,20 @@ def main() -> None:
     device = torch.cuda.get_device_name() if cuda else f"{os.cpu_count()} CPU cores"
     print(f"{args.recipe} on {device}; flags: {cpu_flags()}; FastReID: "
           f"{args.fastreid_python if with_fastreid else 'not run'}")
-    if "e2e" in args.modes:
+    if "e2e" in args.modes or "loader" in args.modes:
         synthetic_root(Path(args.workdir), RECIPES[args.recipe][2])
     for repeat in range(1, args.repeats + 1):
         for batch in args.batches:
             for mode in args.modes:
                 load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
                 print(f"round {repeat}, batch {batch}, {mode} (load average {load}):", flush=True)
-                base = spawn(args, "fastreid", mode, "fastreid", args.recipe, batch) \
-                    if with_fastreid else None
-                if base is not None:
-                    print(describe("fastreid", "its recipe" + (" (fp16 AMP)" if cuda else ""),
-                                   base, None), flush=True)
+                base = None
+                for variant in args.fastreid_variants if with_fastreid else ():
+                    result = spawn(args, "fastreid", mode, variant, args.recipe, batch)
+                    base = base or result  # the first: what the ratios compare with
+                    name = "its recipe" if variant == "fastreid" else variant
+                    print(describe("fastreid", name + (" (fp16 AMP)" if cuda else ""), result,
+                                   None if result is base else base), flush=True)
                 for variant in args.variants:
                     print(describe("ours", variant, spawn(args, "ours", mode, variant,
                                                           args.recipe, batch), base), flush=True)
