@@ -64,6 +64,7 @@ from inference_throughput import FASTREID_PYTHON, cpu_flags  # noqa: E402
 
 SEED = 16
 STEP_CLASSES = 751
+TRAIN_IDS_CUDA = 300
 # name: (FastReID config under benchmarks/fastreid_recipes/, params/ recipe, input H x W)
 RECIPES = {
     "BoT-R18-128x64": ("bagtricks_R18-128x64.yml", "params/bagtricks_R18-128x64.yml", (128, 64)),
@@ -76,13 +77,19 @@ PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100",
 
 # --------------------------------------------------------------------------- helpers
 def synthetic_root(workdir: Path, size: tuple[int, int]) -> Path:
-    """The folder holding SyntheticMarket1501 at ``size`` (written once, by our generator)."""
-    root = workdir / f"synthetic-{size[0]}x{size[1]}"
+    """The folder holding SyntheticMarket1501 at ``size`` (written once, by our generator):
+    the generator's defaults (100 training identities, 1,200 images) on the CPU, 300
+    identities (3,600 images: 14 iterations per epoch at batch 256) and a small test split
+    (never evaluated here) on CUDA: about a minute of generation."""
+    ids = TRAIN_IDS_CUDA if torch.cuda.is_available() else 100
+    root = workdir / f"synthetic-{size[0]}x{size[1]}-{ids}ids"
     if not (root / "SyntheticMarket1501" / "generator.json").exists():
         sys.path.insert(0, str(ROOT))
         from reid.data.synthetic import generate_synthetic_market
 
-        generate_synthetic_market(root, size=size)
+        small_test = {"num_test_ids": 10, "num_distractors": 10, "num_junk": 10}
+        generate_synthetic_market(root, size=size, num_train_ids=ids,
+                                  **(small_test if ids != 100 else {}))
     return root
 
 
@@ -244,7 +251,7 @@ def ours_step(recipe: str, batch: int, device: str, variant: set, warmup: int, s
             "model": model}
 
 
-def ours_e2e(recipe: str, batch: int, device: str, variant: set, warmup: int, epochs: int,
+def ours_e2e(recipe: str, batch: int, device: str, variant: set, warmup: int, iters: int,
              workdir: Path):
     from reid.data.build import build_train_loader
     from reid.engine.hook_base import HookBase
@@ -270,13 +277,14 @@ def ours_e2e(recipe: str, batch: int, device: str, variant: set, warmup: int, ep
             clock.step()
 
     trainer = Trainer(model, ChannelsLastLoader(loader) if "cl" in variant else loader,
-                      optimizer, scheduler, max_epoch=epochs, device=device,
+                      optimizer, scheduler, max_epoch=math.ceil(iters / len(loader)),
+                      device=device,
                       amp=cfg.SOLVER.BF16_ENABLED, amp_dtype=torch.bfloat16, hooks=[Timing()])
     with UtilisationSampler(device) as gpu:
         trainer.train()
         result = clock.result()
     return {**result, "loss": trainer.metrics["total_loss"], "gpu_util": gpu.mean(),
-            "iters_per_epoch": len(loader)}
+            "iters_per_epoch": len(loader), "model": model}
 
 
 # --------------------------------------------------------------------------- FastReID's side
@@ -325,7 +333,7 @@ def fastreid_step(recipe: str, batch: int, device: str, warmup: int, steps: int)
     return {**result, "loss": storage.latest()["total_loss"][0], "gpu_util": gpu.mean()}
 
 
-def fastreid_e2e(recipe: str, batch: int, device: str, warmup: int, epochs: int, workdir: Path):
+def fastreid_e2e(recipe: str, batch: int, device: str, warmup: int, iters: int, workdir: Path):
     root = synthetic_root(workdir, RECIPES[recipe][2])
     os.environ["FASTREID_DATASETS"] = str(root / "SyntheticMarket1501")  # read at import
     output = workdir / "fastreid-out"  # its DefaultTrainer writes config.yaml there
@@ -361,7 +369,8 @@ def fastreid_e2e(recipe: str, batch: int, device: str, warmup: int, epochs: int,
     torch.manual_seed(SEED)
     trainer = Trainer(cfg)
     with UtilisationSampler(device) as gpu:
-        TrainerBase.train(trainer, 0, epochs, trainer.iters_per_epoch)
+        TrainerBase.train(trainer, 0, math.ceil(iters / trainer.iters_per_epoch),
+                          trainer.iters_per_epoch)
         result = clock.result()
     return {**result, "loss": trainer.storage.latest()["total_loss"][0], "gpu_util": gpu.mean(),
             "iters_per_epoch": trainer.iters_per_epoch}
@@ -427,12 +436,12 @@ def worker(args) -> dict:
                               workdir)
     elif side == "fastreid":
         result = (fastreid_step(recipe, batch, device, args.warmup, args.steps) if mode == "step"
-                  else fastreid_e2e(recipe, batch, device, args.e2e_warmup, args.e2e_epochs,
+                  else fastreid_e2e(recipe, batch, device, args.e2e_warmup, args.e2e_iters,
                                     workdir))
     else:
         result = (ours_step(recipe, batch, device, parts, args.warmup, args.steps)
                   if mode == "step" else ours_e2e(recipe, batch, device, parts, args.e2e_warmup,
-                                                  args.e2e_epochs, workdir))
+                                                  args.e2e_iters, workdir))
         model = result.pop("model", None)
         if device == "cuda" and model is not None:
             flops = train_flops_per_image(model, RECIPES[recipe][2], device)
@@ -448,7 +457,7 @@ def spawn(args, side: str, mode: str, variant: str, recipe: str, batch: int) -> 
     python = args.fastreid_python if side == "fastreid" else sys.executable
     cmd = [python, __file__, "--worker", side, mode, variant, recipe, str(batch),
            "--workdir", args.workdir, "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--e2e-warmup", str(args.e2e_warmup), "--e2e-epochs", str(args.e2e_epochs),
+           "--e2e-warmup", str(args.e2e_warmup), "--e2e-iters", str(args.e2e_iters),
            "--threads", str(args.threads), "--loader-workers", str(args.loader_workers)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -486,11 +495,14 @@ def main() -> None:
                         help="FastReID's runs: fastreid (as it is), fastreid+tN (N threads); "
                              "the first is what the ratios compare with")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=5, help="untimed model steps")
-    parser.add_argument("--steps", type=int, default=20, help="timed model steps")
+    parser.add_argument("--warmup", type=int, default=10 if cuda else 5,
+                        help="untimed model steps")
+    parser.add_argument("--steps", type=int, default=50 if cuda else 20,
+                        help="timed model steps")
     parser.add_argument("--e2e-warmup", type=int, default=10, help="untimed iterations")
-    parser.add_argument("--e2e-epochs", type=int, default=3,
-                        help="epochs of each trainer (about 18 iterations each at batch 64)")
+    parser.add_argument("--e2e-iters", type=int, default=300 if cuda else 36,
+                        help="iterations at least, warm-up included (whole epochs of each "
+                             "trainer: 18 per epoch at batch 64 on the CPU's 1,200 images)")
     parser.add_argument("--loader-workers", type=int, default=0,
                         help="loader workers of both sides in the loader mode")
     parser.add_argument("--threads", type=int, default=0,
