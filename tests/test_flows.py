@@ -96,7 +96,7 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
 
 def test_distill_flow_trains_teacher_then_students(prefect_server, tiny_root, tmp_path,
                                                    mlflow_uri):
-    from flows.distill import distill
+    from flows.distill import run_distill
     from reid.engine.checkpoint import read_checkpoint
 
     tiny = {**TINY_DATA, **TINY_TRAIN, "DATASETS.ROOT": str(tiny_root)}
@@ -108,7 +108,7 @@ def test_distill_flow_trains_teacher_then_students(prefect_server, tiny_root, tm
         "KD.MODEL_CONFIG": str(teacher), "KD.MODEL_WEIGHTS": str(tmp_path / "t" / "missing.pth"),
         "KD.LOSS": "js"}))
 
-    out = distill(config=str(student))
+    out = run_distill(str(student), max_parallel=2)
 
     assert set(out["results"]) == {"teacher", "student (KD)", "student (no KD)"}
     assert (tmp_path / "t" / "model_precise_bn.pth").is_file()  # the teacher was trained
@@ -123,6 +123,12 @@ def test_distill_flow_trains_teacher_then_students(prefect_server, tiny_root, tm
     kd_stages = children(client, roles["student (KD)"].info.run_id)
     assert set(kd_stages) == {"prepare", "distill", "precise_bn", "evaluate"}
     assert "loss_kd" in kd_stages["distill"].data.metrics
+    # Independent branches run concurrently (max_parallel=2): the KD and the no-KD student
+    # trained at the same time, each starting before the other ended.
+    kd = kd_stages["distill"].info
+    plain = children(client, roles["student (no KD)"].info.run_id)["train"].info
+    assert kd.status == plain.status == "FINISHED"
+    assert kd.start_time < plain.end_time and plain.start_time < kd.end_time
 
 
 def test_the_distill_flow_checks_the_configs_it_derives():
