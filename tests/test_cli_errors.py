@@ -97,10 +97,12 @@ def test_reid_run_passes_its_options_to_the_flow_and_says_where_outputs_are(monk
                                      "mAP": 80.0, "mINP": 60.0}},
                 "output_dir": "logs/x", "mlflow_run_id": "abc123"}
     monkeypatch.setattr(flows.pipeline, "pipeline", fake_pipeline)
+    import tasks.tracking  # the link's form is test_tasks.py's; here: that it is printed
+    monkeypatch.setattr(tasks.tracking, "ui_link", lambda run_id: f"<link to {run_id}>")
     assert main(["run", "--nproc-per-node", "2", "--resume", "SOLVER.MAX_EPOCH", "3"]) == 0
     assert calls[0]["nproc_per_node"] == 2 and calls[0]["resume"] is True
     assert calls[0]["overrides"] == ["SOLVER.MAX_EPOCH", "3"]
     out = capsys.readouterr().out
     assert "SetA" in out and "80.00" in out
     assert "outputs in logs/x (log.txt, metrics.json, results.json" in out
-    assert "MLflow run abc123" in out
+    assert "MLflow run abc123: <link to abc123>" in out
