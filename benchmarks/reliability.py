@@ -100,9 +100,8 @@ class Outcome:
 class Bench:
     """A work folder with its own MLflow store and a tiny Market-layout dataset outside data/."""
 
-    def __init__(self, workdir: Path, races: int = 2) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
-        self.races = races  # how often fresh_store_created_twice_at_once races its commands
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = f"sqlite:///{self.workdir / 'mlflow.db'}"
         self.market = self.workdir / "market"  # DATASETS.ROOT of a Market1501 dataset
@@ -323,9 +322,8 @@ def second_run_on_the_same_output_dir(b: Bench, o: Outcome) -> None:
 
 @case
 def fresh_store_created_twice_at_once(b: Bench, o: Outcome) -> None:
-    """Two stage commands creating the same fresh SQLite store at once (``Bench.races``
-    times over: twice by default, once in the test suite)."""
-    for attempt in range(b.races):
+    """Two stage commands creating the same fresh SQLite store at once (twice over)."""
+    for attempt in range(2):
         env = b.env(MLFLOW_TRACKING_URI=f"sqlite:///{b.workdir / f'race{attempt}.db'}")
         started = time.monotonic()
         procs = [subprocess.Popen([*REID, "prepare", *b.args(f"race{attempt}-{i}")], cwd=ROOT,

@@ -44,39 +44,3 @@ def test_generator_reproduces_the_tracked_data_hash(tmp_path):
     ours, tracked = dvc_out(repo / "data.dvc"), dvc_out(ROOT / "data.dvc")
     assert (ours["md5"], ours["nfiles"], ours["size"]) == (
         tracked["md5"], tracked["nfiles"], tracked["size"])
-
-
-def test_dvc_repro_runs_the_pipeline_then_is_a_noop(tmp_path, tiny_root):
-    repo = git_dvc_repo(tmp_path / "repo")
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copytree(ROOT / "reid", repo / "reid", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "params").mkdir()
-    shutil.copy(ROOT / "params" / "Base-bagtricks.yml", repo / "params")
-    # The default recipe, made tiny; same file name and OUTPUT_DIR as dvc.yaml expects.
-    recipe = yaml.safe_load((ROOT / "params" / "synthetic.yml").read_text())
-    (repo / "params" / "synthetic.yml").write_text(
-        f"_BASE_: {recipe['_BASE_']}\nOUTPUT_DIR: {recipe['OUTPUT_DIR']}\n"
-        + as_yaml({**TINY_DATA, **TINY_TRAIN,
-                   "DATASETS.NAMES": ["SyntheticMarket1501"], "DATASETS.TESTS": ["SyntheticMarket1501"],
-                   "MODEL.BACKBONE.DEPTH": "18x", "MODEL.BACKBONE.FEAT_DIM": 512,
-                   "MODEL.BACKBONE.PRETRAIN": False, "TEST.PRECISE_BN.ENABLED": True,
-                   "TEST.PRECISE_BN.DATASET": "SyntheticMarket1501"}))
-    shutil.copytree(tiny_root, repo / "data")
-    sh(str(BIN / "dvc"), "add", "-q", "data", cwd=repo)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-qm", "tiny", cwd=repo)
-
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    first = sh(str(BIN / "dvc"), "repro", cwd=repo, env=env)
-    for stage in ("prepare", "train", "precise_bn", "evaluate"):
-        assert f"Running stage '{stage}'" in first
-    results = repo / recipe["OUTPUT_DIR"] / "results.json"
-    assert results.is_file()
-
-    second = sh(str(BIN / "dvc"), "repro", cwd=repo, env=env)
-    assert "Running stage" not in second
-    assert "up to date" in second.lower()
-
-    metrics = sh(str(BIN / "dvc"), "metrics", "show", cwd=repo, env=env)
-    assert "SyntheticMarket1501.mAP" in metrics or "mAP" in metrics

@@ -16,12 +16,15 @@ import reliability  # noqa: E402
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> reliability.Bench:
-    # One race of two fresh-store creations here (the benchmark runs two; test_run_safety
-    # races two processes once more, in-process)
-    return reliability.Bench(tmp_path_factory.mktemp("reliability"), races=1)
+    return reliability.Bench(tmp_path_factory.mktemp("reliability"))
 
 
-@pytest.mark.parametrize("name", list(reliability.CASES))
+# fresh-store-created-twice-at-once races `reid prepare` processes: the benchmark runs it;
+# the suite races two processes on a fresh store in test_run_safety.py (seconds, not tens).
+IN_SUITE = [name for name in reliability.CASES if name != "fresh-store-created-twice-at-once"]
+
+
+@pytest.mark.parametrize("name", IN_SUITE)
 def test_reliability_case(bench, name):
     outcome = reliability.CASES[name](bench)
     if outcome.skipped:

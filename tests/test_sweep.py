@@ -63,7 +63,6 @@ def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, text, message):
 def test_a_local_sweep_runs_every_point_and_a_failure_stops_none(
         prefect_server, tiny_overrides, mlflow_uri, tmp_path):
     from flows.sweep import POINT_TAG, run_sweep
-    from tasks.stage_cache import REUSED_TAG
     grid = write_file(tmp_path / "grid.yml", "grid:\n  SOLVER.BASE_LR: [0.00035, 0.0035]\n"
                       "points:\n  - {MODEL.WEIGHTS: 'models:/nobody@champion'}\n")
     overrides = tiny_overrides + ["SOLVER.MAX_EPOCH", "1", "TEST.PRECISE_BN.ENABLED", "False"]
@@ -87,23 +86,8 @@ def test_a_local_sweep_runs_every_point_and_a_failure_stops_none(
     assert {"sweep/comparison.md", "sweep/comparison.csv", "sweep/comparison.html",
             "sweep/comparison.png", "sweep/summary.md", "sweep/grid.yml"} <= artifacts
     assert "failed: `MODEL.WEIGHTS=models:/nobody@champion`: " in out["markdown"]
-
-    # The same sweep again (after a crash, or to add points): every stage of the finished
-    # points is reused, tagged with the run it reuses; the failed point fails again.
-    again = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=2)
-    assert [o["point"] for o in again["failed"]] == ["MODEL.WEIGHTS=models:/nobody@champion"]
-    points = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{again['mlflow_run_id']}'")
-    for point in (p for p in points if p.info.status == "FINISHED"):
-        stages = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{point.info.run_id}'")
-        reused = {r.info.run_name: r.data.tags.get(REUSED_TAG) for r in stages}
-        first = finished[point.data.tags[POINT_TAG]].info.run_id
-        # the stages that finished (a transient failure retried by Prefect leaves its FAILED
-        # attempt beside them)
-        originals = {r.info.run_name: r.info.run_id for r in client.search_runs(
-            [exp], f"tags.`mlflow.parentRunId` = '{first}' and attributes.status = 'FINISHED'")}
-        assert reused == {"prepare": None, "train": originals["train"],
-                          "precise_bn": originals["precise_bn"],
-                          "evaluate": originals["evaluate"]}
+    # The same sweep run again reuses the finished points' stages: test_sweep_workers.py (the
+    # re-run after a lost worker) and test_stage_cache.py.
 
 
 @pytest.mark.parametrize("argv, message", [

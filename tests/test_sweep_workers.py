@@ -50,18 +50,18 @@ def deploy_sweep_point(env: dict) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def start_workers(stack: ExitStack, env: dict, tmp_path, round_: int) -> dict:
-    """The two workers (one flow run at a time each), stopped when ``stack`` closes."""
+def start_worker(stack: ExitStack, env: dict, tmp_path, name: str, round_: int):
+    """A worker (one flow run at a time), stopped when ``stack`` closes."""
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
-               "process", "--limit", "1"]
-    return {name: stack.enter_context(background(command + ["--name", name],
-                                                 tmp_path / f"{name}-{round_}.log", env))
-            for name in WORKERS}
+               "process", "--limit", "1", "--name", name]
+    return stack.enter_context(background(command, tmp_path / f"{name}-{round_}.log", env))
 
 
-def kill_the_first_busy_worker(workers: dict, client: MlflowClient, killed: list) -> None:
+def kill_the_first_busy_worker(workers: dict, client: MlflowClient, killed: list,
+                               replace) -> None:
     """Lose a machine mid-sweep: as soon as a worker's point has its pipeline run RUNNING in
-    MLflow, SIGKILL that worker's process group and the flow run's process."""
+    MLflow, SIGKILL that worker's process group and the flow run's process; then
+    ``replace(name)`` starts a new worker of that name (the machine comes back)."""
     from flows.common import PROCESS_TAG
     from flows.sweep import POINT_TAG
     deadline = time.monotonic() + 300
@@ -79,6 +79,7 @@ def kill_the_first_busy_worker(workers: dict, client: MlflowClient, killed: list
                 except ProcessLookupError:
                     pass
                 killed.append((worker, run.data.tags[POINT_TAG]))
+                replace(worker)
                 return
         time.sleep(0.2)
 
@@ -93,24 +94,26 @@ def test_a_sweep_on_a_work_pool_survives_a_killed_worker_and_a_rerun_finishes_it
     overrides = tiny_overrides + ["SOLVER.MAX_EPOCH", "1", "TEST.PRECISE_BN.ENABLED", "False"]
     client = MlflowClient(mlflow_uri)
 
-    # One worker dies with its point in flight: the sweep reports exactly that point lost.
-    killed: list = []
     with ExitStack() as stack:
-        workers = start_workers(stack, worker_env, tmp_path, 1)
+        # One worker dies with its point in flight (and is replaced, as a restarted machine
+        # would be): the sweep reports exactly that point lost.
+        workers = {name: start_worker(stack, worker_env, tmp_path, name, 1) for name in WORKERS}
+        killed: list = []
+        # The main thread is inside run_sweep, away from ``stack``, while the killer adds to it.
+        replace = lambda name: start_worker(stack, worker_env, tmp_path, name, 2)  # noqa: E731
         killer = threading.Thread(target=kill_the_first_busy_worker,
-                                  args=(workers, client, killed))
+                                  args=(workers, client, killed, replace))
         killer.start()
         first = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=4, work_pool=POOL)
         killer.join()
-    assert len(killed) == 1, "no worker ever had a point running"
-    (worker, lost_point), = killed
-    assert [(o["point"], o["error"][:6]) for o in first["failed"]] == [(lost_point, "lost: ")]
-    assert "run the sweep again to finish it" in first["failed"][0]["error"]
-    assert len(first["ranked"]) == 3  # the other points finished on the surviving worker
+        assert len(killed) == 1, "no worker ever had a point running"
+        (worker, lost_point), = killed
+        assert [(o["point"], o["error"][:6]) for o in first["failed"]] == [
+            (lost_point, "lost: ")]
+        assert "run the sweep again to finish it" in first["failed"][0]["error"]
+        assert len(first["ranked"]) == 3  # the other points finished
 
-    # The same sweep again finishes every point, reusing the training of the finished ones.
-    with ExitStack() as stack:
-        start_workers(stack, worker_env, tmp_path, 2)
+        # The same sweep again finishes every point, reusing the finished points' training.
         out = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=4, work_pool=POOL)
     assert not out["failed"], out["failed"]
     assert len(out["outcomes"]) == 4 and all(o["flow_run_id"] for o in out["outcomes"])
@@ -122,8 +125,7 @@ def test_a_sweep_on_a_work_pool_survives_a_killed_worker_and_a_rerun_finishes_it
         o["point"] for o in out["outcomes"])
     assert all(r.info.status == "FINISHED" for r in nested)
     workers_used = {r.data.tags.get("prefect.worker") for r in nested}
-    assert workers_used == set(WORKERS), (workers_used, *map(tail, (
-        tmp_path / f"{name}-2.log" for name in WORKERS)))
+    assert workers_used == set(WORKERS), (workers_used, *map(tail, tmp_path.glob("worker-*.log")))
     for run in nested:
         train, = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = "
                                     f"'{run.info.run_id}' and attributes.run_name = 'train'")
