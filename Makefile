@@ -25,9 +25,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# --no-compile: no byte-code for the thousands of installed modules no command imports
-	# (45 s of a 2-minute install on 2 cores); imported ones compile once, on first use.
-	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	$(BIN)/python -c "$$SMOKE_IMPORTS" || { echo "make install: $(VENV) is incomplete (see the import error above); run: rm -rf $(VENV) && make install" >&2; exit 1; }
 	touch $(STAMP)
 
