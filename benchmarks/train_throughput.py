@@ -60,17 +60,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from inference_throughput import FASTREID_PYTHON, cpu_flags  # noqa: E402
+from inference_throughput import FASTREID_PYTHON, RECIPES, cpu_flags  # noqa: E402
 
 SEED = 16
 STEP_CLASSES = 751
 TRAIN_IDS_CUDA = 300
-# name: (FastReID config under benchmarks/fastreid_recipes/, params/ recipe, input H x W)
-RECIPES = {
-    "BoT-R18-128x64": ("bagtricks_R18-128x64.yml", "params/bagtricks_R18-128x64.yml", (128, 64)),
-    "BoT-R50-256x128": ("Market1501/bagtricks_R50.yml", "params/Market1501/bagtricks_R50.yml",
-                        (256, 128)),
-}
 # Dense bf16 tensor throughput (FLOP/s) by a substring of torch.cuda.get_device_name (first hit).
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 
