@@ -100,8 +100,11 @@ class Outcome:
 class Bench:
     """A work folder with its own MLflow store and a tiny Market-layout dataset outside data/."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, prefect_api_url: str | None = None) -> None:
         self.workdir = Path(workdir)
+        # A running Prefect server for the `reid run`s that do not test the temporary one
+        # (the suite's: each temporary server costs ~5 s); None: each starts its own.
+        self.prefect_api_url = prefect_api_url
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = f"sqlite:///{self.workdir / 'mlflow.db'}"
         self.market = self.workdir / "market"  # DATASETS.ROOT of a Market1501 dataset
@@ -112,10 +115,12 @@ class Bench:
                 num_cameras=3, images_per_id=6, num_distractors=4, num_junk=3, size=(64, 32))
             generated.rename(self.market)
 
-    def env(self, **extra: str) -> dict:
+    def env(self, temporary_server: bool = False, **extra: str) -> dict:
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri, "PYTHONUNBUFFERED": "1",
                **extra}
-        env.pop("PREFECT_API_URL", None)  # each `reid run` starts its temporary server
+        env.pop("PREFECT_API_URL", None)  # without it `reid run` starts a temporary server
+        if self.prefect_api_url and not temporary_server:
+            env["PREFECT_API_URL"] = self.prefect_api_url
         return env
 
     def args(self, output: str, *more: str, root: Path | None = None) -> list[str]:
@@ -129,10 +134,11 @@ class Bench:
         return Proc(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
     def start(self, *args: str) -> subprocess.Popen:
-        """A command left running; its output goes to a file that ``finish`` reads."""
+        """A command left running, to be signalled: a `reid run` starts its own temporary
+        Prefect server (whose end the cases check). Its output goes to a file ``finish`` reads."""
         log = open(self.workdir / f"proc-{time.monotonic_ns()}.log", "w+")
-        popen = subprocess.Popen([*REID, *args], cwd=ROOT, env=self.env(), stdout=log,
-                                 stderr=subprocess.STDOUT, text=True)
+        popen = subprocess.Popen([*REID, *args], cwd=ROOT, env=self.env(temporary_server=True),
+                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         popen.log = log
         return popen
 

@@ -15,8 +15,11 @@ import reliability  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> reliability.Bench:
-    return reliability.Bench(tmp_path_factory.mktemp("reliability"))
+def bench(prefect_server, tmp_path_factory) -> reliability.Bench:
+    """The cases' `reid run`s use the session's Prefect server, except those left running to
+    be signalled (they check that their temporary server ends with them)."""
+    from prefect.settings import PREFECT_API_URL
+    return reliability.Bench(tmp_path_factory.mktemp("reliability"), PREFECT_API_URL.value())
 
 
 # fresh-store-created-twice-at-once races `reid prepare` processes: the benchmark runs it;
