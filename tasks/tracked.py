@@ -146,7 +146,9 @@ def evaluate(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None
         result = stage.run(cfg, weights)
         tracker.log_results(run_id, result["results"])
         log_outputs(tracker, run_id, cfg, result)
-        if tracker.enabled:  # the report reads the training curves back from MLflow
+        # The report reads the training curves back from MLflow; TEST.VISUALIZE false: no
+        # figures at all (drawing them costs seconds per evaluation).
+        if tracker.enabled and cfg.TEST.VISUALIZE:
             result["visual"] = reports.log_evaluation_report(tracker, run_id, cfg, parent_id,
                                                              result["results"])
         if register:

@@ -47,6 +47,9 @@ TINY_TRAIN = {
     "SOLVER.LOG_PERIOD": 1,
     "TEST.IMS_PER_BATCH": 32,
     "TEST.PRECISE_BN.NUM_ITER": 2,
+    # No retrieval examples nor visual report (matplotlib: ~5 s per evaluate stage); the
+    # pipeline flow test turns it on and checks the report end to end.
+    "TEST.VISUALIZE": False,
 }
 
 

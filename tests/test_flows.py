@@ -27,7 +27,7 @@ def children(client: MlflowClient, parent_id: str) -> dict:
 
 def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow_uri, tmp_path):
     from flows.pipeline import pipeline
-    out = pipeline(config=str(RECIPE), overrides=tiny_overrides)
+    out = pipeline(config=str(RECIPE), overrides=tiny_overrides + ["TEST.VISUALIZE", "True"])
 
     output_dir = Path(out["output_dir"])
     results = json.loads((output_dir / "results.json").read_text())
@@ -77,6 +77,13 @@ def test_pipeline_flow_records_everything(prefect_server, tiny_overrides, mlflow
 
     stages = children(client, parent.info.run_id)
     assert set(stages) == STAGES
+    # The evaluate stage's visual report: its figures in OUTPUT_DIR/visual and on its run.
+    figures = {f"SyntheticMarket1501_{kind}.png" for kind in (
+        "ranks_best", "ranks_worst", "distances", "roc")} | {"training_curves.png"}
+    assert {p.name for p in (output_dir / "visual").iterdir()} == figures
+    assert {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id, "visual")} == {
+        f"visual/{name}" for name in figures}
+    assert out["visual"]["run_id"] == stages["evaluate"].info.run_id
     train = stages["train"]
     loss_history = client.get_metric_history(train.info.run_id, "total_loss")
     assert len(loss_history) >= 2 and len({m.step for m in loss_history}) >= 2
@@ -123,6 +130,9 @@ def test_distill_flow_trains_teacher_then_students(prefect_server, tiny_root, tm
     kd_stages = children(client, roles["student (KD)"].info.run_id)
     assert set(kd_stages) == {"prepare", "distill", "precise_bn", "evaluate"}
     assert "loss_kd" in kd_stages["distill"].data.metrics
+    # TEST.VISUALIZE false (the tiny recipe's): no retrieval examples, no visual report.
+    assert not (tmp_path / "s" / "examples").exists() and not (tmp_path / "s" / "visual").exists()
+    assert not client.list_artifacts(kd_stages["evaluate"].info.run_id, "visual")
     # Independent branches run concurrently (max_parallel=2): the KD and the no-KD student
     # trained at the same time, each starting before the other ended.
     kd = kd_stages["distill"].info
