@@ -1,5 +1,5 @@
 """A distributed sweep: a Prefect server on 127.0.0.1 (the session's), a process work pool,
-prefect.yaml's sweep-point deployment and two `prefect worker` processes running 4 tiny points;
+prefect.yaml's sweep-point deployment and two `prefect worker` processes running 3 tiny points;
 one worker killed mid-sweep, then the same sweep again."""
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_a_sweep_on_a_work_pool_survives_a_killed_worker_and_a_rerun_finishes_it
     from tasks.stage_cache import REUSED_TAG
     deploy_sweep_point(worker_env)
     grid = write_file(tmp_path / "grid.yml",
-                      "grid:\n  SOLVER.BASE_LR: [0.00035, 0.0035]\n  SEED: [1, 2]\n")
+                      "grid:\n  SEED: [1, 2, 3]\n")
     overrides = tiny_overrides + ["SOLVER.MAX_EPOCH", "1", "TEST.PRECISE_BN.ENABLED", "False"]
     client = MlflowClient(mlflow_uri)
 
@@ -104,19 +104,19 @@ def test_a_sweep_on_a_work_pool_survives_a_killed_worker_and_a_rerun_finishes_it
         killer = threading.Thread(target=kill_the_first_busy_worker,
                                   args=(workers, client, killed, replace))
         killer.start()
-        first = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=4, work_pool=POOL)
+        first = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=3, work_pool=POOL)
         killer.join()
         assert len(killed) == 1, "no worker ever had a point running"
         (worker, lost_point), = killed
         assert [(o["point"], o["error"][:6]) for o in first["failed"]] == [
             (lost_point, "lost: ")]
         assert "run the sweep again to finish it" in first["failed"][0]["error"]
-        assert len(first["ranked"]) == 3  # the other points finished
+        assert len(first["ranked"]) == 2  # the other points finished
 
         # The same sweep again finishes every point, reusing the finished points' training.
-        out = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=4, work_pool=POOL)
+        out = run_sweep(str(RECIPE), str(grid), overrides, max_parallel=3, work_pool=POOL)
     assert not out["failed"], out["failed"]
-    assert len(out["outcomes"]) == 4 and all(o["flow_run_id"] for o in out["outcomes"])
+    assert len(out["outcomes"]) == 3 and all(o["flow_run_id"] for o in out["outcomes"])
     sweep = client.get_run(out["mlflow_run_id"])
     experiment = sweep.info.experiment_id
     nested = client.search_runs([experiment],
@@ -131,6 +131,7 @@ def test_a_sweep_on_a_work_pool_survives_a_killed_worker_and_a_rerun_finishes_it
                                     f"'{run.info.run_id}' and attributes.run_name = 'train'")
         reused = REUSED_TAG in train.data.tags
         assert reused == (run.data.tags[POINT_TAG] != lost_point), run.data.tags[POINT_TAG]
-    # The comparison table ranks the 4 points by mAP, best first.
-    ranked = sorted(nested, key=lambda r: -r.data.metrics["SyntheticMarket1501.mAP"])
-    assert out["ranked"] == [r.info.run_id for r in ranked]
+    # The comparison table ranks the 3 points by mAP, best first.
+    mAP = {r.info.run_id: r.data.metrics["SyntheticMarket1501.mAP"] for r in nested}
+    assert sorted(out["ranked"]) == sorted(mAP)  # (points may tie on mAP: compare values)
+    assert [mAP[run] for run in out["ranked"]] == sorted(mAP.values(), reverse=True)
