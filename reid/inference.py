@@ -28,6 +28,7 @@ from reid.config import CfgNode, load_config
 from reid.engine.checkpoint import load_model_state, read_checkpoint
 from reid.errors import ReidError
 from reid.modeling import build_model, classifier_weight_names
+from reid.utils.memory import retry_if_cuda_oom
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ def folder_features(model: nn.Module, cfg: CfgNode, folder: str | Path,
 
     folder = Path(folder)
     paths = list(paths) if paths is not None else list_images(folder)
-    feats, _, _ = extract_features(model, folder_loader(cfg, folder, paths), device,
-                                   flip=bool(cfg.TEST.FLIP_ENABLED), bf16=bool(cfg.TEST.BF16))
+    # A CUDA OOM is retried once after emptying the cache (the model stays where it is).
+    feats, _, _ = retry_if_cuda_oom(extract_features, cpu_fallback=False)(
+        model, folder_loader(cfg, folder, paths), device,
+        flip=bool(cfg.TEST.FLIP_ENABLED), bf16=bool(cfg.TEST.BF16))
     return feats.numpy().astype(np.float32, copy=False), paths

@@ -39,6 +39,7 @@ from reid.solver import build_lr_scheduler, build_optimizer
 from reid.stage_table import BEST_CHECKPOINT, FINAL_CHECKPOINT, PRECISE_BN_CHECKPOINT
 from reid.utils import comm
 from reid.utils.io import atomic_write, atomic_write_json
+from reid.utils.memory import retry_if_cuda_oom
 from reid.utils.logs import log_file
 from reid.utils.run_lock import hold_output_dir
 
@@ -87,6 +88,9 @@ def ensure_synthetic(cfg: CfgNode) -> Path:
         logger.warning("the synthetic set in %s was generated with other DATASETS.SYNTHETIC "
                        "values; regenerating it (run `dvc add %s` to version the new bytes)",
                        target, cfg.DATASETS.ROOT)
+    if not Path(cfg.DATASETS.ROOT).exists():  # a typo in the path would go unnoticed
+        logger.warning("DATASETS.ROOT %s does not exist: creating it for the synthetic set",
+                       cfg.DATASETS.ROOT)
     logger.info("generating the synthetic dataset under %s", target)
     return generate_synthetic_market(cfg.DATASETS.ROOT, **arguments)
 
@@ -302,8 +306,8 @@ def extract(cfg: CfgNode, weights: str | Path, dataset: str, output: str | Path)
     device = resolve_device(cfg.MODEL.DEVICE)
     model = load_model(cfg, weights, device)
     loader, num_query = build_test_loader(cfg, dataset)
-    feats, pids, camids = extract_features(model, loader, device, flip=cfg.TEST.FLIP_ENABLED,
-                                           bf16=cfg.TEST.BF16)
+    feats, pids, camids = retry_if_cuda_oom(extract_features, cpu_fallback=False)(
+        model, loader, device, flip=cfg.TEST.FLIP_ENABLED, bf16=cfg.TEST.BF16)
     write_npz(output, features=feats.numpy(), pids=pids, camids=camids, num_query=num_query)
     return {"features": str(output), "count": int(len(pids)), "dim": int(feats.shape[1])}
 

@@ -39,3 +39,21 @@ def test_extract_writes_query_then_gallery_features(tiny_root, tiny_overrides, t
     data = np.load(target)
     assert data["features"].shape == (len(data["pids"]), 512)
     assert int(data["num_query"]) > 0 and np.isfinite(data["features"]).all()
+
+
+def test_a_synthetic_root_that_does_not_exist_is_created_with_a_warning(tmp_path, caplog):
+    """A typo in DATASETS.ROOT would silently generate a new synthetic set: it is named."""
+    from conftest import RECIPE, TINY_DATA, as_overrides
+    from reid.config import load_config
+    from reid.stages import ensure_synthetic
+    root = tmp_path / "no" / "such-root"
+    cfg = load_config(RECIPE, as_overrides({**TINY_DATA, "DATASETS.ROOT": str(root)}))
+    with caplog.at_level("WARNING", logger="reid.stages"):
+        ensure_synthetic(cfg)
+    assert f"DATASETS.ROOT {root} does not exist: creating it for the synthetic set" in caplog.text
+    assert (root / "SyntheticMarket1501").is_dir()
+    caplog.clear()
+    (root / "SyntheticMarket1501").rename(root / "moved")  # the root exists, the set does not
+    with caplog.at_level("WARNING", logger="reid.stages"):
+        ensure_synthetic(cfg)
+    assert "does not exist" not in caplog.text and (root / "SyntheticMarket1501").is_dir()

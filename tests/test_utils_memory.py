@@ -106,3 +106,42 @@ def test_evaluation_distance_blocks_fall_back_to_the_cpu(empty_cache_calls, monk
     reference = evaluate_features(feats[:3], feats[3:], pids[:3], pids[3:], camids[:3],
                                   camids[3:]).summary()
     assert result.metrics == reference
+
+
+def oom_once(result, seen: list):
+    """Feature extraction that runs out of CUDA memory on its first call only."""
+    def extract(*args, **kwargs):
+        seen.append(kwargs)
+        if len(seen) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return result
+    return extract
+
+
+def test_reid_extract_and_folder_features_retry_a_cuda_oom(empty_cache_calls, monkeypatch,
+                                                           tmp_path):
+    """`reid extract` (stages.extract) and the folder features behind `reid extract --folder`
+    / `reid index build`: one OOM is retried after emptying the cache, and the file holds the
+    features of the call that succeeded."""
+    from conftest import RECIPE
+    from reid import inference, stages
+    from reid.config import load_config
+    from reid.evaluation import extract as extract_module
+    cfg = load_config(RECIPE, ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out")])
+    feats = torch.arange(6, dtype=torch.float32).reshape(3, 2)
+    seen: list = []
+    monkeypatch.setattr(stages, "extract_features",
+                        oom_once((feats, np.array([1, 2, 3]), np.array([0, 0, 1])), seen))
+    monkeypatch.setattr(stages, "load_model", lambda *args: None)
+    monkeypatch.setattr(stages, "build_test_loader", lambda cfg, name: (None, 1))
+    out = stages.extract(cfg, "weights.pth", "SetA", tmp_path / "set-a.npz")
+    assert len(seen) == 2 and empty_cache_calls == [1]
+    with np.load(out["features"]) as saved:
+        assert saved["features"].tolist() == feats.tolist() and saved["pids"].tolist() == [1, 2, 3]
+
+    seen.clear()
+    monkeypatch.setattr(extract_module, "extract_features", oom_once((feats, None, None), seen))
+    monkeypatch.setattr(inference, "folder_loader", lambda cfg, folder, paths: None)
+    folder_feats, paths = inference.folder_features(None, cfg, tmp_path, "cpu", ["a.jpg"] * 3)
+    assert len(seen) == 2 and empty_cache_calls == [1, 1]
+    assert folder_feats.tolist() == feats.tolist() and paths == ["a.jpg"] * 3
