@@ -31,8 +31,9 @@ from reid.errors import ReidError
 from reid.modeling.meta_arch.teachers import paths_override, teacher_paths
 from reid.utils.run_lock import hold_output_dir
 from tasks import lineage
+from tasks.offline import is_uri, output_dir_tags
 from tasks.pipeline_tasks import evaluate_task
-from tasks.tracking import Tracker, output_dir_tags
+from tasks.tracking import Tracker
 
 
 def _changed(cfg: CfgNode, *overrides: str) -> CfgNode:
@@ -51,7 +52,7 @@ def teacher_checkpoint(config: str, weights: str, role: str, tracker: Tracker,
     teacher_cfg = load_config(config)
     with tracker.run(role, parent, tags={"reid.role": "teacher"}) as run:
         tracker.log_config(run, teacher_cfg, config)
-        if lineage.is_uri(weights):  # the student's config keeps the URI: its runs resolve it
+        if is_uri(weights):  # the student's config keeps the URI: its runs resolve it
             found = lineage.resolve(weights, "KD.MODEL_WEIGHTS", tracker.client)
             tracker.set_tags(run, lineage.lineage_tags(lineage.TEACHER_PREFIX, [found]))
             results = evaluate_task(teacher_cfg, tracker, run, weights=str(found.file))["results"]

@@ -17,10 +17,11 @@ from reid.config import CfgNode, load_config
 from reid.utils.run_lock import hold_output_dir
 from tasks.distributed import check_process_count
 from tasks.gpu_slots import gpu_slots
+from tasks.offline import output_dir_tags
 from tasks.pipeline_tasks import evaluate_task, precise_bn_task, prepare_task, train_task
 from tasks.reports import report_markdown
 from tasks.stage_cache import cached
-from tasks.tracking import Tracker, output_dir_tags
+from tasks.tracking import Tracker
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "params" / "synthetic.yml"
 

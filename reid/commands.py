@@ -197,9 +197,10 @@ def launch_workers(args: argparse.Namespace, stage, cfg, launch: Launch) -> None
 
 def _tracker(args: argparse.Namespace, cfg):
     """(tracker, parent run id) for a stage command."""
-    from tasks.tracking import PARENT_RUN_ENV, NullTracker, Tracker
     if args.no_track or int(os.environ.get("RANK", "0")) != 0:
+        from tasks.offline import NullTracker  # no MLflow import (tasks/offline.py)
         return NullTracker(), None
+    from tasks.tracking import PARENT_RUN_ENV, Tracker
     tracker, parent = Tracker(), os.environ.get(PARENT_RUN_ENV) or None
     if not os.environ.get(INHERITED_ENV):  # the lock's owner: no live run of ours there
         tracker.close_abandoned(cfg.OUTPUT_DIR, keep=(parent,))

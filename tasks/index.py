@@ -13,7 +13,8 @@ from mlflow.exceptions import MlflowException
 from reid.config import CfgNode
 from reid.errors import ReidError
 from tasks.model_registry import CONFIG_FILE, WEIGHTS_FILE
-from tasks.tracking import PARENT_RUN_ENV, Tracker, output_dir_tags
+from tasks.offline import output_dir_tags
+from tasks.tracking import PARENT_RUN_ENV, Tracker
 
 ARTIFACT_DIR = "index"
 RUN_NAME = "index"  # not a pipeline stage: no stage-table entry, no DVC stage

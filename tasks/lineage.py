@@ -31,11 +31,11 @@ from reid.config import CfgNode
 from reid.errors import ReidError, one_line
 from reid.modeling.meta_arch.teachers import as_paths
 from tasks.model_registry import TAG_SHA256, WEIGHTS_FILE, file_sha256
+from tasks.offline import LINEAGE_KEYS, config_value, model_uris
 from tasks.tracking import check_server
 
 CACHE_ENV = "REID_MODEL_CACHE"
 # Config key -> the prefix of the lineage tags it leaves on a run.
-LINEAGE_KEYS = {"KD.MODEL_WEIGHTS": "reid.teacher", "MODEL.WEIGHTS": "reid.init"}
 TEACHER_PREFIX = LINEAGE_KEYS["KD.MODEL_WEIGHTS"]
 LINEAGE_FIELDS = ("uri", "run_id", "model", "version", "sha256")
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
@@ -61,10 +61,6 @@ class Resolved:
     run_id: str
     model: str = ""
     version: str = ""
-
-
-def is_uri(text: str) -> bool:
-    return isinstance(text, str) and text.startswith(("models:/", "runs:/"))
 
 
 def parse(text: str, key: str) -> ModelUri:
@@ -212,8 +208,7 @@ def resolve_config(cfg: CfgNode, tracking_uri: str | None = None
     """``cfg`` with every model URI of LINEAGE_KEYS replaced by its local file, and the
     lineage tags; ``cfg`` itself when it names none (no MLflow call at all then). URIs are
     looked up in ``tracking_uri`` (default: MLFLOW_TRACKING_URI)."""
-    found = {key: [v for v in as_paths(_value(cfg, key)) if is_uri(v)]
-             for key in LINEAGE_KEYS if _reads(cfg, key)}
+    found = model_uris(cfg)
     if not any(found.values()):
         return cfg, {}
     uri = tracking_uri or get_tracking_uri()
@@ -222,22 +217,11 @@ def resolve_config(cfg: CfgNode, tracking_uri: str | None = None
     local, tags = cfg.clone(), {}
     for key, uris in filter(lambda item: item[1], found.items()):
         resolved = {text: resolve(text, key, client) for text in dict.fromkeys(uris)}
-        value = _value(cfg, key)
+        value = config_value(cfg, key)
         files = [str(resolved[v].file) if v in resolved else v for v in as_paths(value)]
         _set(local, key, files[0] if isinstance(value, str) else files)
         tags.update(lineage_tags(LINEAGE_KEYS[key], [resolved[v] for v in uris]))
     return (local.freeze() if cfg.is_frozen() else local), tags
-
-
-def _reads(cfg: CfgNode, key: str) -> bool:
-    """Whether a stage of ``cfg`` loads the weights of ``key``: a model that is not a
-    Distiller has no teacher (the distill flow's student without KD keeps the KD keys)."""
-    return key != "KD.MODEL_WEIGHTS" or cfg.MODEL.META_ARCHITECTURE == "Distiller"
-
-
-def _value(cfg: CfgNode, key: str):
-    section, name = key.split(".")
-    return cfg[section][name]
 
 
 def _set(cfg: CfgNode, key: str, value) -> None:

@@ -32,7 +32,8 @@ from reid.modeling.meta_arch.teachers import as_paths
 from tasks import lineage
 from tasks.data_version import data_version
 from tasks.model_registry import file_sha256
-from tasks.tracking import PARENT_TAG, Tracker, output_dir_tags
+from tasks.offline import config_value, output_dir_tags
+from tasks.tracking import PARENT_TAG, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +77,6 @@ def config_part(stage: str, cfg: CfgNode) -> dict:
     return {k: v for k, v in flat.items() if _under(k, CONFIG_PARTS[stage]) or k == "OUTPUT_DIR"}
 
 
-def _value(cfg: CfgNode, key: str):
-    section, name = key.split(".")
-    return cfg[section][name]
-
-
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
@@ -92,7 +88,7 @@ def weights_read(stage: str, cfg: CfgNode, tracking_uri: str | None) -> dict:
     if stage not in EVERYTHING_BUT:
         return {}
     local, tags = lineage.resolve_config(cfg, tracking_uri)
-    files = [p for key in lineage.LINEAGE_KEYS for p in as_paths(_value(local, key))]
+    files = [p for key in lineage.LINEAGE_KEYS for p in as_paths(config_value(local, key))]
     return {"files": [file_sha256(p) for p in files if Path(p).is_file()], "lineage": tags}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
@@ -22,8 +22,12 @@ from reid.stage_table import Stage
 from reid.training_curve import CURVE_FILE, write_training_curve
 from reid.utils import comm
 from reid.utils.collect_env import collect_env_info
-from tasks import lineage, model_registry, reports
-from tasks.tracking import Tracker, output_dir_tags
+from tasks.offline import model_uris, output_dir_tags
+
+# MLflow is imported only where a stage uses it (a tracked run, or weights named by an MLflow
+# URI): a `--no-track` stage and the ranks other than 0 never load it (tasks/offline.py).
+if TYPE_CHECKING:
+    from tasks.tracking import Tracker
 
 
 CHECKPOINTS_DIR = "checkpoints"  # the artifact folder of a stage's weights
@@ -40,8 +44,11 @@ def stage_run(tracker: Tracker, parent_id: str | None, stage: Stage, cfg: CfgNod
     Weights named by MLflow URIs (MODEL.WEIGHTS, KD.MODEL_WEIGHTS: ``tasks/lineage.py``) are
     resolved to local files before the run starts, and the run is tagged with their lineage
     (the teacher's run, registered version and sha256); the logged config keeps the URIs."""
-    uri = tracker.client.tracking_uri if tracker.enabled else None
-    local_cfg, lineage_tags = lineage.resolve_config(cfg, uri)
+    local_cfg, lineage_tags = cfg, {}
+    if any(model_uris(cfg).values()):
+        from tasks import lineage
+        uri = tracker.client.tracking_uri if tracker.enabled else None
+        local_cfg, lineage_tags = lineage.resolve_config(cfg, uri)
     existing = None
     if resume:
         existing = tracker.resumable(cfg.OUTPUT_DIR, {"reid.stage": stage.name}, parent_id)
@@ -149,8 +156,10 @@ def evaluate(stage: Stage, cfg: CfgNode, tracker: Tracker, parent_id: str | None
         # The report reads the training curves back from MLflow; TEST.VISUALIZE false: no
         # figures at all (drawing them costs seconds per evaluation).
         if tracker.enabled and cfg.TEST.VISUALIZE:
+            from tasks import reports
             result["visual"] = reports.log_evaluation_report(tracker, run_id, cfg, parent_id,
                                                              result["results"])
         if register:
+            from tasks import model_registry
             result["registered"] = model_registry.register(tracker, run_id, register, cfg, weights)
     return result

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient, get_tracking_uri
 from reid.config import CfgNode
 from reid.errors import ReidError, one_line
 from tasks.data_version import DataVersion, data_version, dataset_names
+from tasks.offline import OUTPUT_DIR_TAG
 
 try:
     import fcntl
@@ -42,7 +43,6 @@ DATA_NOTE_TAG = "reid.data.note"  # why a .dvc file was not used, or why there i
 PARENT_RUN_ENV = "REID_PARENT_RUN_ID"
 MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 SQLITE_SCHEME = "sqlite:///"
-OUTPUT_DIR_TAG = "reid.output_dir"  # where a run's files are: finds abandoned and resumed runs
 ABANDONED_TAG = "reid.abandoned"
 ERROR_TAG = "reid.error"  # why a FAILED run failed: the error's one line
 SERVER_TIMEOUT_S = 5  # one check at start; MLflow's own client retries for minutes
@@ -109,10 +109,6 @@ def interrupted(exc: BaseException) -> bool:
         cls.__name__ == "ExternalSignal" for cls in type(exc).__mro__)
 
 
-def output_dir_tags(cfg: CfgNode) -> dict[str, str]:
-    return {OUTPUT_DIR_TAG: str(Path(cfg.OUTPUT_DIR).resolve())}
-
-
 # In a link to MLflow 3's UI: its "Model training" view (runs, metrics) instead of the GenAI
 # overview it opens on. 3.17 reads the view from the link or the browser's last choice, not
 # from the experiment's kind (benchmarks/mlflow_ui_check.py).
@@ -140,7 +136,7 @@ def tag_term(key: str, value: str) -> str:
 
 
 class Tracker:
-    """MLflow runs with explicit ids. ``NullTracker`` has the same interface and does nothing."""
+    """MLflow runs with explicit ids. ``tasks.offline.NullTracker`` has the same interface and does nothing."""
 
     enabled = True
 
@@ -311,26 +307,3 @@ class Tracker:
         if version.note:
             tags[DATA_NOTE_TAG] = version.note
         self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-
-
-class NullTracker:
-    """The Tracker's interface, doing nothing: a ``--no-track`` stage (or a rank other than 0)
-    goes through the same adapter call as a tracked one. Its run id is None."""
-
-    enabled = False
-
-    @contextmanager
-    def run(self, name: str, parent_id: str | None = None, tags: dict | None = None,
-            existing_id: str | None = None) -> Iterator[None]:
-        yield None
-
-    def resumable(self, *args, **kwargs) -> None:
-        return None
-
-    def sink(self, run_id: None):
-        return None  # the trainer's metrics then go to OUTPUT_DIR only
-
-    def log_config(self, *args, **kwargs) -> None:
-        pass
-
-    log_dataset = log_metrics = log_results = log_artifact = set_tags = log_config

@@ -57,3 +57,19 @@ def test_a_synthetic_root_that_does_not_exist_is_created_with_a_warning(tmp_path
     with caplog.at_level("WARNING", logger="reid.stages"):
         ensure_synthetic(cfg)
     assert "does not exist" not in caplog.text and (root / "SyntheticMarket1501").is_dir()
+
+
+def test_a_no_track_stage_never_imports_mlflow(tiny_overrides, tmp_path):
+    """`--no-track` (and every torchrun rank other than 0) runs the stage adapters with a
+    NullTracker, which needs no MLflow: the import costs 1.5-2 s per process."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    script = ("import sys; from reid.cli import main; "
+              "rc = main(['prepare', '--no-track', *sys.argv[1:]]); "
+              "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow')[:3])")
+    done = subprocess.run([sys.executable, "-c", script, *tiny_overrides], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "out" / "datasets.json").is_file()
