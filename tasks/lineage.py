@@ -35,7 +35,7 @@ from tasks.offline import LINEAGE_KEYS, config_value, model_uris
 from tasks.tracking import check_server
 
 CACHE_ENV = "REID_MODEL_CACHE"
-# Config key -> the prefix of the lineage tags it leaves on a run.
+# The prefix of the lineage tags a teacher (KD.MODEL_WEIGHTS) leaves on a run.
 TEACHER_PREFIX = LINEAGE_KEYS["KD.MODEL_WEIGHTS"]
 LINEAGE_FIELDS = ("uri", "run_id", "model", "version", "sha256")
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
