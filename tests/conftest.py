@@ -265,7 +265,8 @@ def offline(monkeypatch, tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------ order for two workers
 # `make test` runs the suite on two pytest-xdist workers, a whole module per worker
-# (--dist loadfile), handed out in collection order. A long module handed out last runs alone
+# (--dist loadfile --no-loadscope-reorder: xdist would otherwise hand out the modules with the
+# most tests first), handed out in collection order. A long module handed out last runs alone
 # while the other worker idles (the work-pool sweep alone took ~2 min at the end of a run), so
 # the longest modules (measured: `--durations`, 2026-12-06) go first, longest first; the rest
 # keep their order. Order only: every test is independent of the others.
