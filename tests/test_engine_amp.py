@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from reid.engine import trainer as trainer_module
+from reid.evaluation import extract
 from reid.engine.trainer import autocast_dtype
 from reid.errors import ReidError
 from toys import ToyReidNet, make_trainer
@@ -42,13 +42,27 @@ def test_bf16_autocast_trains_on_the_cpu_without_loss_scaling():
     assert losses == pytest.approx(float_losses, rel=0.05) and losses != float_losses
 
 
-def test_bf16_on_a_cpu_without_native_support_warns_in_one_line(monkeypatch, caplog):
-    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="reid.engine.trainer"):
-        trainer, model, _ = train(torch.bfloat16)
-    assert caplog.messages == ["SOLVER.BF16_ENABLED on a CPU without native bfloat16 "
-                               "(AVX-512 BF16 or AMX): emulated, expect it slower than float32"]
-    assert model.dtypes[0] == torch.bfloat16  # still runs
+def test_bf16_on_a_cpu_without_native_support_trains_in_float32_with_one_warning(monkeypatch,
+                                                                                caplog):
+    monkeypatch.setattr(extract, "cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="reid.evaluation.extract"):
+        trainer, model, losses = train(torch.bfloat16)
+    assert caplog.messages == [
+        "SOLVER.BF16_ENABLED is ignored on this CPU: it has no native bfloat16 (a CPU needs "
+        "AVX-512 BF16 or AMX, a GPU Ampere or newer), and emulated bfloat16 is slower than "
+        "float32; running in float32"]
+    assert set(model.dtypes) == {torch.float32} and not trainer.amp
+    _, _, float_losses = train()
+    assert losses == float_losses  # exactly the float32 training
+
+
+def test_a_gpu_without_native_bf16_is_not_native(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: seen.append(including_emulation))
+    assert not extract.native_bf16(torch.device("cuda"))
+    assert seen == [False]  # emulation does not count
+    assert not extract.native_bf16(torch.device("mps"))
 
 
 def test_the_config_keys_choose_the_dtype_and_refuse_both():

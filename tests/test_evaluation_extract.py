@@ -214,11 +214,18 @@ def test_bf16_features_stay_within_cosine_0_9999_of_float32():
     assert torch.nn.functional.cosine_similarity(bf16, plain).min() > 0.9999
 
 
-def test_bf16_on_a_cpu_without_it_is_an_error(monkeypatch):
+def test_bf16_on_a_cpu_without_it_extracts_in_float32_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(extract, "cpu_has_bf16", lambda: False)
-    loader = make_loader([[1.0, 2.0]], [0], [0], 1)
-    with pytest.raises(ReidError, match="TEST.BF16 needs a CPU with native bfloat16"):
-        extract_features(FirstRowModel(), loader, "cpu", bf16=True)
+    model = small_convnet()
+    loader = make_loader(np.random.default_rng(1).random((8, 16)), np.arange(8), np.zeros(8), 8)
+    plain, _, _ = extract_features(model, loader, "cpu")
+    with caplog.at_level("WARNING", logger="reid.evaluation.extract"):
+        asked, _, _ = extract_features(model, loader, "cpu", bf16=True)
+    assert caplog.messages == [
+        "TEST.BF16 is ignored on this CPU: it has no native bfloat16 (a CPU needs AVX-512 BF16 "
+        "or AMX, a GPU Ampere or newer), and emulated bfloat16 is slower than float32; "
+        "running in float32"]
+    assert torch.equal(asked, plain)
 
 
 class WithBackbone(nn.Module):

@@ -203,8 +203,9 @@ _C.DATALOADER.SET_WEIGHT = []
 # ---------------------------------------------------------------------------- #
 _C.SOLVER = CN()
 _C.SOLVER.FP16_ENABLED = False
-# (reid) train under bfloat16 autocast instead (CPU and CUDA; no loss scaling needed); a CPU
-# without native bf16 (AVX-512 BF16 / AMX) emulates it, slower (a warning). Not with FP16_ENABLED.
+# (reid) train under bfloat16 autocast instead (CPU and CUDA; no loss scaling needed). Where the
+# device has no native bf16 (a CPU without AVX-512 BF16 / AMX, a GPU before Ampere) it is
+# ignored with a warning: emulated bf16 is slower than float32. Not with FP16_ENABLED.
 _C.SOLVER.BF16_ENABLED = False
 # (reid) train the model in the channels_last memory format (its 4-D weights, hence the
 # activations): on a CPU with AMX it makes bf16 training ~1.2x faster per CPU second
@@ -275,9 +276,9 @@ _C.TEST.IMS_PER_BATCH = 64
 _C.TEST.METRIC = "cosine"
 _C.TEST.ROC_ENABLED = False
 _C.TEST.FLIP_ENABLED = False
-# (reid) extract features under bfloat16 autocast: on the CPU about 2x faster where it has
-# native bf16 (AVX-512 BF16 / AMX; an error elsewhere), features within cosine 0.9999 of
-# float32 (benchmarks/inference_throughput.py)
+# (reid) extract features under bfloat16 autocast: on the CPU about 3x faster where it has
+# native bf16 (AVX-512 BF16 / AMX; elsewhere ignored with a warning, as SOLVER.BF16_ENABLED),
+# features within cosine 0.9999 of float32, the same mAP (benchmarks/inference_throughput.py)
 _C.TEST.BF16 = False
 # (reid) rank protocol for every test set ("market" | "cuhk03"); "" = each dataset's own
 _C.TEST.PROTOCOL = ""

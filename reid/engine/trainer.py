@@ -25,7 +25,7 @@ from torch import nn
 from reid.engine import rng
 from reid.engine.hook_base import HookBase
 from reid.errors import ReidError
-from reid.evaluation.extract import cpu_has_bf16
+from reid.evaluation.extract import bf16_where_native
 from reid.utils import comm
 from reid.utils.events import EventStorage
 
@@ -113,15 +113,13 @@ def autocast_dtype(fp16: bool, bf16: bool) -> Optional[torch.dtype]:
 
 def amp_enabled(requested: bool, device: torch.device,
                 dtype: torch.dtype = torch.float16) -> bool:
-    """Whether autocast runs: float16 on CUDA only (as FastReID's AMP); bfloat16 on CUDA and
-    on the CPU, where one without native bf16 emulates it (slower than float32: a warning)."""
+    """Whether autocast runs: float16 on CUDA only (as FastReID's AMP); bfloat16 where the
+    device has it natively (a CPU with AVX-512 BF16 or AMX, a GPU from Ampere on; elsewhere
+    float32 with a warning, see ``bf16_where_native``)."""
     if not requested:
         return False
     if dtype == torch.bfloat16:
-        if device.type == "cpu" and not cpu_has_bf16():
-            logger.warning("SOLVER.BF16_ENABLED on a CPU without native bfloat16 (AVX-512 BF16 "
-                           "or AMX): emulated, expect it slower than float32")
-        return True
+        return bf16_where_native("SOLVER.BF16_ENABLED", True, device)
     if device.type != "cuda":
         logger.warning("SOLVER.FP16_ENABLED is ignored on %s: mixed precision runs on CUDA only",
                        device)

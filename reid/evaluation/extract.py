@@ -24,8 +24,8 @@ def extract_features(model: nn.Module, data_loader, device: torch.device | str,
     """Features (float32, on CPU), pids and camids of every item of ``data_loader``, in order.
 
     Flip test: a feature is the mean of the features of the image and its horizontal mirror.
-    ``bf16``: run the model under bfloat16 autocast (TEST.BF16); on the CPU only where it has
-    native bf16 instructions (AVX-512 BF16 / AMX), which is checked.
+    ``bf16``: run the model under bfloat16 autocast (TEST.BF16) where the device has native
+    bfloat16 (:func:`bf16_where_native`; float32 with a warning elsewhere).
     On the CPU the features come from an inference copy of the model (:func:`cpu_inference`):
     BatchNorms folded into their convolutions, channels-last; the same features to float
     rounding, faster (``benchmarks/inference_throughput.py``).
@@ -34,7 +34,7 @@ def extract_features(model: nn.Module, data_loader, device: torch.device | str,
     The model's train/eval mode and memory layout are restored afterwards.
     """
     device = torch.device(device)
-    _check_bf16(bf16, device)
+    bf16 = bf16_where_native("TEST.BF16", bf16, device)
     was_training = model.training
     model.eval()
     layout = torch.channels_last if device.type == "cpu" else None
@@ -98,10 +98,26 @@ def cpu_has_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _check_bf16(bf16: bool, device: torch.device) -> None:
-    if bf16 and device.type == "cpu" and not cpu_has_bf16():
-        raise ReidError("TEST.BF16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX); "
-                        "this one has none: set TEST.BF16 False")
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CPU with AVX-512 BF16 or AMX, a CUDA
+    GPU from Ampere on. Elsewhere autocast emulates it, slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def bf16_where_native(key: str, requested: bool, device: torch.device) -> bool:
+    """``requested`` (the config's ``key``: SOLVER.BF16_ENABLED, TEST.BF16), turned off with a
+    warning on a device without native bfloat16. bf16 is only ever asked for speed, and
+    emulated bf16 is slower than float32 and no more accurate: so a recipe that asks for it
+    (the embedded default does) runs in float32 there, at float32's speed, instead of failing
+    or crawling."""
+    if requested and not native_bf16(device):
+        logger.warning("%s is ignored on this %s: it has no native bfloat16 (a CPU needs "
+                       "AVX-512 BF16 or AMX, a GPU Ampere or newer), and emulated bfloat16 is "
+                       "slower than float32; running in float32", key, device.type.upper())
+        return False
+    return requested
 
 
 def _embed(model: nn.Module, batch: dict, device: torch.device, flip: bool,
