@@ -7,7 +7,8 @@
 scale (12 epochs, steps 7 / 10 counted after a 20-iteration warm-up, LAST_STRIDE 1, 2 loader
 workers: what makes it fit its 10-minute budget on 2 cores) and in three choices of its own:
 ``INPUT.PADDING 6`` (FastReID: 10), ``SOLVER.BIAS_LR_FACTOR 2.0`` (FastReID 1.4: 1.0) and
-precise-BN on (FastReID: off). Each variant changes one of those back to FastReID's value;
+precise-BN on (FastReID: off). Each variant changes one of those back to FastReID's value
+(``float32`` turns the default's speed keys off: bf16, channels_last, fused Adam);
 ``reid run`` (prepare -> train -> precise-BN -> evaluate, MLflow in WORK/mlflow.db) trains it
 once per seed. Cells are kept in ``WORK/<variant>/seed<k>/cell.json`` and reused when the
 recipe file and the overrides are unchanged, as in ``benchmarks/fastreid_accuracy.py``.
@@ -38,6 +39,9 @@ VARIANTS = {  # name -> overrides taking one choice of the default back to FastR
     "padding-10": ["INPUT.PADDING", "10"],
     "bias-lr-1.0": ["SOLVER.BIAS_LR_FACTOR", "1.0"],
     "no-precise-bn": ["TEST.PRECISE_BN.ENABLED", "False"],
+    # Not a FastReID difference but the default's speed keys (issue 16): all back to float32.
+    "float32": ["SOLVER.BF16_ENABLED", "False", "SOLVER.CHANNELS_LAST", "False",
+                "SOLVER.FUSED", "False", "TEST.BF16", "False"],
 }
 
 
