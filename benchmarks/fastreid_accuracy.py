@@ -19,6 +19,12 @@ Cells are kept: ``WORK/runs/<setting>/<side>-seed<k>/cell.json`` holds the metri
 reuses the cells whose recipe, overrides and folder are the same, so the benchmark can be
 spread over several sessions (``--report`` prints the table from the kept cells alone).
 Wall times are comparable only between cells of the same machine; the table says which.
+An interrupted cell goes on from its last checkpoint at the next call (both sides write one
+every ``CHECKPOINT_MINUTES`` of training; FastReID's every ``FASTREID_CHECKPOINT_EPOCHS``):
+ours resumes exactly (the same weights as an uninterrupted run, random state included),
+FastReID with its own resume (model, optimizer, scheduler and iteration, not the random
+state: a statistically equal run, not the same one). A resumed cell's wall time is that of its
+last part, marked ``resumed`` (the table leaves it out).
 
 Before the cells, ``--ours-config`` (default ``params/bagtricks_R18-128x64.yml``, the same
 recipe in params/ style: ``_BASE_`` + overrides) is checked to give the same merged config as the
@@ -113,24 +119,36 @@ def run_logged(command: list[str], log: Path, env: dict | None = None) -> None:
         raise SystemExit(f"{command[0]} exited {code}; last lines of {log}:\n" + "\n".join(tail))
 
 
+# Checkpoints for interrupted cells only: they change no step of either training.
+CHECKPOINT_MINUTES = 10
+FASTREID_CHECKPOINT_EPOCHS = 3  # FastReID counts in epochs: ~10 minutes at one thread here
+
+
 def run_fastreid(recipe: Path, overrides: list[str], data: Path, out: Path, seed: int,
-                 python: Path) -> dict:
+                 python: Path, resume: bool) -> dict:
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}"}
     # FastReID compiles its Cython ranking with `python3` from PATH: its own interpreter here
     run_logged([str(python), str(REPO / "benchmarks" / "fastreid_train.py"), "--config",
                 str(recipe), "--data", str(data), "--output", str(out), "--seed", str(seed),
-                *overrides], out / "benchmark.log", env)
+                *(["--resume"] if resume else []), *overrides,
+                "SOLVER.CHECKPOINT_PERIOD", str(FASTREID_CHECKPOINT_EPOCHS)],
+               out / "benchmark.log", env)
+    for periodic in out.glob("model_0*.pth"):  # only needed while the cell was unfinished
+        periodic.unlink()
     return json.loads((out / "fastreid_result.json").read_text())["metrics"]
 
 
-def run_ours(recipe: Path, overrides: list[str], data: Path, out: Path, seed: int) -> dict:
+def run_ours(recipe: Path, overrides: list[str], data: Path, out: Path, seed: int,
+             resume: bool) -> dict:
     from reid.stage_table import PIPELINE, STAGES
     keys = [*overrides, "DATASETS.ROOT", str(data), "OUTPUT_DIR", str(out), "SEED", str(seed)]
     # the pipeline's stages as `reid run` chains them (precise-BN only when the recipe enables
     # it, as FastReID's hook; evaluate is the final evaluation FastReID's EvalHook runs)
     for stage in PIPELINE:
+        extra = ([*(["--resume"] if resume else []), "SOLVER.CHECKPOINT_PERIOD_MINUTES",
+                  str(CHECKPOINT_MINUTES)] if stage == "train" else [])
         run_logged([str(REID), STAGES[stage].command, "--config", str(recipe), "--no-track",
-                    *keys], out / "benchmark.log")
+                    *keys, *extra], out / "benchmark.log")
     (name, metrics), = json.loads((out / "results.json").read_text()).items()
     return metrics
 
@@ -149,6 +167,13 @@ def commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def interrupted_cell(out: Path, identity: dict) -> bool:
+    """Whether ``out`` holds a checkpoint of an unfinished cell with this identity."""
+    started = out / "identity.json"
+    return (started.is_file() and json.loads(started.read_text()) == identity
+            and (out / "last_checkpoint").is_file())
+
+
 def run_cell(args: argparse.Namespace, setting: str, data: Path, side: str, seed: int) -> dict:
     out = args.work / "runs" / setting / f"{side}-seed{seed}"
     identity = cell_identity(args.recipe, args.set, data, side, seed)
@@ -159,17 +184,20 @@ def run_cell(args: argparse.Namespace, setting: str, data: Path, side: str, seed
             return cell
     if args.report:
         return {}
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():  # a changed or interrupted cell starts again from nothing
-        if stale.is_file():
-            stale.unlink()
-    print(f"{setting} {side} seed {seed}: training ...", flush=True)
+    resume = interrupted_cell(out, identity)
+    if not resume:  # a changed cell, or one that saved nothing yet, starts from nothing
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.iterdir():
+            if stale.is_file():
+                stale.unlink()
+        (out / "identity.json").write_text(json.dumps(identity, indent=1) + "\n")
+    print(f"{setting} {side} seed {seed}: {'resuming' if resume else 'training'} ...", flush=True)
     start = time.perf_counter()
-    metrics = (run_fastreid(args.recipe, args.set, data, out, seed, args.fastreid_python)
-               if side == "fastreid" else run_ours(args.recipe, args.set, data, out, seed))
+    metrics = (run_fastreid(args.recipe, args.set, data, out, seed, args.fastreid_python, resume)
+               if side == "fastreid" else run_ours(args.recipe, args.set, data, out, seed, resume))
     cell = dict(identity=identity, metrics={k: float(metrics[k]) for k in METRICS},
-                wall_s=round(time.perf_counter() - start, 1), date=date.today().isoformat(),
-                machine=args.machine, commit=commit())
+                wall_s=round(time.perf_counter() - start, 1), resumed=resume,
+                date=date.today().isoformat(), machine=args.machine, commit=commit())
     kept.write_text(json.dumps(cell, indent=1) + "\n")
     print(f"{setting} {side} seed {seed}: " + ", ".join(
         f"{k} {cell['metrics'][k]:.2f}" for k in METRICS) + f", {cell['wall_s']:.0f} s", flush=True)
@@ -196,7 +224,7 @@ def report(cells: dict[tuple[str, str], list[dict]], settings: list[str]) -> boo
             row = [spread([r["metrics"][m] for r in runs]) for m in METRICS]
             machines = ", ".join(sorted({r["machine"] for r in runs})) or "-"
             print(f"| {setting} | {'FastReID 1.4' if side == 'fastreid' else 'this project'} | "
-                  f"{len(runs)} | {' | '.join(row)} | {spread([r['wall_s'] for r in runs])} | "
+                  f"{len(runs)} | {' | '.join(row)} | {spread([r['wall_s'] for r in runs if not r.get('resumed')])} | "
                   f"{machines} |")
     print()
     for setting in settings:

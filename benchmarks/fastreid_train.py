@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="FASTREID_DATASETS: holds the Market folder")
     parser.add_argument("--output", required=True, help="OUTPUT_DIR of the run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from OUTPUT_DIR's last checkpoint (FastReID's resume: model, "
+                             "optimizer, scheduler and iteration; not the random state)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return parser.parse_args(argv)
 
@@ -90,12 +93,18 @@ def main(argv=None) -> int:
     seed_all_rng(args.seed)
 
     trainer = CpuTrainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=args.resume)
     train_start = time.perf_counter()
-    trainer.train()
-    train_s = time.perf_counter() - train_start
-    # the final evaluation (EvalHook); DefaultTrainer.test unwraps a single test set's dict
-    metrics = trainer._last_eval_results
+    if trainer.start_epoch >= cfg.SOLVER.MAX_EPOCH:
+        # resumed from the last epoch's checkpoint (stopped during the final evaluation):
+        # FastReID's hooks cannot run a training of no epoch, so evaluate the weights alone
+        metrics = CpuTrainer.test(cfg, trainer.model)
+        train_s = 0.0
+    else:
+        trainer.train()
+        train_s = time.perf_counter() - train_start
+        # the final evaluation (EvalHook); DefaultTrainer.test unwraps a single test set's dict
+        metrics = trainer._last_eval_results
     result = dict(metrics={k: float(v) for k, v in metrics.items()},
                   test_set=cfg.DATASETS.TESTS[0],
                   wall_s=time.perf_counter() - start, train_s=train_s,
