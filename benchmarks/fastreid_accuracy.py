@@ -223,9 +223,9 @@ def report(cells: dict[tuple[str, str], list[dict]], settings: list[str]) -> boo
             runs = cells.get((setting, side), [])
             row = [spread([r["metrics"][m] for r in runs]) for m in METRICS]
             machines = ", ".join(sorted({r["machine"] for r in runs})) or "-"
+            walls = [r["wall_s"] for r in runs if not r.get("resumed")]  # whole runs only
             print(f"| {setting} | {'FastReID 1.4' if side == 'fastreid' else 'this project'} | "
-                  f"{len(runs)} | {' | '.join(row)} | {spread([r['wall_s'] for r in runs if not r.get('resumed')])} | "
-                  f"{machines} |")
+                  f"{len(runs)} | {' | '.join(row)} | {spread(walls)} | {machines} |")
     print()
     for setting in settings:
         ref, ours = (cells.get((setting, side), []) for side in ("fastreid", "ours"))

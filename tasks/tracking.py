@@ -136,7 +136,8 @@ def tag_term(key: str, value: str) -> str:
 
 
 class Tracker:
-    """MLflow runs with explicit ids. ``tasks.offline.NullTracker`` has the same interface and does nothing."""
+    """MLflow runs with explicit ids. ``tasks.offline.NullTracker`` has the same interface
+    and does nothing."""
 
     enabled = True
 
