@@ -174,6 +174,19 @@ def interrupted_cell(out: Path, identity: dict) -> bool:
             and (out / "last_checkpoint").is_file())
 
 
+def start_cell(out: Path, identity: dict) -> bool:
+    """Prepare ``out`` for a cell; True when it resumes an interrupted one. A changed cell, or
+    one that saved nothing yet, starts from nothing (its files removed)."""
+    if interrupted_cell(out, identity):
+        return True
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():
+        if stale.is_file():
+            stale.unlink()
+    (out / "identity.json").write_text(json.dumps(identity, indent=1) + "\n")
+    return False
+
+
 def run_cell(args: argparse.Namespace, setting: str, data: Path, side: str, seed: int) -> dict:
     out = args.work / "runs" / setting / f"{side}-seed{seed}"
     identity = cell_identity(args.recipe, args.set, data, side, seed)
@@ -184,13 +197,7 @@ def run_cell(args: argparse.Namespace, setting: str, data: Path, side: str, seed
             return cell
     if args.report:
         return {}
-    resume = interrupted_cell(out, identity)
-    if not resume:  # a changed cell, or one that saved nothing yet, starts from nothing
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.iterdir():
-            if stale.is_file():
-                stale.unlink()
-        (out / "identity.json").write_text(json.dumps(identity, indent=1) + "\n")
+    resume = start_cell(out, identity)
     print(f"{setting} {side} seed {seed}: {'resuming' if resume else 'training'} ...", flush=True)
     start = time.perf_counter()
     metrics = (run_fastreid(args.recipe, args.set, data, out, seed, args.fastreid_python, resume)

@@ -11,7 +11,10 @@ precise-BN on (FastReID: off). Each variant changes one of those back to FastReI
 (``float32`` turns the default's speed keys off: bf16, channels_last, fused Adam);
 ``reid run`` (prepare -> train -> precise-BN -> evaluate, MLflow in WORK/mlflow.db) trains it
 once per seed. Cells are kept in ``WORK/<variant>/seed<k>/cell.json`` and reused when the
-recipe file and the overrides are unchanged, as in ``benchmarks/fastreid_accuracy.py``.
+recipe file and the overrides are unchanged, as in ``benchmarks/fastreid_accuracy.py``; a cell
+cut off (a session's end, a kill) goes on from its last checkpoint (one every
+``CHECKPOINT_MINUTES`` of training; the resume is exact) at the next call, and its wall time,
+that of its last part only, is left out of the report.
 
 The report: per variant, mean and spread over the seeds of Rank-1, mAP, mINP and the wall time,
 and the mean mAP difference to the default with the seeds paired (the same seed draws the same
@@ -30,8 +33,8 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fastreid_accuracy import (METRICS, REID, REPO, commit, machine_name, run_logged,  # noqa: E402
-                               spread)
+from fastreid_accuracy import (CHECKPOINT_MINUTES, METRICS, REID, REPO, commit,  # noqa: E402
+                               machine_name, run_logged, spread, start_cell)
 
 RECIPE = REPO / "params" / "synthetic.yml"
 VARIANTS = {  # name -> overrides taking one choice of the default back to FastReID's
@@ -54,18 +57,18 @@ def run_cell(args: argparse.Namespace, variant: str, seed: int) -> dict:
         return json.loads(kept.read_text())
     if args.report:
         return {}
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():
-        if stale.is_file():
-            stale.unlink()
-    print(f"{variant} seed {seed}: reid run ...", flush=True)
+    resume = start_cell(out, identity)
+    print(f"{variant} seed {seed}: reid run{' --resume' if resume else ''} ...", flush=True)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{args.work / 'mlflow.db'}"}
     start = time.perf_counter()
-    run_logged([str(REID), "run", "--config", str(RECIPE), "OUTPUT_DIR", str(out), "SEED",
-                str(seed), *VARIANTS[variant]], out / "benchmark.log", env)
+    run_logged([str(REID), "run", "--config", str(RECIPE), *(["--resume"] if resume else []),
+                "OUTPUT_DIR", str(out), "SEED", str(seed), *VARIANTS[variant],
+                "SOLVER.CHECKPOINT_PERIOD_MINUTES", str(CHECKPOINT_MINUTES)],
+               out / "benchmark.log", env)
     (name, metrics), = json.loads((out / "results.json").read_text()).items()
     cell = dict(identity=identity, metrics={k: float(metrics[k]) for k in METRICS},
-                wall_s=round(time.perf_counter() - start, 1), date=date.today().isoformat(),
+                wall_s=round(time.perf_counter() - start, 1), resumed=resume,
+                date=date.today().isoformat(),
                 machine=args.machine, commit=commit())
     kept.write_text(json.dumps(cell, indent=1) + "\n")
     print(f"{variant} seed {seed}: " + ", ".join(f"{k} {cell['metrics'][k]:.2f}" for k in METRICS)
@@ -84,8 +87,9 @@ def report(cells: dict[str, dict[int, dict]]) -> None:
         delta = (f"{statistics.fmean(paired):+.2f} ({len(paired)} seeds)"
                  if paired and variant != "default" else "-")
         row = [spread([r["metrics"][m] for r in values]) for m in METRICS]
+        walls = [r["wall_s"] for r in values if not r.get("resumed")]  # whole runs only
         print(f"| {variant} | {' '.join(VARIANTS[variant]) or '-'} | {len(values)} | "
-              f"{' | '.join(row)} | {spread([r['wall_s'] for r in values])} | {delta} |")
+              f"{' | '.join(row)} | {spread(walls) if walls else '-'} | {delta} |")
 
 
 def main(argv: list[str] | None = None) -> int:
