@@ -44,3 +44,31 @@ def test_missing_package_skip_fails_only_in_ci(tmp_path, ci, summary):
     out = " ".join(out.split())
     assert ("skipped in CI: could not import 'reid_no_such_optional_package'" in out) == bool(ci)
     assert ("skipped in CI: could not import 'reid_no_such_package'" in out) == bool(ci)
+
+
+FULL_DISK = '''
+import shutil
+from collections import namedtuple
+
+usage = namedtuple("usage", "total used free")
+shutil.disk_usage = lambda path: usage(10 * 2**30, 9 * 2**30 + 2**29, 2**29)  # 0.5 GB free
+'''
+
+
+def test_the_suite_does_not_start_without_room_for_its_runs(tmp_path):
+    """A disk too full for the suite's runs: one line saying what is needed, where, and what
+    is free; not a thousand 'No space left on device' failures midway."""
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    (tmp_path / "fulldisk.py").write_text(FULL_DISK)
+    env = {key: value for key, value in os.environ.items() if key != "PYTEST_XDIST_WORKER"}
+    env.update(PYTHONPATH=f"{tmp_path}{os.pathsep}{TESTS}", TMPDIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "fulldisk", "-p",
+                          "conftest", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+                          "test_probe.py"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
+    assert run.stderr.strip() == (f"ERROR: the test suite needs 3.0 GB free in {tmp_path} (its "
+                                  "runs hold up to ~2.1 GB there at once); 0.5 GB free: free "
+                                  "some space, or point TMPDIR (or --basetemp) at a disk with "
+                                  "room"), run.stderr
+    assert "passed" not in run.stdout and "failed" not in run.stdout
