@@ -353,6 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a file the run needs (disk full, permissions): no traceback
         print(f"{USER_ERROR_PREFIX}{describe_os_error(exc)}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:
+        from tasks.prefect_server import startup_failure
+        line = startup_failure(exc)
+        if line is None:
+            raise
+        print(f"{USER_ERROR_PREFIX}{line}", file=sys.stderr)
+        return 1
     except Preempted as exc:  # a training stopped by a signal, its checkpoint written
         print(f"{STOPPED_PREFIX}{exc}", file=sys.stderr)
         return exc.exit_code

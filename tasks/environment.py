@@ -1,4 +1,4 @@
-"""Process-wide defaults: embedded stores, no telemetry. Run by `tasks/__init__.py` and
+"""Process-wide defaults: embedded stores, no telemetry, patience with Prefect's server. Run by `tasks/__init__.py` and
 `flows/__init__.py`, so before any module of those packages imports prefect or mlflow."""
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ PREFECT_LOGS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "reid",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
+# Prefect waits 20 s for its temporary server by default; on 2 busy cores (load average 9,
+# the run at nice 19) the server took longer and `reid run` failed before its first stage.
+PREFECT_SERVER = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
@@ -27,7 +30,7 @@ def default_tracking_uri(root: Path | None = None) -> str:
 
 
 def configure_environment() -> None:
-    for key, value in {**TELEMETRY_OFF, **PREFECT_LOGS}.items():
+    for key, value in {**TELEMETRY_OFF, **PREFECT_LOGS, **PREFECT_SERVER}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri())
 

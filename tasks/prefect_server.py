@@ -44,6 +44,21 @@ def watch_temporary_server() -> None:
         server.subprocess = _WatchedSubprocess()
 
 
+STARTUP_TIMEOUT_KEY = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+_STARTUP_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def startup_failure(exc: BaseException) -> str | None:
+    """One line for Prefect's "temporary server did not start in time" error (a RuntimeError
+    with the server's whole output in it); None for any other exception."""
+    if not (isinstance(exc, RuntimeError) and str(exc).startswith(_STARTUP_TIMEOUT)):
+        return None
+    waited = os.environ.get(STARTUP_TIMEOUT_KEY, "20")
+    return (f"Prefect's temporary server did not answer within {waited} s (a busy machine?): "
+            f"set {STARTUP_TIMEOUT_KEY} higher, or point PREFECT_API_URL at a running Prefect "
+            "server (README, Prefect server)")
+
+
 def _stop_when_orphaned(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(POLL_S)

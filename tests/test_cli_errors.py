@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -85,6 +84,37 @@ def test_real_process_exit_code_and_stderr(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"reid: error: config file not found: {tmp_path / 'nope.yml'} (expected a YAML file)")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_prefect_server_that_does_not_start_in_time_is_one_line(tmp_path):
+    """Prefect's temporary server not answering in time (a busy machine: it took over Prefect's
+    20 s at load 9) ends `reid run` with one line that says what to set, not a traceback."""
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    proc = subprocess.run([sys.executable, "-m", "reid.cli", "run", "--config", str(RECIPE),
+                           "OUTPUT_DIR", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("reid: error:")]
+    assert lines == ["reid: error: Prefect's temporary server did not answer within 0 s (a busy "
+                     "machine?): set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher, or "
+                     "point PREFECT_API_URL at a running Prefect server (README, Prefect server)"]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".reid.lock"]  # no stage ran
+
+
+@pytest.mark.parametrize("given, used", [(None, 120), ("45", 45)])
+def test_prefect_waits_two_minutes_for_its_temporary_server_unless_told(given, used):
+    env = {key: value for key, value in os.environ.items()
+           if key != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    if given:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = given
+    probe = ("import flows; from prefect.settings import "
+             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; print(s.value())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=300)
+    assert out.stdout.strip() == str(used), out.stderr
 
 
 def test_reid_run_passes_its_options_to_the_flow_and_says_where_outputs_are(monkeypatch, capsys):
