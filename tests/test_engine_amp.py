@@ -45,6 +45,7 @@ def test_bf16_autocast_trains_on_the_cpu_without_loss_scaling():
 def test_bf16_on_a_cpu_without_native_support_trains_in_float32_with_one_warning(monkeypatch,
                                                                                 caplog):
     monkeypatch.setattr(extract, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(extract, "_WARNED_NO_BF16", set())
     with caplog.at_level(logging.WARNING, logger="reid.evaluation.extract"):
         trainer, model, losses = train(torch.bfloat16)
     assert caplog.messages == [

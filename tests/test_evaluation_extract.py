@@ -216,11 +216,14 @@ def test_bf16_features_stay_within_cosine_0_9999_of_float32():
 
 def test_bf16_on_a_cpu_without_it_extracts_in_float32_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(extract, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(extract, "_WARNED_NO_BF16", set())
     model = small_convnet()
     loader = make_loader(np.random.default_rng(1).random((8, 16)), np.arange(8), np.zeros(8), 8)
     plain, _, _ = extract_features(model, loader, "cpu")
     with caplog.at_level("WARNING", logger="reid.evaluation.extract"):
         asked, _, _ = extract_features(model, loader, "cpu", bf16=True)
+        again, _, _ = extract_features(model, loader, "cpu", bf16=True)  # a second evaluation
+    assert torch.equal(again, plain)
     assert caplog.messages == [
         "TEST.BF16 is ignored on this CPU: it has no native bfloat16 (a CPU needs AVX-512 BF16 "
         "or AMX, a GPU Ampere or newer), and emulated bfloat16 is slower than float32; "

@@ -106,13 +106,20 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16()
 
 
+_WARNED_NO_BF16: set[tuple[str, str]] = set()  # (key, device type): warned once per process
+
+
 def bf16_where_native(key: str, requested: bool, device: torch.device) -> bool:
     """``requested`` (the config's ``key``: SOLVER.BF16_ENABLED, TEST.BF16), turned off with a
     warning on a device without native bfloat16. bf16 is only ever asked for speed, and
     emulated bf16 is slower than float32 and no more accurate: so a recipe that asks for it
     (the embedded default does) runs in float32 there, at float32's speed, instead of failing
-    or crawling."""
+    or crawling. Warned once per key and device type: a training's periodic evaluations
+    would repeat it."""
     if requested and not native_bf16(device):
+        if (key, device.type) in _WARNED_NO_BF16:
+            return False
+        _WARNED_NO_BF16.add((key, device.type))
         logger.warning("%s is ignored on this %s: it has no native bfloat16 (a CPU needs "
                        "AVX-512 BF16 or AMX, a GPU Ampere or newer), and emulated bfloat16 is "
                        "slower than float32; running in float32", key, device.type.upper())
