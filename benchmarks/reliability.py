@@ -391,7 +391,10 @@ def kill_9_then_resume(b: Bench, o: Outcome) -> None:
     args = b.args("killed", "SOLVER.MAX_EPOCH", "3")
     started = time.monotonic()
     popen = b.start("run", *args)
-    if not o.expect(wait_for(lambda: (out / "model_0001.pth").is_file()), "no first checkpoint"):
+    # `last_checkpoint` is written after the checkpoint it names: killed between the two writes,
+    # the run has no checkpoint to resume from yet (it is the commit point), so wait for it.
+    if not o.expect(wait_for(lambda: (out / "last_checkpoint").is_file()),
+                    "no first checkpoint"):
         popen.kill()
         return
     popen.kill()
