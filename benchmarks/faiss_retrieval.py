@@ -17,6 +17,9 @@ RSS is its own, features included):
   for re-scoring), the time to answer every query (k=10), recall@10 against Flat, peak RSS.
 * ``big``: the exact engine on Market+500k with 2048-d features read from a memory-mapped
   .npy (4.2 GB on disk): time and peak RSS.
+* ``partition``: recall@10 of IVF-Flat at several list counts (``--partition-lists``) and
+  fractions of the gallery scanned (``--gallery`` rows): how much of IVF's recall the coarse
+  partition alone costs, to choose the list count.
 
 Features: ``benchmarks/faiss_synthetic.py`` (clustered by identity, camera-biased, with a
 shared mean and low-rank nuisance: re-id-like, see its docstring), written once into
@@ -154,6 +157,40 @@ def part_million(args: argparse.Namespace) -> None:
               f"{row['peak_rss_mb']:>13.0f}", flush=True)
 
 
+def part_partition(args: argparse.Namespace) -> None:
+    """Where IVF's recall is lost: IVF-Flat (exact distances inside the probed lists, so the
+    coarse partition alone) at several list counts, scanning the same fractions of the
+    gallery. Recall only; the gallery is ``--gallery`` rows of the million set's recipe."""
+    from reid.retrieval import faiss_index  # first: it sets OMP_WAIT_POLICY before faiss loads
+    import faiss
+    folder = args.work / f"partition{args.gallery}"
+    if not (folder / "query.npy").is_file():
+        faiss_synthetic.write_million(folder, 512, args.gallery, min(args.queries, 2000))
+    gallery = faiss_index.prepare(np.load(folder / "gallery.npy"), "cosine")
+    queries = faiss_index.prepare(np.load(folder / "query.npy"), "cosine")
+    flat = faiss.IndexFlatIP(gallery.shape[1])
+    flat.add(gallery)
+    exact = flat.search(queries, 10)[1]
+    fractions = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+    print(f"\n## IVF partition: recall@10 of IVF-Flat by lists and fraction scanned, "
+          f"{len(gallery):,} x 512-d, {len(queries):,} queries")
+    print(f"{'index':<14}{'per list':>9}" + "".join(f"{f'{f:.4g} scanned':>16}" for f in fractions))
+    for nlist in args.partition_lists:
+        index = faiss.index_factory(gallery.shape[1], f"IVF{nlist},Flat",
+                                    faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(len(gallery), min(len(gallery), 64 * nlist),
+                                                 replace=False)
+        index.train(gallery[np.sort(sample)])
+        index.add(gallery)
+        row = []
+        for fraction in fractions:
+            index.nprobe = max(1, int(nlist * fraction))
+            found = index.search(queries, 10)[1]
+            row.append(np.mean([len(np.intersect1d(a, b)) for a, b in zip(found, exact)]) / 10)
+        print(f"{f'IVF{nlist},Flat':<14}{len(gallery) // nlist:>9}"
+              + "".join(f"{r:>16.4f}" for r in row), flush=True)
+
+
 def part_big(args: argparse.Namespace) -> None:
     ensure_market(args, 2048)
     row = run_child(args, "market", "exact", "", "0", "2048")
@@ -164,13 +201,15 @@ def part_big(args: argparse.Namespace) -> None:
           f"{row['mAP']:.2f}, Rank-1 {row['Rank-1']:.2f}", flush=True)
 
 
-PARTS = {"market": part_market, "million": part_million, "big": part_big}
+PARTS = {"market": part_market, "million": part_million, "big": part_big,
+         "partition": part_partition}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="market,million",
-                        help="comma-separated: market, million, big (default market,million)")
+                        help="comma-separated: market, million, big, partition (default "
+                        "market,million)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/reid-faiss-benchmark"),
                         help="where the features are written and reused")
     parser.add_argument("--cores", type=int, default=2)
@@ -186,6 +225,8 @@ def main() -> None:
                         default=["IVF1024,PQ64x4fs:nprobe=16:20", "IVF1024,PQ64x4fs:nprobe=48:20",
                                  "HNSW32:efSearch=64:1"],
                         help="TYPE:PARAMS:RESCORE rows after Flat")
+    parser.add_argument("--partition-lists", type=int, nargs="+", default=[64, 256, 1024],
+                        help="list counts of --parts partition")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
