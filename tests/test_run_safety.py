@@ -283,11 +283,19 @@ def test_precise_bn_uses_the_first_training_set_unless_one_is_named():
     assert precise_bn_dataset(named) == "DukeMTMC"
 
 
-def test_a_missing_precise_bn_dataset_fails_in_prepare_not_after_training(tmp_path, tiny_root):
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_missing_precise_bn_dataset_fails_in_prepare_not_after_training(tmp_path, tiny_root,
+                                                                           enabled):
+    """Checked by prepare when precise-BN is on; the default recipe has it off (a dataset it
+    would read is then no reason to stop)."""
     from reid.stages import prepare
     cfg = load_config(ROOT / "params" / "synthetic.yml", as_overrides({
         **TINY_DATA, "DATASETS.ROOT": str(tiny_root), "OUTPUT_DIR": str(tmp_path / "out"),
-        "TEST.PRECISE_BN.DATASET": "DukeMTMC"}))
+        "TEST.PRECISE_BN.ENABLED": enabled, "TEST.PRECISE_BN.DATASET": "DukeMTMC"}))
+    if not enabled:
+        prepare(cfg)
+        assert (tmp_path / "out" / "datasets.json").is_file()
+        return
     with pytest.raises(ReidError, match="dataset DukeMTMC not found under"):
         prepare(cfg)
     assert not (tmp_path / "out" / "datasets.json").exists()
