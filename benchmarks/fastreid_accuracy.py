@@ -8,9 +8,10 @@ One YAML file in FastReID's own format (``--recipe``, default
 P x K with K = 4, Adam 3.5e-4, 30 epochs, steps 20 / 27, 100 warm-up iterations) is fed
 unchanged to FastReID 1.4 (its own ``DefaultTrainer`` in its own environment, through
 ``benchmarks/fastreid_train.py``) and to this project (the stage commands of the pipeline,
-``reid prepare``, ``train``, ``precise-bn``, ``evaluate``, no tracking), on the same Market-layout folders written by our synthetic generator outside
-the repository: one per ``--settings`` name (``standard``; ``hard``: shared clothing colours,
-more occlusion, scale and position jitter), ``--ids`` training and as many test identities.
+``reid prepare``, ``train``, ``precise-bn``, ``evaluate``, no tracking), on the same
+Market-layout folders written by our synthetic generator outside the repository: one per
+``--settings`` name (``standard``; ``hard``: shared clothing colours, more occlusion, scale and
+position jitter), ``--ids`` training and as many test identities.
 Each (folder, seed, side) is one cell, run in interleaved order (FastReID then ours, per seed)
 so that a slower stretch of the machine hits both sides alike.
 

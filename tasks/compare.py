@@ -6,9 +6,9 @@ and the distill flow's teacher / student runs. The table shows, best first by a 
 run name and id, recipe, Rank-1 / mAP / mINP per test set, training time (the run's train /
 distill stage runs), data version (``dvc:<md5>`` or ``content:<md5>``, tasks/data_version.py),
 git commit, the teacher a student learned from (registered model and version or run, and the
-sha256 of its weights: tasks/lineage.py), and only the params that differ between the runs. The figure shows their
-training loss and mAP curves. Both are logged as artifacts of a new run tagged
-``reid.comparison`` (which later comparisons skip).
+sha256 of its weights: tasks/lineage.py), and only the params that differ between the runs.
+The figure shows their training loss and mAP curves. Both are logged as artifacts of a new
+run tagged ``reid.comparison`` (which later comparisons skip).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Process-wide defaults: embedded stores, no telemetry, patience with Prefect's server. Run by `tasks/__init__.py` and
-`flows/__init__.py`, so before any module of those packages imports prefect or mlflow."""
+"""Process-wide defaults: embedded stores, no telemetry, time for Prefect's temporary server.
+Run by `tasks/__init__.py` and `flows/__init__.py`, so before any module of those packages
+imports prefect or mlflow."""
 from __future__ import annotations
 
 import os
@@ -21,7 +22,8 @@ PREFECT_LOGS = {
 }
 # Prefect waits 20 s for its temporary server by default; on 2 busy cores (load average 9,
 # the run at nice 19) the server took longer and `reid run` failed before its first stage.
-PREFECT_SERVER = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+PREFECT_STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+PREFECT_SERVER = {PREFECT_STARTUP_TIMEOUT: "120"}
 
 
 def default_tracking_uri(root: Path | None = None) -> str:

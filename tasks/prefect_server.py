@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+from tasks.environment import PREFECT_STARTUP_TIMEOUT
+
 POLL_S = 1.0
 GRACE_S = 10.0  # after SIGTERM, how long uvicorn gets to shut down before a hard exit
 
@@ -44,7 +46,6 @@ def watch_temporary_server() -> None:
         server.subprocess = _WatchedSubprocess()
 
 
-STARTUP_TIMEOUT_KEY = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 _STARTUP_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 
@@ -53,9 +54,9 @@ def startup_failure(exc: BaseException) -> str | None:
     with the server's whole output in it); None for any other exception."""
     if not (isinstance(exc, RuntimeError) and str(exc).startswith(_STARTUP_TIMEOUT)):
         return None
-    waited = os.environ.get(STARTUP_TIMEOUT_KEY, "20")
+    waited = os.environ.get(PREFECT_STARTUP_TIMEOUT, "20")
     return (f"Prefect's temporary server did not answer within {waited} s (a busy machine?): "
-            f"set {STARTUP_TIMEOUT_KEY} higher, or point PREFECT_API_URL at a running Prefect "
+            f"set {PREFECT_STARTUP_TIMEOUT} higher, or point PREFECT_API_URL at a running Prefect "
             "server (README, Prefect server)")
 
 
