@@ -73,6 +73,7 @@ def child_million(work: Path, index_type: str, search_params: str, rescore: int 
                   ) -> dict:
     import faiss
     from reid.retrieval import Gallery
+    from reid.retrieval.recall import recall_at
     folder = work / "million"
     queries = np.load(folder / "query.npy")
     started = time.perf_counter()
@@ -87,7 +88,7 @@ def child_million(work: Path, index_type: str, search_params: str, rescore: int 
     if index_type == "Flat":
         np.save(reference, ids)
     exact = np.load(reference)
-    recall = float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(ids, exact)]) / 10)
+    recall = recall_at(ids, exact, 10)
     return {"index": index_type, "params": gallery.search_params, "rescore": gallery.rescore,
             "build_s": build, "index_mb": index_mb, "search_s": search, "recall_at_10": recall,
             "peak_rss_mb": peak_rss_mb(), "gallery": len(gallery), "queries": len(queries)}
@@ -162,6 +163,7 @@ def part_partition(args: argparse.Namespace) -> None:
     coarse partition alone) at several list counts, scanning the same fractions of the
     gallery. Recall only; the gallery is ``--gallery`` rows of the million set's recipe."""
     from reid.retrieval import faiss_index  # first: it sets OMP_WAIT_POLICY before faiss loads
+    from reid.retrieval.recall import recall_at
     import faiss
     folder = args.work / f"partition{args.gallery}"
     if not (folder / "query.npy").is_file():
@@ -186,7 +188,7 @@ def part_partition(args: argparse.Namespace) -> None:
         for fraction in fractions:
             index.nprobe = max(1, int(nlist * fraction))
             found = index.search(queries, 10)[1]
-            row.append(np.mean([len(np.intersect1d(a, b)) for a, b in zip(found, exact)]) / 10)
+            row.append(recall_at(found, exact, 10))
         print(f"{f'IVF{nlist},Flat':<14}{len(gallery) // nlist:>9}"
               + "".join(f"{r:>16.4f}" for r in row), flush=True)
 

@@ -175,6 +175,29 @@ def interrupted_cell(out: Path, identity: dict) -> bool:
             and (out / "last_checkpoint").is_file())
 
 
+def kept_cell(out: Path, identity: dict) -> dict | None:
+    """The finished cell kept in ``out`` when it has this identity."""
+    kept = out / "cell.json"
+    if kept.is_file():
+        cell = json.loads(kept.read_text())
+        if cell["identity"] == identity:
+            return cell
+    return None
+
+
+def keep_cell(out: Path, identity: dict, metrics: dict, started: float, resumed: bool,
+              machine: str, label: str) -> dict:
+    """Write a finished cell to ``out/cell.json`` (its wall time counted from ``started``)
+    and print its metrics after ``label``."""
+    cell = dict(identity=identity, metrics={k: float(metrics[k]) for k in METRICS},
+                wall_s=round(time.perf_counter() - started, 1), resumed=resumed,
+                date=date.today().isoformat(), machine=machine, commit=commit())
+    (out / "cell.json").write_text(json.dumps(cell, indent=1) + "\n")
+    print(f"{label}: " + ", ".join(f"{k} {cell['metrics'][k]:.2f}" for k in METRICS)
+          + f", {cell['wall_s']:.0f} s", flush=True)
+    return cell
+
+
 def start_cell(out: Path, identity: dict) -> bool:
     """Prepare ``out`` for a cell; True when it resumes an interrupted one. A changed cell, or
     one that saved nothing yet, starts from nothing (its files removed)."""
@@ -191,25 +214,16 @@ def start_cell(out: Path, identity: dict) -> bool:
 def run_cell(args: argparse.Namespace, setting: str, data: Path, side: str, seed: int) -> dict:
     out = args.work / "runs" / setting / f"{side}-seed{seed}"
     identity = cell_identity(args.recipe, args.set, data, side, seed)
-    kept = out / "cell.json"
-    if kept.is_file():
-        cell = json.loads(kept.read_text())
-        if cell["identity"] == identity:
-            return cell
-    if args.report:
-        return {}
+    cell = kept_cell(out, identity)
+    if cell is not None or args.report:
+        return cell or {}
     resume = start_cell(out, identity)
     print(f"{setting} {side} seed {seed}: {'resuming' if resume else 'training'} ...", flush=True)
     start = time.perf_counter()
     metrics = (run_fastreid(args.recipe, args.set, data, out, seed, args.fastreid_python, resume)
                if side == "fastreid" else run_ours(args.recipe, args.set, data, out, seed, resume))
-    cell = dict(identity=identity, metrics={k: float(metrics[k]) for k in METRICS},
-                wall_s=round(time.perf_counter() - start, 1), resumed=resume,
-                date=date.today().isoformat(), machine=args.machine, commit=commit())
-    kept.write_text(json.dumps(cell, indent=1) + "\n")
-    print(f"{setting} {side} seed {seed}: " + ", ".join(
-        f"{k} {cell['metrics'][k]:.2f}" for k in METRICS) + f", {cell['wall_s']:.0f} s", flush=True)
-    return cell
+    return keep_cell(out, identity, metrics, start, resume, args.machine,
+                     f"{setting} {side} seed {seed}")
 
 
 # --------------------------------------------------------------------------- report

@@ -30,12 +30,12 @@ import os
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fastreid_accuracy import (CHECKPOINT_MINUTES, METRICS, REID, REPO, commit,  # noqa: E402
-                               machine_name, run_logged, spread, start_cell)
+from fastreid_accuracy import (CHECKPOINT_MINUTES, METRICS, REID, REPO,  # noqa: E402
+                               keep_cell, kept_cell, machine_name, run_logged, spread,
+                               start_cell)
 
 RECIPE = REPO / "params" / "synthetic.yml"
 VARIANTS = {  # name -> overrides changing one choice of the default
@@ -53,11 +53,9 @@ def run_cell(args: argparse.Namespace, variant: str, seed: int) -> dict:
     out = args.work / variant / f"seed{seed}"
     identity = dict(recipe_sha256=hashlib.sha256(RECIPE.read_bytes()).hexdigest(),
                     overrides=VARIANTS[variant], seed=seed)
-    kept = out / "cell.json"
-    if kept.is_file() and json.loads(kept.read_text())["identity"] == identity:
-        return json.loads(kept.read_text())
-    if args.report:
-        return {}
+    cell = kept_cell(out, identity)
+    if cell is not None or args.report:
+        return cell or {}
     resume = start_cell(out, identity)
     print(f"{variant} seed {seed}: reid run{' --resume' if resume else ''} ...", flush=True)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{args.work / 'mlflow.db'}"}
@@ -67,14 +65,8 @@ def run_cell(args: argparse.Namespace, variant: str, seed: int) -> dict:
                 "SOLVER.CHECKPOINT_PERIOD_MINUTES", str(CHECKPOINT_MINUTES)],
                out / "benchmark.log", env)
     (name, metrics), = json.loads((out / "results.json").read_text()).items()
-    cell = dict(identity=identity, metrics={k: float(metrics[k]) for k in METRICS},
-                wall_s=round(time.perf_counter() - start, 1), resumed=resume,
-                date=date.today().isoformat(),
-                machine=args.machine, commit=commit())
-    kept.write_text(json.dumps(cell, indent=1) + "\n")
-    print(f"{variant} seed {seed}: " + ", ".join(f"{k} {cell['metrics'][k]:.2f}" for k in METRICS)
-          + f", {cell['wall_s']:.0f} s", flush=True)
-    return cell
+    return keep_cell(out, identity, metrics, start, resume, args.machine,
+                     f"{variant} seed {seed}")
 
 
 def report(cells: dict[str, dict[int, dict]]) -> None:
@@ -90,7 +82,7 @@ def report(cells: dict[str, dict[int, dict]]) -> None:
         row = [spread([r["metrics"][m] for r in values]) for m in METRICS]
         walls = [r["wall_s"] for r in values if not r.get("resumed")]  # whole runs only
         print(f"| {variant} | {' '.join(VARIANTS[variant]) or '-'} | {len(values)} | "
-              f"{' | '.join(row)} | {spread(walls) if walls else '-'} | {delta} |")
+              f"{' | '.join(row)} | {spread(walls)} | {delta} |")
 
 
 def main(argv: list[str] | None = None) -> int:
