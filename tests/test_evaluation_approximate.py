@@ -24,18 +24,19 @@ def problem():
     return q.astype(np.float32), g.astype(np.float32), q_pids, g_pids, q_cams, g_cams
 
 
-def test_every_item_a_candidate_gives_the_exact_metrics(problem):
+@pytest.mark.parametrize("index", ["Flat", "bf16"])
+def test_every_item_a_candidate_gives_the_exact_metrics(problem, index):
     q, g, q_pids, g_pids, q_cams, g_cams = problem
     exact = evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, device="cpu")
     approx = evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, device="cpu",
-                               index="Flat", candidates=len(g))
+                               index=index, candidates=len(g))
     np.testing.assert_allclose(approx.cmc, exact.cmc, atol=1e-12)
     np.testing.assert_allclose(approx.all_ap, exact.all_ap, rtol=1e-6)
     np.testing.assert_allclose(approx.all_inp, exact.all_inp, rtol=1e-6)
     assert approx.candidate_recall == 1.0 and approx.summary()["candidate_recall"] == 100.0
 
 
-@pytest.mark.parametrize("index", ["Flat", "IVF8,Flat", "HNSW16"])
+@pytest.mark.parametrize("index", ["Flat", "bf16", "IVF8,Flat", "HNSW16"])
 def test_top_k_metrics_are_lower_bounds(problem, index):
     q, g, q_pids, g_pids, q_cams, g_cams = problem
     exact = evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, device="cpu")
@@ -44,7 +45,7 @@ def test_top_k_metrics_are_lower_bounds(problem, index):
     assert np.all(approx.all_ap <= exact.all_ap + 1e-6)
     assert np.all(approx.all_inp <= exact.all_inp + 1e-6)
     assert np.all(approx.cmc <= exact.cmc + 1e-12)
-    if index == "Flat":  # the true top-30: CMC exact up to rank 30
+    if index in ("Flat", "bf16"):  # the true top-30: CMC exact up to rank 30
         np.testing.assert_allclose(approx.cmc[:30], exact.cmc[:30], atol=1e-12)
         assert approx.candidate_recall == 1.0
     assert 0.0 < approx.candidate_recall <= 1.0 and approx.candidates == 30

@@ -294,7 +294,10 @@ _C.TEST.VISUALIZE = True
 # (re-scored exactly) and are lower bounds of the exact ones; the candidates' recall against
 # exact search is reported beside them (candidate_recall). Market protocol only, no ROC or
 # re-ranking, no retrieval examples. PARAMS: faiss search parameters ("nprobe=32"); "" = by
-# index type.
+# index type. "bf16": no faiss index: every gallery row scored in bfloat16 (AMX / AVX-512 BF16
+# CPUs, Ampere+ GPUs; float32 with a warning elsewhere), the top candidates re-scored exactly
+# (reid.retrieval.bf16_scan): nothing of the gallery skipped, so no positive lost to a
+# partition; the fastest approximate type on Market+500k (benchmarks/RESULTS.md).
 _C.TEST.INDEX = CN()
 _C.TEST.INDEX.TYPE = "exact"
 _C.TEST.INDEX.PARAMS = ""

@@ -1,8 +1,10 @@
-"""Rank metrics from each query's top-K candidates (a faiss index), for galleries too large
-to rank whole in the time at hand.
+"""Rank metrics from each query's top-K candidates (a faiss index, or a bfloat16 scan), for
+galleries too large to rank whole in the time at hand.
 
 :func:`approximate_evaluation` searches the gallery with an index of any faiss factory
-string (:class:`reid.retrieval.Gallery`: candidates re-scored with reid's exact distance) and
+string (:class:`reid.retrieval.Gallery`: candidates re-scored with reid's exact distance), or
+with index type "bf16" scores every gallery row in bfloat16 and re-scores the best exactly
+(:mod:`reid.retrieval.bf16_scan`: no partition, so no positive skipped unseen), and
 computes the Market protocol's metrics from the candidate lists alone
 (:func:`candidate_metrics`). They are LOWER BOUNDS of the exact metrics:
 
@@ -39,10 +41,12 @@ def approximate_evaluation(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
                            index_type: str, metric: str = "cosine", max_rank: int = 50,
                            candidates: int = DEFAULT_CANDIDATES,
                            recall_sample: int = RECALL_SAMPLE, seed: int = 0,
-                           search_params: str | None = None) -> EvaluationResult:
+                           search_params: str | None = None, device: str = "cpu"
+                           ) -> EvaluationResult:
     """Metrics from the top-``candidates`` of an ``index_type`` index (see module doc);
-    ``search_params``: faiss search parameters, e.g. ``nprobe=32`` (default: by index type)."""
-    from reid.retrieval.gallery import Gallery
+    ``search_params``: faiss search parameters, e.g. ``nprobe=32`` (default: by index type).
+    ``index_type`` "bf16" is no faiss index: every gallery row scored in bfloat16 on
+    ``device`` (:mod:`reid.retrieval.bf16_scan`)."""
     from reid.retrieval.recall import exact_top_k, recall_at
     from reid.retrieval.sources import as_matrix, from_arrays
 
@@ -51,9 +55,8 @@ def approximate_evaluation(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     k = min(int(candidates), len(gallery_source))
     if k < 1:
         raise ReidError(f"approximate evaluation needs candidates >= 1, got {candidates}")
-    gallery = Gallery.build(gallery_source, index_type, metric, seed=seed, rescore=RESCORE,
-                            search_params=search_params)
-    found = gallery.search(queries, k).ids
+    found = _candidates(queries, gallery_source, k, index_type, metric, seed, search_params,
+                        device)
     result = candidate_metrics(found, q_pids, g_pids, q_camids, g_camids, max_rank)
     sample = np.random.default_rng(seed).choice(len(queries), min(recall_sample, len(queries)),
                                                 replace=False)
@@ -63,6 +66,21 @@ def approximate_evaluation(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     logger.info("approximate evaluation (%s, top %d): candidates' recall against exact %.4f "
                 "on %d queries", index_type, k, result.candidate_recall, len(sample))
     return result
+
+
+def _candidates(queries: np.ndarray, gallery_source, k: int, index_type: str, metric: str,
+                seed: int, search_params: str | None, device: str) -> np.ndarray:
+    """Each query's top-``k`` gallery ids by the chosen index."""
+    from reid.retrieval.bf16_scan import BF16_SCAN, bf16_top_k
+    from reid.retrieval.gallery import Gallery
+    if index_type == BF16_SCAN:
+        if search_params:
+            raise ReidError(f"index type {BF16_SCAN!r} takes no search parameters, got "
+                            f"{search_params!r}")
+        return bf16_top_k(queries, gallery_source, k, metric, device, rescore=RESCORE)[0]
+    gallery = Gallery.build(gallery_source, index_type, metric, seed=seed, rescore=RESCORE,
+                            search_params=search_params)
+    return gallery.search(queries, k).ids
 
 
 def candidate_metrics(candidates: np.ndarray, q_pids, g_pids, q_camids, g_camids,

@@ -68,7 +68,9 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
             top-``candidates`` of that index (LOWER BOUNDS of the exact ones), with their
             recall against exact search as ``candidate_recall``
             (:mod:`reid.evaluation.approximate`; Market protocol, no re-ranking or ROC).
-            ``index_params``: its faiss search parameters (e.g. "nprobe=32").
+            ``index_params``: its faiss search parameters (e.g. "nprobe=32"). "bf16": the
+            candidates of a bfloat16 scan of every gallery row on ``device``
+            (:mod:`reid.retrieval.bf16_scan`).
 
     Returns:
         an :class:`~reid.evaluation.results.EvaluationResult`: ``cmc``, ``all_ap`` and
@@ -89,7 +91,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
         from reid.evaluation.approximate import approximate_evaluation
         return approximate_evaluation(q_feats.numpy(), g_feats.numpy(), q_pids, g_pids,
                                       q_camids, g_camids, index, metric, max_rank, candidates,
-                                      search_params=index_params)
+                                      search_params=index_params, device=device)
     if block_size is not None and block_size < 1:
         raise ReidError(f"evaluate_features: block_size must be >= 1, got {block_size}")
     rows = block_size or max(1, min(len(q_feats), BLOCK_CELLS // max(len(g_feats), 1)))

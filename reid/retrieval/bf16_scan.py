@@ -1,0 +1,128 @@
+"""Brute-force candidate search in bfloat16: every gallery row scored, on the matrix units.
+
+A faiss index saves work by scanning part of the gallery, and on re-id features (people who
+look alike crowd the same cells) it loses positives to do so (benchmarks/RESULTS.md, "faiss
+retrieval"). This search scans all of it instead and saves on the arithmetic: the products
+run in bfloat16, which CPUs with AMX / AVX-512 BF16 and GPUs from Ampere on compute several
+times faster than float32, and the top ``rescore x k`` rows of each query are then
+re-scored exactly (float32, reid's distance) so the answer's order and distances are exact
+for the rows it kept. What bfloat16 can cost is a row whose true score sits within
+bfloat16's rounding (~0.4 % of the score) of the ``rescore x k``-th one: it may be swapped
+with it. On a device without native bfloat16 the products run in float32 (one warning):
+the same answer, without the speed.
+
+The top rows of each block of scores are selected in two steps, exactly: the maximum of
+every 64 consecutive columns, the ``k`` best of those maxima, then the ``k`` best among
+the columns of those blocks (every row of the true top ``k`` lies in a block whose maximum
+is at least the ``k``-th score, and at most ``k`` blocks are). That reads the scores once
+instead of running a selection over the whole row (3x faster at 515,913 columns).
+
+Memory: one block of query rows x one chunk of gallery rows of scores (bfloat16), one chunk
+of the gallery in bfloat16, and the ``Q x rescore x k`` best candidates so far; the gallery
+is read once, chunk by chunk (a memory-mapped .npy larger than RAM is fine).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from reid.evaluation.extract import bf16_where_native
+from reid.retrieval.gallery import exact_distances
+from reid.retrieval.sources import FeatureSource, from_arrays
+
+BF16_SCAN = "bf16"  # the index type of evaluate_features / TEST.INDEX.TYPE that selects it
+SELECT_BLOCK = 64     # columns per block of the two-step selection
+QUERY_ROWS = 1024     # query rows per product: larger blocks keep the matrix units busy
+GALLERY_ROWS = 131072  # gallery rows per chunk: 1024 x 131072 bfloat16 scores = 256 MiB
+RESCORE_ROWS = 256    # queries re-scored at once: 256 x 2k candidate rows of float32
+DEFAULT_RESCORE = 2
+_NORM_EPS = 1e-12     # reid.evaluation.distance's guard: a zero vector stays zero
+
+
+def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
+               device: torch.device | str = "cpu", rescore: int = DEFAULT_RESCORE
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, distances)``, ``Q x k``, ascending reid distances: each query's nearest
+    ``gallery`` rows (a FeatureSource or a ``G x D`` matrix), selected in bfloat16 among all
+    of them and re-scored exactly (module doc)."""
+    source = gallery if isinstance(gallery, FeatureSource) else from_arrays(gallery)
+    device = torch.device(device)
+    dtype = torch.bfloat16 if bf16_where_native("TEST.INDEX.TYPE bf16", True, device) \
+        else torch.float32
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(int(k), len(source))
+    fetch = min(len(source), max(k, int(rescore) * k))
+    candidates = _scan(_scoring_rows(queries, metric, device, dtype), source, fetch, metric,
+                       dtype)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    distances = np.empty((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), RESCORE_ROWS):
+        rows = slice(start, start + RESCORE_ROWS)
+        ids[rows], distances[rows] = _rescored(queries[rows], source, candidates[rows], k,
+                                               metric)
+    return ids, distances
+
+
+def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
+          dtype: torch.dtype) -> np.ndarray:
+    """The ``fetch`` best-scoring gallery ids of every row of ``q``. The gallery is read
+    (and converted) once, chunk by chunk; each chunk meets every block of queries."""
+    best_scores = torch.empty((len(q), 0), dtype=torch.float32, device=q.device)
+    best_ids = torch.empty((len(q), 0), dtype=torch.int64, device=q.device)
+    with torch.no_grad():
+        for start, chunk in source.chunks(GALLERY_ROWS):
+            g = _scoring_rows(chunk, metric, q.device, dtype, gallery=True)
+            scores, ids = [], []
+            for block in q.split(QUERY_ROWS):
+                values, columns = top_columns(block @ g.T, min(fetch, len(chunk)))
+                scores.append(values.float())
+                ids.append(columns + start)
+            merged_scores = torch.cat([best_scores, torch.cat(scores)], 1)
+            merged_ids = torch.cat([best_ids, torch.cat(ids)], 1)
+            keep = merged_scores.topk(min(fetch, merged_scores.shape[1]), dim=1).indices
+            best_scores, best_ids = merged_scores.gather(1, keep), merged_ids.gather(1, keep)
+    return best_ids.cpu().numpy()
+
+
+def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: torch.dtype,
+                  gallery: bool = False) -> torch.Tensor:
+    """Rows whose products rank like reid's distance, largest first. Cosine: unit rows.
+    Squared L2: ``|q - g|^2 = |q|^2 + |g|^2 - 2 q.g`` ranks as ``q.g - |g|^2 / 2``, one
+    product with a column appended (``-|g|^2 / 2`` to the gallery, ``1`` to the queries)."""
+    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
+    if metric == "cosine":
+        x = x / x.norm(dim=1, keepdim=True).clamp(min=_NORM_EPS)
+    else:
+        extra = -0.5 * x.pow(2).sum(1, keepdim=True) if gallery else torch.ones_like(x[:, :1])
+        x = torch.cat([x, extra], 1)
+    return x.to(dtype)
+
+
+def top_columns(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, columns)`` of the ``k`` largest scores of each row, in no particular
+    order, selected through block maxima (module doc): the same set as ``topk``."""
+    rows, cols = scores.shape
+    blocks = cols // SELECT_BLOCK
+    if blocks <= k:
+        found = scores.topk(k, dim=1)
+        return found.values, found.indices
+    whole = scores[:, :blocks * SELECT_BLOCK].view(rows, blocks, SELECT_BLOCK)
+    best_blocks = whole.amax(dim=2).topk(k, dim=1).indices                     # rows x k
+    values = whole.gather(1, best_blocks[:, :, None].expand(-1, -1, SELECT_BLOCK))
+    offsets = torch.arange(SELECT_BLOCK, device=scores.device)
+    columns = best_blocks[:, :, None] * SELECT_BLOCK + offsets                  # rows x k x 64
+    tail = torch.arange(blocks * SELECT_BLOCK, cols, device=scores.device)
+    values = torch.cat([values.reshape(rows, -1), scores[:, blocks * SELECT_BLOCK:]], 1)
+    columns = torch.cat([columns.reshape(rows, -1), tail.expand(rows, -1)], 1)
+    found = values.topk(k, dim=1)
+    return found.values, columns.gather(1, found.indices)
+
+
+def _rescored(queries: np.ndarray, source: FeatureSource, candidates: np.ndarray, k: int,
+              metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each query's candidates by the exact float32 distance."""
+    rows = np.sort(candidates, axis=1)  # equal distances: the lower id first, as exact search
+    vectors = np.asarray(source.vectors[rows.ravel()], dtype=np.float32)
+    exact = exact_distances(queries, vectors.reshape(*rows.shape, -1), metric)
+    nearest = np.argsort(exact, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(rows, nearest, 1), np.take_along_axis(exact, nearest, 1)

@@ -1,0 +1,115 @@
+"""The bfloat16 brute-force candidate search (reid.retrieval.bf16_scan) against brute force
+written here in numpy (float64): the same nearest rows and their exact distances, whatever
+the chunking, from memory or a memory-mapped .npy, and float32 where bf16 is not native."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from reid.errors import ReidError
+from reid.evaluation import extract
+from reid.evaluation.features import evaluate_features
+from reid.retrieval import bf16_scan
+from reid.retrieval.bf16_scan import bf16_top_k, top_columns
+
+
+def all_distances(queries: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
+    """Reid's distances in float64: cosine ``1 - cos``, euclidean squared L2."""
+    q, g = queries.astype(np.float64), gallery.astype(np.float64)
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        return 1.0 - q @ g.T
+    return ((q[:, None, :] - g[None, :, :]) ** 2).sum(2)
+
+
+def brute_force(queries: np.ndarray, gallery: np.ndarray, k: int, metric: str):
+    distances = all_distances(queries, gallery, metric)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(distances, order, 1)
+
+
+@pytest.fixture(scope="module")
+def features():
+    """People (clusters) with a few images each: neighbours that are near, not ties."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(120, 32))
+    gallery = centres[rng.integers(0, 120, 3000)] + 0.6 * rng.normal(size=(3000, 32))
+    queries = centres[rng.integers(0, 120, 70)] + 0.6 * rng.normal(size=(70, 32))
+    return queries.astype(np.float32), gallery.astype(np.float32)
+
+
+@pytest.mark.parametrize("cols,k", [(1000, 7), (64 * 9 + 13, 9), (100, 5), (640, 20)])
+def test_block_maxima_select_the_same_set_as_topk(cols, k):
+    # (64 x 9 + 13, 9): a tail shorter than a block; (100, 5): a single whole block;
+    # (640, 20): more rows wanted than there are blocks (plain topk).
+    scores = torch.randn(6, cols, generator=torch.Generator().manual_seed(cols))
+    values, columns = top_columns(scores, k)
+    reference = scores.topk(k, dim=1)
+    for row in range(6):
+        assert sorted(columns[row].tolist()) == sorted(reference.indices[row].tolist())
+    torch.testing.assert_close(scores.gather(1, columns), values)
+
+
+def test_a_best_row_in_the_tail_is_found():
+    scores = torch.zeros(1, 64 * 4 + 3)
+    scores[0, -1], scores[0, 5] = 9.0, 8.0
+    values, columns = top_columns(scores, 2)
+    assert sorted(columns[0].tolist()) == [5, 64 * 4 + 2]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_nearest_rows_and_distances_equal_brute_force(features, metric):
+    queries, gallery = features
+    ids, distances = bf16_top_k(queries, gallery, 15, metric)
+    expected_ids, expected = brute_force(queries, gallery, 15, metric)
+    # bfloat16 chooses the 30 candidates; float32 re-scoring orders them: same rows
+    assert np.mean(ids == expected_ids) > 0.99
+    assert all(len(np.intersect1d(a, b)) >= 14 for a, b in zip(ids, expected_ids))
+    exact_of_found = np.take_along_axis(all_distances(queries, gallery, metric), ids, 1)
+    np.testing.assert_allclose(distances, exact_of_found, rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(distances, axis=1) >= 0)
+
+
+def test_chunks_and_a_memory_mapped_gallery_change_nothing(features, tmp_path, monkeypatch):
+    queries, gallery = features
+    whole = bf16_top_k(queries, gallery, 10)
+    path = tmp_path / "gallery.npy"
+    np.save(path, gallery)
+    monkeypatch.setattr(bf16_scan, "GALLERY_ROWS", 700)   # 5 chunks, the last of 200 rows
+    monkeypatch.setattr(bf16_scan, "QUERY_ROWS", 16)
+    monkeypatch.setattr(bf16_scan, "RESCORE_ROWS", 9)
+    chunked = bf16_top_k(queries, np.load(path, mmap_mode="r"), 10)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-6)
+
+
+def test_k_above_the_gallery_returns_every_row(features):
+    queries, gallery = features
+    ids, _ = bf16_top_k(queries[:3], gallery[:40], 100)
+    assert ids.shape == (3, 40)
+    assert all(sorted(row) == list(range(40)) for row in ids)
+
+
+def test_float32_where_bfloat16_is_not_native(features, monkeypatch, caplog):
+    queries, gallery = features
+    monkeypatch.setattr(extract, "native_bf16", lambda device: False)
+    monkeypatch.setattr(extract, "_WARNED_NO_BF16", set())
+    with caplog.at_level(logging.WARNING):
+        ids, _ = bf16_top_k(queries, gallery, 15, rescore=1)
+    expected, _ = brute_force(queries, gallery, 15, "cosine")
+    np.testing.assert_array_equal(ids, expected)  # float32 selection: exact, no re-scoring
+    assert "TEST.INDEX.TYPE bf16 is ignored on this CPU" in caplog.text
+
+
+def test_evaluation_refuses_search_parameters(features):
+    queries, gallery = features
+    pids = np.arange(len(gallery)) % 7
+    with pytest.raises(ReidError, match="index type 'bf16' takes no search parameters, "
+                                        "got 'nprobe=4'"):
+        evaluate_features(queries, gallery, np.arange(len(queries)) % 7, pids,
+                          np.zeros(len(queries)), np.ones(len(gallery)), index="bf16",
+                          index_params="nprobe=4")
