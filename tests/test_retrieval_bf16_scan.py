@@ -7,13 +7,12 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
 from reid.errors import ReidError
 from reid.evaluation import extract
 from reid.evaluation.features import evaluate_features
 from reid.retrieval import bf16_scan
-from reid.retrieval.bf16_scan import bf16_top_k, top_columns
+from reid.retrieval.bf16_scan import bf16_top_k
 
 
 def all_distances(queries: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
@@ -40,25 +39,6 @@ def features():
     gallery = centres[rng.integers(0, 120, 3000)] + 0.6 * rng.normal(size=(3000, 32))
     queries = centres[rng.integers(0, 120, 70)] + 0.6 * rng.normal(size=(70, 32))
     return queries.astype(np.float32), gallery.astype(np.float32)
-
-
-@pytest.mark.parametrize("cols,k", [(1000, 7), (64 * 9 + 13, 9), (100, 5), (640, 20)])
-def test_block_maxima_select_the_same_set_as_topk(cols, k):
-    # (64 x 9 + 13, 9): a tail shorter than a block; (100, 5): a single whole block;
-    # (640, 20): more rows wanted than there are blocks (plain topk).
-    scores = torch.randn(6, cols, generator=torch.Generator().manual_seed(cols))
-    values, columns = top_columns(scores, k)
-    reference = scores.topk(k, dim=1)
-    for row in range(6):
-        assert sorted(columns[row].tolist()) == sorted(reference.indices[row].tolist())
-    torch.testing.assert_close(scores.gather(1, columns), values)
-
-
-def test_a_best_row_in_the_tail_is_found():
-    scores = torch.zeros(1, 64 * 4 + 3)
-    scores[0, -1], scores[0, 5] = 9.0, 8.0
-    values, columns = top_columns(scores, 2)
-    assert sorted(columns[0].tolist()) == [5, 64 * 4 + 2]
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

@@ -178,3 +178,19 @@ def _as_features(feats, what: str) -> torch.Tensor:
     if tensor.ndim != 2:
         raise ReidError(f"{what} features must be an N x D matrix, got shape {tuple(tensor.shape)}")
     return tensor.float()
+
+
+def candidate_distances(queries: np.ndarray, candidates: np.ndarray, metric: str
+                        ) -> np.ndarray:
+    """``Q x C`` distances (``metric``: "cosine" or "euclidean", as above) of each query to
+    its own ``C`` candidate rows (``candidates``: ``Q x C x D``): an index's candidates
+    re-scored exactly (reid.retrieval)."""
+    q, g = torch.from_numpy(queries), torch.from_numpy(candidates)
+    with torch.no_grad():
+        if metric == "cosine":
+            q = q / q.norm(dim=1, keepdim=True).clamp(min=_NORM_EPS)
+            g_norms = g.norm(dim=2).clamp(min=_NORM_EPS)
+            return (1.0 - torch.bmm(g, q[:, :, None])[:, :, 0] / g_norms).numpy()
+        products = torch.bmm(g, q[:, :, None])[:, :, 0]
+        squared = q.pow(2).sum(1)[:, None] + g.pow(2).sum(2) - 2.0 * products
+        return squared.clamp_(min=0.0).numpy()

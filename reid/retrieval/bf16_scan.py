@@ -11,11 +11,11 @@ bfloat16's rounding (~0.4 % of the score) of the ``rescore x k``-th one: it may 
 with it. On a device without native bfloat16 the products run in float32 (one warning):
 the same answer, without the speed.
 
-The top rows of each block of scores are selected in two steps, exactly: the maximum of
-every 64 consecutive columns, the ``k`` best of those maxima, then the ``k`` best among
-the columns of those blocks (every row of the true top ``k`` lies in a block whose maximum
-is at least the ``k``-th score, and at most ``k`` blocks are). That reads the scores once
-instead of running a selection over the whole row (3x faster at 515,913 columns).
+Measured on Market+500k (3,368 x 515,913, 512-d, 2 cores; benchmarks/RESULTS.md, "faiss
+retrieval"): the bfloat16 products take ~2.3 s where float32's take ~12 s, and choosing each
+row's best ``rescore x k`` among the scores (``topk``, ~1.2 ns a score) costs as much again;
+a two-step selection through block maxima was tried and was no faster (bfloat16 reductions
+are not much cheaper than the selection itself).
 
 Memory: one block of query rows x one chunk of gallery rows of scores (bfloat16), one chunk
 of the gallery in bfloat16, and the ``Q x rescore x k`` best candidates so far; the gallery
@@ -26,17 +26,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from reid.evaluation.distance import candidate_distances
 from reid.evaluation.extract import bf16_where_native
-from reid.retrieval.gallery import exact_distances
 from reid.retrieval.sources import FeatureSource, from_arrays
 
 BF16_SCAN = "bf16"  # the index type of evaluate_features / TEST.INDEX.TYPE that selects it
-SELECT_BLOCK = 64     # columns per block of the two-step selection
 QUERY_ROWS = 1024     # query rows per product: larger blocks keep the matrix units busy
-GALLERY_ROWS = 131072  # gallery rows per chunk: 1024 x 131072 bfloat16 scores = 256 MiB
+GALLERY_ROWS = 65536  # gallery rows per chunk: 1024 x 65536 bfloat16 scores = 128 MiB
 RESCORE_ROWS = 256    # queries re-scored at once: 256 x 2k candidate rows of float32
 DEFAULT_RESCORE = 2
-_NORM_EPS = 1e-12     # reid.evaluation.distance's guard: a zero vector stays zero
 
 
 def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
@@ -74,9 +72,9 @@ def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
             g = _scoring_rows(chunk, metric, q.device, dtype, gallery=True)
             scores, ids = [], []
             for block in q.split(QUERY_ROWS):
-                values, columns = top_columns(block @ g.T, min(fetch, len(chunk)))
-                scores.append(values.float())
-                ids.append(columns + start)
+                found = (block @ g.T).topk(min(fetch, len(chunk)), dim=1, sorted=False)
+                scores.append(found.values.float())
+                ids.append(found.indices + start)
             merged_scores = torch.cat([best_scores, torch.cat(scores)], 1)
             merged_ids = torch.cat([best_ids, torch.cat(ids)], 1)
             keep = merged_scores.topk(min(fetch, merged_scores.shape[1]), dim=1).indices
@@ -91,31 +89,11 @@ def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: to
     product with a column appended (``-|g|^2 / 2`` to the gallery, ``1`` to the queries)."""
     x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
     if metric == "cosine":
-        x = x / x.norm(dim=1, keepdim=True).clamp(min=_NORM_EPS)
+        x = torch.nn.functional.normalize(x, dim=1)  # reid's guard: a zero row stays zero
     else:
         extra = -0.5 * x.pow(2).sum(1, keepdim=True) if gallery else torch.ones_like(x[:, :1])
         x = torch.cat([x, extra], 1)
     return x.to(dtype)
-
-
-def top_columns(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(values, columns)`` of the ``k`` largest scores of each row, in no particular
-    order, selected through block maxima (module doc): the same set as ``topk``."""
-    rows, cols = scores.shape
-    blocks = cols // SELECT_BLOCK
-    if blocks <= k:
-        found = scores.topk(k, dim=1)
-        return found.values, found.indices
-    whole = scores[:, :blocks * SELECT_BLOCK].view(rows, blocks, SELECT_BLOCK)
-    best_blocks = whole.amax(dim=2).topk(k, dim=1).indices                     # rows x k
-    values = whole.gather(1, best_blocks[:, :, None].expand(-1, -1, SELECT_BLOCK))
-    offsets = torch.arange(SELECT_BLOCK, device=scores.device)
-    columns = best_blocks[:, :, None] * SELECT_BLOCK + offsets                  # rows x k x 64
-    tail = torch.arange(blocks * SELECT_BLOCK, cols, device=scores.device)
-    values = torch.cat([values.reshape(rows, -1), scores[:, blocks * SELECT_BLOCK:]], 1)
-    columns = torch.cat([columns.reshape(rows, -1), tail.expand(rows, -1)], 1)
-    found = values.topk(k, dim=1)
-    return found.values, columns.gather(1, found.indices)
 
 
 def _rescored(queries: np.ndarray, source: FeatureSource, candidates: np.ndarray, k: int,
@@ -123,6 +101,6 @@ def _rescored(queries: np.ndarray, source: FeatureSource, candidates: np.ndarray
     """The ``k`` nearest of each query's candidates by the exact float32 distance."""
     rows = np.sort(candidates, axis=1)  # equal distances: the lower id first, as exact search
     vectors = np.asarray(source.vectors[rows.ravel()], dtype=np.float32)
-    exact = exact_distances(queries, vectors.reshape(*rows.shape, -1), metric)
+    exact = candidate_distances(queries, vectors.reshape(*rows.shape, -1), metric)
     nearest = np.argsort(exact, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(rows, nearest, 1), np.take_along_axis(exact, nearest, 1)

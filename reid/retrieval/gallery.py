@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from reid.errors import ReidError
+from reid.evaluation.distance import candidate_distances
 from reid.retrieval import faiss_index, store
 from reid.retrieval.model_card import ImageEmbedder, ModelCard
 from reid.retrieval.rows import GalleryRows
@@ -166,7 +166,7 @@ class Gallery:
     def _rescore(self, queries: np.ndarray, found: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best of the candidates by reid's exact distance, ties by id."""
-        dist = exact_distances(queries, self.rows.take(found), self.metric)
+        dist = candidate_distances(queries, self.rows.take(found), self.metric)
         dist[found < 0] = np.inf
         by_id = np.argsort(np.where(found < 0, np.iinfo(np.int64).max, found), axis=1,
                            kind="stable")
@@ -209,17 +209,3 @@ class Gallery:
         if with_model:
             gallery.use_model(store.model_embedder(saved.model, Path(directory)))
         return gallery
-
-
-def exact_distances(queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
-    """``Q x C`` reid distances of each query to its own ``C`` candidate rows
-    (``candidates``: ``Q x C x D``), the arithmetic of :mod:`reid.evaluation.distance`."""
-    q, g = torch.from_numpy(queries), torch.from_numpy(candidates)
-    with torch.no_grad():
-        if metric == "cosine":
-            q = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)
-            g_norms = g.norm(dim=2).clamp(min=1e-12)
-            return (1.0 - torch.bmm(g, q[:, :, None])[:, :, 0] / g_norms).numpy()
-        products = torch.bmm(g, q[:, :, None])[:, :, 0]
-        squared = q.pow(2).sum(1)[:, None] + g.pow(2).sum(2) - 2.0 * products
-        return squared.clamp_(min=0.0).numpy()
