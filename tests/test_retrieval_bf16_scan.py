@@ -93,3 +93,23 @@ def test_evaluation_refuses_search_parameters(features):
         evaluate_features(queries, gallery, np.arange(len(queries)) % 7, pids,
                           np.zeros(len(queries)), np.ones(len(gallery)), index="bf16",
                           index_params="nprobe=4")
+
+
+def test_an_unknown_metric_is_one_line(features):
+    queries, gallery = features
+    with pytest.raises(ReidError, match="bf16_top_k: unknown metric 'jaccard': expected one of "
+                                        "cosine, euclidean"):
+        bf16_top_k(queries, gallery, 5, "jaccard")
+
+
+def test_euclidean_evaluation_with_every_row_a_candidate_is_exact(features):
+    queries, gallery = features
+    rng = np.random.default_rng(5)
+    q_pids, g_pids = rng.integers(0, 12, len(queries)), rng.integers(0, 12, len(gallery))
+    q_cams, g_cams = rng.integers(0, 3, len(queries)), rng.integers(0, 3, len(gallery))
+    args = (queries, gallery, q_pids, g_pids, q_cams, g_cams)
+    exact = evaluate_features(*args, metric="euclidean", device="cpu")
+    approx = evaluate_features(*args, metric="euclidean", device="cpu", index="bf16",
+                               candidates=len(gallery))
+    np.testing.assert_allclose(approx.all_ap, exact.all_ap, rtol=1e-6)
+    np.testing.assert_allclose(approx.cmc, exact.cmc, atol=1e-12)

@@ -77,9 +77,11 @@ def _candidates(queries: np.ndarray, gallery_source, k: int, index_type: str, me
         if search_params:
             raise ReidError(f"index type {BF16_SCAN!r} takes no search parameters, got "
                             f"{search_params!r}")
-        # bfloat16 already ranks nearly exactly: no wider list to re-score (Market+500k top
-        # 150: the same mAP, 70.00, with 150 or 300 re-scored; benchmarks/RESULTS.md)
-        return bf16_top_k(queries, gallery_source, k, metric, device, rescore=1)[0]
+        # bfloat16 ranks unit rows nearly exactly: no wider list to re-score (Market+500k top
+        # 150: the same mAP, 70.00, with 150 or 300 re-scored; benchmarks/RESULTS.md).
+        # Squared L2 keeps the margin (its scores carry the rows' norms: coarser rounding).
+        rescore = 1 if metric == "cosine" else RESCORE
+        return bf16_top_k(queries, gallery_source, k, metric, device, rescore=rescore)[0]
     gallery = Gallery.build(gallery_source, index_type, metric, seed=seed, rescore=RESCORE,
                             search_params=search_params)
     return gallery.search(queries, k).ids

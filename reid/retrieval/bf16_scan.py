@@ -8,8 +8,10 @@ times faster than float32, and the top ``rescore x k`` rows of each query are th
 re-scored exactly (float32, reid's distance) so the answer's order and distances are exact
 for the rows it kept. What bfloat16 can cost is a row whose true score sits within
 bfloat16's rounding (~0.4 % of the score) of the ``rescore x k``-th one: it may be swapped
-with it. On a device without native bfloat16 the products run in float32 (one warning):
-the same answer, without the speed.
+with it. Squared L2 scores carry the gallery rows' squared norms, so with large norms
+bfloat16's rounding is coarser against the gaps between neighbours than with cosine's unit
+rows: re-score a wider list there (``rescore``). On a device without native bfloat16 the
+products run in float32 (one warning): the same answer, without the speed.
 
 Measured on Market+500k (3,368 x 515,913, 512-d, 2 cores; benchmarks/RESULTS.md, "faiss
 retrieval"): the bfloat16 products take ~2.3 s where float32's take ~12 s, and choosing each
@@ -26,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from reid.errors import ReidError
 from reid.evaluation.distance import candidate_distances
 from reid.evaluation.extract import bf16_where_native
 from reid.retrieval.sources import FeatureSource, from_arrays
@@ -35,6 +38,7 @@ QUERY_ROWS = 1024     # query rows per product: larger blocks keep the matrix un
 GALLERY_ROWS = 65536  # gallery rows per chunk: 1024 x 65536 bfloat16 scores = 128 MiB
 RESCORE_ROWS = 256    # queries re-scored at once: 256 x 2k candidate rows of float32
 DEFAULT_RESCORE = 2
+SCORED_METRICS = ("cosine", "euclidean")  # reid's two distances (reid.evaluation.distance)
 
 
 def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
@@ -43,6 +47,9 @@ def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
     """``(ids, distances)``, ``Q x k``, ascending reid distances: each query's nearest
     ``gallery`` rows (a FeatureSource or a ``G x D`` matrix), selected in bfloat16 among all
     of them and re-scored exactly (module doc)."""
+    if metric not in SCORED_METRICS:
+        raise ReidError(f"bf16_top_k: unknown metric {metric!r}: expected one of "
+                        f"{', '.join(SCORED_METRICS)}")
     source = gallery if isinstance(gallery, FeatureSource) else from_arrays(gallery)
     device = torch.device(device)
     dtype = torch.bfloat16 if bf16_where_native("TEST.INDEX.TYPE bf16", True, device) \
