@@ -178,13 +178,14 @@ def part_partition(args: argparse.Namespace) -> None:
     exact = flat.search(queries, 10)[1]
     fractions = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
     print(f"\n## IVF partition: recall@10 of IVF-Flat by lists and fraction scanned, "
-          f"{len(gallery):,} x 512-d, {len(queries):,} queries")
+          f"{len(gallery):,} x 512-d, {len(queries):,} queries, {args.train_per_list} "
+          "training rows per list, exact quantizer")
     print(f"{'index':<14}{'per list':>9}" + "".join(f"{f'{f:.4g} scanned':>16}" for f in fractions))
     for nlist in args.partition_lists:
         index = faiss.index_factory(gallery.shape[1], f"IVF{nlist},Flat",
                                     faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(len(gallery), min(len(gallery), 64 * nlist),
-                                                 replace=False)
+        sample = np.random.default_rng(0).choice(
+            len(gallery), min(len(gallery), args.train_per_list * nlist), replace=False)
         index.train(gallery[np.sort(sample)])
         index.add(gallery)
         row = []
@@ -232,6 +233,8 @@ def main() -> None:
                         help="TYPE:PARAMS:RESCORE rows after Flat")
     parser.add_argument("--partition-lists", type=int, nargs="+", default=[64, 256, 1024],
                         help="list counts of --parts partition")
+    parser.add_argument("--train-per-list", type=int, default=64,
+                        help="training rows per list of --parts partition (faiss: 39 to 256)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
