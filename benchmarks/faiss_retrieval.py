@@ -28,6 +28,7 @@ shared mean and low-rank nuisance: re-id-like, see its docstring), written once 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -54,7 +55,9 @@ def child_market(work: Path, mode: str, index: str, candidates: int, dim: int) -
     from reid.evaluation.features import evaluate_features
     # imported before the clock starts, as in `reid eval` (the model already loaded them):
     # the approximate path's faiss Gallery brings torchvision (~2 s)
-    import reid.evaluation.approximate, reid.retrieval.bf16_scan, reid.retrieval.gallery  # noqa
+    for module in ("reid.evaluation.approximate", "reid.retrieval.bf16_scan",
+                   "reid.retrieval.gallery"):
+        importlib.import_module(module)
     folder = work / f"market{dim}"
     labels = np.load(folder / "labels.npz")
     mmap = "r" if dim > 512 else None  # the 2048-d gallery stays on disk
