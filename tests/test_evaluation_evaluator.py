@@ -176,10 +176,12 @@ def test_options_are_typed_once_and_run_returns_the_files_written(tmp_path):
     assert run.files == [*set_a.files, *run.sets["SetB"].files]
 
 
-def test_an_index_type_evaluates_from_each_querys_candidates(tmp_path):
-    """TEST.INDEX.TYPE: a Flat index over the whole gallery is exact; fewer candidates give
-    lower bounds; the candidates' recall is reported; no retrieval examples are written."""
-    whole = config(**{"DATASETS.TESTS": '["SetA"]', "TEST.INDEX.TYPE": "Flat",
+@pytest.mark.parametrize("index_type", ["Flat", "bf16"])
+def test_an_index_type_evaluates_from_each_querys_candidates(tmp_path, index_type):
+    """TEST.INDEX.TYPE: a Flat index (or the bf16 scan) over the whole gallery is exact;
+    fewer candidates give lower bounds; the candidates' recall is reported; no retrieval
+    examples are written."""
+    whole = config(**{"DATASETS.TESTS": '["SetA"]', "TEST.INDEX.TYPE": index_type,
                       "TEST.INDEX.CANDIDATES": "12"})
     results = Evaluator(whole, output_dir=tmp_path, build_loader=loaders([])).evaluate(
         FirstRowModel(), "cpu")["SetA"]
@@ -187,7 +189,7 @@ def test_an_index_type_evaluates_from_each_querys_candidates(tmp_path):
     assert results == pytest.approx(expected(), abs=1e-4)
     assert not (tmp_path / "examples").exists()  # examples need whole rows of distances
 
-    top2 = config(**{"DATASETS.TESTS": '["SetA"]', "TEST.INDEX.TYPE": "Flat",
+    top2 = config(**{"DATASETS.TESTS": '["SetA"]', "TEST.INDEX.TYPE": index_type,
                      "TEST.INDEX.CANDIDATES": "2"})
     results = Evaluator(top2, build_loader=loaders([])).evaluate(FirstRowModel(), "cpu")["SetA"]
     exact = expected()
