@@ -72,7 +72,6 @@ def _candidates(queries: np.ndarray, gallery_source, k: int, index_type: str, me
                 seed: int, search_params: str | None, device: str) -> np.ndarray:
     """Each query's top-``k`` gallery ids by the chosen index."""
     from reid.retrieval.bf16_scan import BF16_SCAN, bf16_top_k
-    from reid.retrieval.gallery import Gallery
     if index_type == BF16_SCAN:
         if search_params:
             raise ReidError(f"index type {BF16_SCAN!r} takes no search parameters, got "
@@ -82,6 +81,7 @@ def _candidates(queries: np.ndarray, gallery_source, k: int, index_type: str, me
         # Squared L2 keeps the margin (its scores carry the rows' norms: coarser rounding).
         rescore = 1 if metric == "cosine" else RESCORE
         return bf16_top_k(queries, gallery_source, k, metric, device, rescore=rescore)[0]
+    from reid.retrieval.gallery import Gallery  # faiss and the model card (torchvision): ~2 s
     gallery = Gallery.build(gallery_source, index_type, metric, seed=seed, rescore=RESCORE,
                             search_params=search_params)
     return gallery.search(queries, k).ids
