@@ -63,6 +63,19 @@ def test_approximate_types_find_the_exact_neighbours_of_clustered_features(data,
     assert np.all(np.diff(result.distances, axis=1) >= 0)
 
 
+def test_an_hnsw_quantizer_probes_every_list_nprobe_asks_for(data):
+    """With every list probed an IVF index is exact; faiss's HNSW quantizer would search only
+    its own efSearch (16) lists unless told otherwise."""
+    q, g, _ = data
+    expected = np.argsort(brute_force(q, g, "cosine"), axis=1, kind="stable")[:, :10]
+    every_list = Gallery.build(g, "IVF48_HNSW8,Flat", "cosine", search_params="nprobe=48")
+    np.testing.assert_array_equal(every_list.search(q, k=10).ids, expected)
+    # a quantizer_efSearch the user sets is kept: 8 lists of 48 searched, no longer exact
+    narrow = Gallery.build(g, "IVF48_HNSW8,Flat", "cosine",
+                           search_params="nprobe=48,quantizer_efSearch=8")
+    assert not np.array_equal(narrow.search(q, k=10).ids, expected)
+
+
 def test_remove_and_add_by_id(data):
     q, g, _ = data
     gallery = Gallery.build(g[:2000], "IVF8,Flat", "euclidean", search_params="nprobe=8")
