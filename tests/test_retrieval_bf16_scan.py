@@ -1,6 +1,7 @@
 """The bfloat16 brute-force candidate search (reid.retrieval.bf16_scan) against brute force
-written here in numpy (float64): the same nearest rows and their exact distances, whatever
-the chunking, from memory or a memory-mapped .npy, and float32 where bf16 is not native."""
+in numpy (float64, oracles.reid_distances): the same nearest rows and their exact distances,
+whatever the chunking, from memory or a memory-mapped .npy, and float32 where bf16 is not
+native."""
 from __future__ import annotations
 
 import logging
@@ -14,19 +15,11 @@ from reid.evaluation.features import evaluate_features
 from reid.retrieval import bf16_scan
 from reid.retrieval.bf16_scan import bf16_top_k
 
-
-def all_distances(queries: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
-    """Reid's distances in float64: cosine ``1 - cos``, euclidean squared L2."""
-    q, g = queries.astype(np.float64), gallery.astype(np.float64)
-    if metric == "cosine":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        g = g / np.linalg.norm(g, axis=1, keepdims=True)
-        return 1.0 - q @ g.T
-    return ((q[:, None, :] - g[None, :, :]) ** 2).sum(2)
+from oracles import reid_distances
 
 
 def brute_force(queries: np.ndarray, gallery: np.ndarray, k: int, metric: str):
-    distances = all_distances(queries, gallery, metric)
+    distances = reid_distances(queries, gallery, metric)
     order = np.argsort(distances, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(distances, order, 1)
 
@@ -49,7 +42,7 @@ def test_nearest_rows_and_distances_equal_brute_force(features, metric):
     # bfloat16 chooses the 30 candidates; float32 re-scoring orders them: same rows
     assert np.mean(ids == expected_ids) > 0.99
     assert all(len(np.intersect1d(a, b)) >= 14 for a, b in zip(ids, expected_ids))
-    exact_of_found = np.take_along_axis(all_distances(queries, gallery, metric), ids, 1)
+    exact_of_found = np.take_along_axis(reid_distances(queries, gallery, metric), ids, 1)
     np.testing.assert_allclose(distances, exact_of_found, rtol=1e-5, atol=1e-5)
     assert np.all(np.diff(distances, axis=1) >= 0)
 

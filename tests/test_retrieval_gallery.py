@@ -1,4 +1,4 @@
-"""reid.retrieval.Gallery: faiss indexes against a brute-force numpy reference written here."""
+"""reid.retrieval.Gallery: faiss indexes against a brute-force numpy reference (oracles.py)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,8 @@ from reid.retrieval import Gallery
 from reid.retrieval.model_card import ModelCard
 from reid.retrieval.store import INDEX, MANIFEST
 
+from oracles import reid_distances
+
 
 def clustered(n: int, dim: int = 32, ids: int = 60, seed: int = 0) -> tuple[np.ndarray,
                                                                              np.ndarray]:
@@ -19,16 +21,6 @@ def clustered(n: int, dim: int = 32, ids: int = 60, seed: int = 0) -> tuple[np.n
     centres = rng.normal(size=(ids, dim))
     pids = rng.integers(0, ids, n)
     return (centres[pids] + 0.35 * rng.normal(size=(n, dim))).astype(np.float32), pids
-
-
-def brute_force(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
-    """Reid's distances, written out in float64: 1 - cos, or squared L2."""
-    q64, g64 = q.astype(np.float64), g.astype(np.float64)
-    if metric == "cosine":
-        qn = q64 / np.linalg.norm(q64, axis=1, keepdims=True)
-        gn = g64 / np.linalg.norm(g64, axis=1, keepdims=True)
-        return 1.0 - qn @ gn.T
-    return ((q64[:, None, :] - g64[None, :, :]) ** 2).sum(-1)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def test_flat_returns_the_exact_neighbours_and_reid_distances(data, metric):
     gallery = Gallery.build(g, "Flat", metric, pids=g_pids, paths=[f"{i}.jpg" for i in
                                                                     range(len(g))])
     result = gallery.search(q, k=7)
-    reference = brute_force(q, g, metric)
+    reference = reid_distances(q, g, metric)
     expected = np.argsort(reference, axis=1, kind="stable")[:, :7]
     np.testing.assert_array_equal(result.ids, expected)
     np.testing.assert_allclose(result.distances, np.take_along_axis(reference, expected, 1),
@@ -57,7 +49,7 @@ def test_flat_returns_the_exact_neighbours_and_reid_distances(data, metric):
 def test_approximate_types_find_the_exact_neighbours_of_clustered_features(data, index_type):
     q, g, _ = data
     result = Gallery.build(g, index_type, "cosine").search(q, k=10)
-    expected = np.argsort(brute_force(q, g, "cosine"), axis=1, kind="stable")[:, :10]
+    expected = np.argsort(reid_distances(q, g, "cosine"), axis=1, kind="stable")[:, :10]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(result.ids, expected)])
     assert recall >= 0.9, recall
     assert np.all(np.diff(result.distances, axis=1) >= 0)
@@ -67,7 +59,7 @@ def test_an_hnsw_quantizer_probes_every_list_nprobe_asks_for(data):
     """With every list probed an IVF index is exact; faiss's HNSW quantizer would search only
     its own efSearch (16) lists unless told otherwise."""
     q, g, _ = data
-    expected = np.argsort(brute_force(q, g, "cosine"), axis=1, kind="stable")[:, :10]
+    expected = np.argsort(reid_distances(q, g, "cosine"), axis=1, kind="stable")[:, :10]
     every_list = Gallery.build(g, "IVF48_HNSW8,Flat", "cosine", search_params="nprobe=48")
     np.testing.assert_array_equal(every_list.search(q, k=10).ids, expected)
     # a quantizer_efSearch the user sets is kept: 8 lists of 48 searched, no longer exact
