@@ -194,3 +194,18 @@ def candidate_distances(queries: np.ndarray, candidates: np.ndarray, metric: str
         products = torch.bmm(g, q[:, :, None])[:, :, 0]
         squared = q.pow(2).sum(1)[:, None] + g.pow(2).sum(2) - 2.0 * products
         return squared.clamp_(min=0.0).numpy()
+
+
+def nearest_candidates(queries: np.ndarray, found: np.ndarray, vectors: np.ndarray, k: int,
+                       metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, distances)``, ``Q x k``: the ``k`` nearest of each query's candidate ids
+    ``found`` (``Q x C``, -1 = no candidate) by the exact distance, from their rows
+    ``vectors`` (``Q x C x D``). Equal distances: the lower id first, as exact search; -1
+    last (distance inf)."""
+    dist = candidate_distances(queries, vectors, metric)
+    dist[found < 0] = np.inf
+    by_id = np.argsort(np.where(found < 0, np.iinfo(np.int64).max, found), axis=1,
+                       kind="stable")
+    found, dist = np.take_along_axis(found, by_id, 1), np.take_along_axis(dist, by_id, 1)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(found, order, 1), np.take_along_axis(dist, order, 1)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from reid.errors import ReidError
-from reid.evaluation.distance import candidate_distances
+from reid.evaluation.distance import nearest_candidates
 from reid.evaluation.extract import bf16_where_native
 from reid.retrieval.sources import FeatureSource, from_arrays
 
@@ -107,8 +107,6 @@ def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: to
 def _rescored(queries: np.ndarray, source: FeatureSource, candidates: np.ndarray, k: int,
               metric: str) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest of each query's candidates by the exact float32 distance."""
-    rows = np.sort(candidates, axis=1)  # equal distances: the lower id first, as exact search
-    vectors = np.asarray(source.vectors[rows.ravel()], dtype=np.float32)
-    exact = candidate_distances(queries, vectors.reshape(*rows.shape, -1), metric)
-    nearest = np.argsort(exact, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(rows, nearest, 1), np.take_along_axis(exact, nearest, 1)
+    vectors = np.asarray(source.vectors[candidates.ravel()], dtype=np.float32)
+    return nearest_candidates(queries, candidates, vectors.reshape(*candidates.shape, -1), k,
+                              metric)

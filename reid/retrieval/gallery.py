@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from reid.errors import ReidError
-from reid.evaluation.distance import candidate_distances
+from reid.evaluation.distance import nearest_candidates
 from reid.retrieval import faiss_index, store
 from reid.retrieval.model_card import ImageEmbedder, ModelCard
 from reid.retrieval.rows import GalleryRows
@@ -166,13 +166,7 @@ class Gallery:
     def _rescore(self, queries: np.ndarray, found: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best of the candidates by reid's exact distance, ties by id."""
-        dist = candidate_distances(queries, self.rows.take(found), self.metric)
-        dist[found < 0] = np.inf
-        by_id = np.argsort(np.where(found < 0, np.iinfo(np.int64).max, found), axis=1,
-                           kind="stable")
-        found, dist = np.take_along_axis(found, by_id, 1), np.take_along_axis(dist, by_id, 1)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(found, order, 1), np.take_along_axis(dist, order, 1)
+        return nearest_candidates(queries, found, self.rows.take(found), k, self.metric)
 
     # ------------------------------------------------------------------ device, persistence
     def _ready(self) -> None:
