@@ -64,12 +64,16 @@ def child_market(work: Path, mode: str, index: str, candidates: int, dim: int) -
     started = time.perf_counter()
     q = np.load(folder / "query.npy")
     g = np.load(folder / "gallery.npy", mmap_mode=mmap)
+    loaded = time.perf_counter()
     kwargs = {} if mode == "exact" else {"index": index, "candidates": candidates,
                                          "index_params": params or None}
     result = evaluate_features(q, g, labels["q_pids"], labels["g_pids"], labels["q_cams"],
                                labels["g_cams"], device="cpu", **kwargs)
-    seconds = time.perf_counter() - started
-    out = {"mode": mode, "gallery": int(len(g)), "dim": dim, "seconds": seconds,
+    done = time.perf_counter()
+    # the engine's time (features in memory, as after extraction) and the whole, file
+    # reading included
+    out = {"mode": mode, "gallery": int(len(g)), "dim": dim, "seconds": done - started,
+           "engine_s": done - loaded,
            "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
            **{k: v for k, v in result.summary().items()}}
     return out
@@ -132,16 +136,17 @@ def part_market(args: argparse.Namespace) -> None:
                       "512")]
     print(f"\n## Market-1501+{args.distractors} evaluation, 512-d, {args.cores} cores "
           f"(approximate: {args.market_index}, top {args.candidates}, build included)")
-    print(f"{'engine':<12}{'gallery':>9}{'seconds':>9}{'peak RSS MB':>13}{'mAP':>8}"
-          f"{'Rank-1':>8}{'mINP':>8}{'cand. recall':>14}")
+    print(f"{'engine':<12}{'gallery':>9}{'engine s':>10}{'with load s':>13}{'peak RSS MB':>13}"
+          f"{'mAP':>8}{'Rank-1':>8}{'mINP':>8}{'cand. recall':>14}")
     for row in rows:
         recall = f"{row['candidate_recall']:.2f}%" if "candidate_recall" in row else "-"
-        print(f"{row['mode']:<12}{row['gallery']:>9}{row['seconds']:>9.1f}"
-              f"{row['peak_rss_mb']:>13.0f}{row['mAP']:>8.2f}{row['Rank-1']:>8.2f}"
-              f"{row['mINP']:>8.2f}{recall:>14}")
+        print(f"{row['mode']:<12}{row['gallery']:>9}{row['engine_s']:>10.2f}"
+              f"{row['seconds']:>13.2f}{row['peak_rss_mb']:>13.0f}{row['mAP']:>8.2f}"
+              f"{row['Rank-1']:>8.2f}{row['mINP']:>8.2f}{recall:>14}")
     exact, approx = rows
     print(f"mAP difference {approx['mAP'] - exact['mAP']:+.2f} points; approximate is "
-          f"{exact['seconds'] / approx['seconds']:.1f}x faster", flush=True)
+          f"{exact['engine_s'] / approx['engine_s']:.1f}x faster (engines; "
+          f"{exact['seconds'] / approx['seconds']:.1f}x with the .npy reading)", flush=True)
 
 
 def part_million(args: argparse.Namespace) -> None:

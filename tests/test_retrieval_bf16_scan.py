@@ -5,9 +5,11 @@ native."""
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
+import torch
 
 from reid.errors import ReidError
 from reid.evaluation import extract
@@ -106,3 +108,61 @@ def test_euclidean_evaluation_with_every_row_a_candidate_is_exact(features):
                                candidates=len(gallery))
     np.testing.assert_allclose(approx.all_ap, exact.all_ap, rtol=1e-6)
     np.testing.assert_allclose(approx.cmc, exact.cmc, atol=1e-12)
+
+
+def merged(tiles, k):
+    """merge_tile over ``tiles`` (column ids continuing from tile to tile)."""
+    rows = tiles[0].shape[0]
+    scores = torch.full((rows, k), -math.inf)
+    ids = torch.full((rows, k), -1, dtype=torch.int64)
+    first = 0
+    for tile in tiles:
+        scores, ids = bf16_scan.merge_tile(scores, ids, tile, first)
+        first += tile.shape[1]
+    return scores, ids
+
+
+def assert_k_best(tiles, scores, ids, k):
+    """Against sorting every score: the same k values per row, each id holding its value,
+    no id twice."""
+    whole = torch.cat([tile.float() for tile in tiles], 1)
+    assert torch.equal(scores, whole.sort(dim=1, descending=True).values[:, :k])
+    assert torch.equal(whole.gather(1, ids), scores)
+    assert all(len(set(row.tolist())) == k for row in ids)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shift", [-5.0, 0.0, 3.0])  # all negative, mixed, all positive
+def test_merge_tile_keeps_the_k_best_scores_of_every_tile(dtype, shift):
+    generator = torch.Generator().manual_seed(0)
+    # lanes of 32 with a tail of 24 columns; lanes of 2; too narrow for lanes (30 < 2 k)
+    tiles = [(torch.randn(37, cols, generator=generator) + shift).to(dtype)
+             for cols in (3000, 2500, 1234, 50, 30)]
+    scores, ids = merged(tiles, 20)
+    assert_k_best(tiles, scores, ids, 20)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_score_equal_to_the_threshold_is_kept(dtype):
+    """The 4 best scores each top one of the 4 lanes (column c is in lane c mod 4): the
+    threshold is the 4th best itself, which must survive."""
+    tile = (1 + (128 - torch.arange(128.0)) / 128)[None, :].to(dtype)
+    scores, ids = merged([tile], 4)
+    assert ids.tolist() == [[0, 1, 2, 3]]
+    assert_k_best([tile], scores, ids, 4)
+
+
+def test_rows_of_equal_scores_keep_k_distinct_ids(monkeypatch):
+    calls = []
+    read_whole = bf16_scan._with_rows_of_ties
+    monkeypatch.setattr(bf16_scan, "_with_rows_of_ties",
+                        lambda *args: calls.append(args[1].tolist()) or read_whole(*args))
+    generator = torch.Generator().manual_seed(1)
+    tiles = [torch.randn(6, 4000, generator=generator).bfloat16() for _ in range(2)]
+    for tile in tiles:
+        tile[2] = 0.0    # a zero query: every score ties
+        tile[3] = 0.75   # ties above the other rows' scores
+        tile[4, ::3] = -1.5
+    scores, ids = merged(tiles, 25)
+    assert_k_best(tiles, scores, ids, 25)
+    assert calls and all(2 in rows and 3 in rows for rows in calls)  # read by topk

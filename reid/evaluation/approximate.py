@@ -34,7 +34,9 @@ DEFAULT_CANDIDATES = 100
 # corrected on twice the list (a PQ index's own default, 10x, would gather 1,000 rows of every
 # query: 6.9 GB for Market+500k's 3,368 queries at 512-d).
 RESCORE = 2
-RECALL_SAMPLE = 200  # queries searched exactly to measure the candidates' recall
+# queries searched exactly (brute force) to measure the candidates' recall: Market+500k's
+# bf16 top 150 measured 96.90 % on 100 queries, 96.86 % on 200; each costs ~4 ms there
+RECALL_SAMPLE = 100
 
 
 def approximate_evaluation(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,

@@ -72,10 +72,10 @@ class CosineDistance:
     """``1 - q.g / (|q| |g|)``: dot products scaled by inverse norms."""
 
     def gallery_terms(self, g: torch.Tensor) -> torch.Tensor:
-        return _inverse_norms(g)
+        return inverse_norms(g)
 
     def block(self, q: torch.Tensor, g: torch.Tensor, g_terms: torch.Tensor) -> torch.Tensor:
-        out = matmul_nt(q * -_inverse_norms(q)[:, None], g)  # -cos / |g|
+        out = matmul_nt(q * -inverse_norms(q)[:, None], g)  # -cos / |g|
         return out.mul_(g_terms[None, :]).add_(1.0)
 
     def __call__(self, q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,8 @@ DISTANCE_METRICS.register(CosineDistance(), name="cosine")
 DISTANCE_METRICS.register(SquaredEuclideanDistance(), name="euclidean")
 
 
-def _inverse_norms(x: torch.Tensor) -> torch.Tensor:
+def inverse_norms(x: torch.Tensor) -> torch.Tensor:
+    """``1 / |row|`` of every row, guarded: a zero row gets a finite scale and stays zero."""
     return x.norm(p=2, dim=1).clamp_(min=_NORM_EPS).reciprocal_()
 
 

@@ -13,12 +13,12 @@ bfloat16's rounding is coarser against the gaps between neighbours than with cos
 rows: re-score a wider list there (``rescore``). On a device without native bfloat16 the
 products run in float32 (one warning): the same answer, without the speed.
 
-Measured on Market+500k (3,368 x 515,913, 512-d, 2 cores; benchmarks/RESULTS.md, "faiss
-retrieval"): the bfloat16 products take ~2.3 s (733 GFLOP/s against float32's 202 on this
-AMX CPU, quiet), and choosing each row's best ``rescore x k`` among the scores (``topk``,
-~1.2 ns a score) costs more than the products;
-a two-step selection through block maxima was tried and was no faster (bfloat16 reductions
-are not much cheaper than the selection itself).
+Where the time goes, Market+500k (3,368 x 515,913, 512-d, 2 cores; benchmarks/RESULTS.md,
+"faiss retrieval"): the bfloat16 products ~1.1-1.3 s (0.53 ns a score, ~1.9 TFLOP/s on this
+AMX CPU, into one reused score buffer: a fresh 128 MiB tensor per product costs page faults
+that doubled it), choosing each query's best ``rescore x k`` ~0.7 s (:func:`merge_tile`:
+lane maxima, ~0.08 ns a score, instead of ``topk`` over every score, ~1.1 ns), casting the
+gallery ~0.3 s, the exact re-scoring ~0.3 s. It was 5.7 s with ``topk`` and fresh buffers.
 
 Memory: one block of query rows x one chunk of gallery rows of scores (bfloat16), one chunk
 of the gallery in bfloat16, and the ``Q x rescore x k`` best candidates so far; the gallery
@@ -26,17 +26,22 @@ is read once, chunk by chunk (a memory-mapped .npy larger than RAM is fine).
 """
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import torch
 
 from reid.errors import ReidError
-from reid.evaluation.distance import nearest_candidates
+from reid.evaluation.distance import inverse_norms, nearest_candidates
 from reid.evaluation.extract import bf16_where_native
 from reid.retrieval.sources import FeatureSource, from_arrays
 
 BF16_SCAN = "bf16"  # the index type of evaluate_features / TEST.INDEX.TYPE that selects it
 QUERY_ROWS = 1024     # query rows per product: larger blocks keep the matrix units busy
 GALLERY_ROWS = 65536  # gallery rows per chunk: 1024 x 65536 bfloat16 scores = 128 MiB
+LANE = 32  # scores per lane of merge_tile (16 to 128 measured: 32 the fastest)
+HEAVY_LANES = 4  # a row selecting more than 4 k lanes of a tile is read by topk instead
 RESCORE_ROWS = 256    # queries re-scored at once: 256 x 2k candidate rows of float32
 DEFAULT_RESCORE = 2
 SCORED_METRICS = ("cosine", "euclidean")  # reid's two distances (reid.evaluation.distance)
@@ -62,51 +67,185 @@ def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
                        dtype)
     ids = np.empty((len(queries), k), dtype=np.int64)
     distances = np.empty((len(queries), k), dtype=np.float32)
+    buffers = _Buffers(torch.device("cpu"))
     for start in range(0, len(queries), RESCORE_ROWS):
         rows = slice(start, start + RESCORE_ROWS)
         ids[rows], distances[rows] = _rescored(queries[rows], source, candidates[rows], k,
-                                               metric)
+                                               metric, buffers)
     return ids, distances
 
 
 def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
           dtype: torch.dtype) -> np.ndarray:
     """The ``fetch`` best-scoring gallery ids of every row of ``q``. The gallery is read
-    (and converted) once, chunk by chunk; each chunk meets every block of queries."""
-    best_scores = torch.empty((len(q), 0), dtype=torch.float32, device=q.device)
-    best_ids = torch.empty((len(q), 0), dtype=torch.int64, device=q.device)
+    (and converted) once, chunk by chunk; each chunk meets every block of queries, and each
+    block keeps its rows' best so far (:func:`merge_tile`)."""
+    best_scores = torch.full((len(q), fetch), -math.inf, device=q.device)
+    best_ids = torch.full((len(q), fetch), -1, dtype=torch.int64, device=q.device)
+    buffers = _Buffers(q.device)
     with torch.no_grad():
         for start, chunk in source.chunks(GALLERY_ROWS):
-            g = _scoring_rows(chunk, metric, q.device, dtype, gallery=True)
-            scores, ids = [], []
-            for block in q.split(QUERY_ROWS):
-                found = (block @ g.T).topk(min(fetch, len(chunk)), dim=1, sorted=False)
-                scores.append(found.values.float())
-                ids.append(found.indices + start)
-            merged_scores = torch.cat([best_scores, torch.cat(scores)], 1)
-            merged_ids = torch.cat([best_ids, torch.cat(ids)], 1)
-            keep = merged_scores.topk(min(fetch, merged_scores.shape[1]), dim=1).indices
-            best_scores, best_ids = merged_scores.gather(1, keep), merged_ids.gather(1, keep)
+            g = _scoring_rows(chunk, metric, q.device, dtype, gallery=True, buffers=buffers)
+            for first in range(0, len(q), QUERY_ROWS):
+                block = q[first:first + QUERY_ROWS]
+                tile = torch.mm(block, g.T, out=buffers.take("tile", (len(block), len(g)),
+                                                             dtype))
+                rows = slice(first, first + len(block))
+                best_scores[rows], best_ids[rows] = merge_tile(
+                    best_scores[rows], best_ids[rows], tile, start)
     return best_ids.cpu().numpy()
 
 
+def merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor,
+               first_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``k`` best (scores descending, float32, ``-inf`` / id -1 where fewer were
+    seen) after one more ``tile`` of scores, whose column ``j`` is id ``first_id + j``.
+
+    ``topk`` over every score costs more than the products (~1 ns a score). Instead the
+    tile's columns are dealt into lanes of ``LANE`` scores (column ``c`` of lane ``c mod L``)
+    and only lanes whose maximum reaches the row's threshold are read: the threshold is the
+    larger of the row's ``k``-th best so far and the ``k``-th largest lane maximum (``k``
+    lanes each hold a score at least that large), so it never exceeds the row's final
+    ``k``-th best and no score that belongs to the answer is skipped. After the first tiles
+    the threshold is high and a handful of lanes per row is read."""
+    k = best_scores.shape[1]
+    rows, columns = tile.shape
+    lane = min(LANE, columns // k)
+    if lane < 2:  # too few columns per kept score for lanes to prune anything
+        ids = torch.arange(columns, device=tile.device) + first_id
+        return _keep_best(best_scores, best_ids, tile.float(), ids.expand(rows, -1))
+    lanes = columns // lane
+    body = tile[:, :lane * lanes].unflatten(1, (lane, lanes))  # [row, j, c]: column c + j L
+    maxima = _lane_maxima(body)
+    threshold = _threshold(best_scores[:, -1], maxima, k)
+    inexact = threshold <= 0
+    if inexact.any() and body.dtype == torch.bfloat16:  # see _lane_maxima
+        maxima[inexact] = body[inexact].amax(1).float()
+        threshold[inexact] = _threshold(best_scores[inexact, -1], maxima[inexact], k)
+    selected = maxima >= threshold[:, None]
+    # a row selecting far more lanes than it keeps scores is a row of ties (a zero query
+    # scores 0 everywhere): its scores are chosen by topk, not gathered lane by lane
+    heavy = (selected.sum(1) > HEAVY_LANES * k).nonzero()[:, 0]
+    selected[heavy] = False
+    row, column = selected.nonzero(as_tuple=True)
+    values = body[row, :, column]                               # P x lane
+    which, place = _at_least(values, threshold[row]).nonzero(as_tuple=True)
+    survivors = (row[which], values[which, place].float(),
+                 column[which] + lanes * place + first_id)
+    if len(heavy):
+        survivors = _with_rows_of_ties(survivors, heavy, tile[heavy, :lane * lanes], k,
+                                       first_id)
+    tail = tile[:, lane * lanes:].float()  # the columns that fill no lane (< lane)
+    tail_ids = torch.arange(lane * lanes, columns, device=tile.device) + first_id
+    extra_scores, extra_ids = _dense(survivors, rows)
+    return _keep_best(best_scores, best_ids, torch.cat([extra_scores, tail], 1),
+                      torch.cat([extra_ids, tail_ids.expand(rows, -1)], 1))
+
+
+def _with_rows_of_ties(survivors, rows: torch.Tensor, scores: torch.Tensor, k: int,
+                       first_id: int):
+    """``survivors`` plus the ``k`` best of each of ``rows`` (their ``scores``), still
+    ordered by row."""
+    top = scores.float().topk(k, dim=1)
+    row = torch.cat([survivors[0], rows.repeat_interleave(k)])
+    order = torch.sort(row, stable=True).indices
+    return (row[order], torch.cat([survivors[1], top.values.ravel()])[order],
+            torch.cat([survivors[2], top.indices.ravel() + first_id])[order])
+
+
+def _lane_maxima(body: torch.Tensor) -> torch.Tensor:
+    """Each lane's maximum (``rows x lanes``, float32), exact where it is positive. bfloat16
+    maxima are taken on the bit patterns read as int16, ~3x faster on the CPU: positive
+    values order like their bits and every negative one reads below every positive one, so
+    a positive maximum is exact and a negative one is at most the true maximum (the
+    caller recomputes rows whose threshold is not positive)."""
+    if body.dtype != torch.bfloat16:
+        return body.amax(1).float()
+    return body.view(torch.int16).amax(1).view(torch.bfloat16).float()
+
+
+def _threshold(kth_best: torch.Tensor, maxima: torch.Tensor, k: int) -> torch.Tensor:
+    """The larger of the ``k``-th best so far and the ``k``-th largest lane maximum; the
+    second only where the first is not set yet (after the first tiles it is the larger)."""
+    if bool(torch.isfinite(kth_best).all()):
+        return kth_best.clone()
+    return torch.maximum(kth_best, maxima.topk(k, dim=1).values[:, -1])
+
+
+def _at_least(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """``scores >= threshold`` per row; on the int16 bit patterns (faster) where that is
+    exact: bfloat16 scores against positive thresholds (see _lane_maxima)."""
+    if scores.dtype == torch.bfloat16 and bool((threshold > 0).all()):
+        bits = threshold.to(torch.bfloat16).view(torch.int16)
+        return scores.view(torch.int16) >= bits[:, None]
+    return scores >= threshold[:, None]
+
+
+def _dense(survivors, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row, score, id)`` triples, rows ascending, as ``rows x width`` matrices padded
+    with ``-inf`` / -1 (width: the most any row has)."""
+    row, scores, ids = survivors
+    counts = torch.bincount(row, minlength=rows)
+    width = int(counts.max()) if len(row) else 0
+    place = torch.arange(len(row), device=row.device) - (counts.cumsum(0) - counts)[row]
+    dense_scores = torch.full((rows, width), -math.inf, device=row.device)
+    dense_ids = torch.full((rows, width), -1, dtype=torch.int64, device=row.device)
+    dense_scores[row, place], dense_ids[row, place] = scores, ids
+    return dense_scores, dense_ids
+
+
+def _keep_best(best_scores, best_ids, scores, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    merged_scores = torch.cat([best_scores, scores], 1)
+    top = merged_scores.topk(best_scores.shape[1], dim=1)  # sorted: [:, -1] is the k-th
+    return top.values, torch.cat([best_ids, ids], 1).gather(1, top.indices)
+
+
 def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: torch.dtype,
-                  gallery: bool = False) -> torch.Tensor:
+                  gallery: bool = False, buffers: "_Buffers | None" = None) -> torch.Tensor:
     """Rows whose products rank like reid's distance, largest first. Cosine: unit rows.
     Squared L2: ``|q - g|^2 = |q|^2 + |g|^2 - 2 q.g`` ranks as ``q.g - |g|^2 / 2``, one
-    product with a column appended (``-|g|^2 / 2`` to the gallery, ``1`` to the queries)."""
+    product with a column appended (``-|g|^2 / 2`` to the gallery, ``1`` to the queries).
+    With ``buffers`` the result lives in a reused tensor (valid until the next call)."""
+    buffers = buffers or _Buffers(device)
     x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
-    if metric == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)  # reid's guard: a zero row stays zero
+    if metric == "cosine":  # reid's guarded norm: a zero row stays zero
+        x = torch.mul(x, inverse_norms(x)[:, None], out=buffers.take("unit", x.shape, x.dtype))
     else:
         extra = -0.5 * x.pow(2).sum(1, keepdim=True) if gallery else torch.ones_like(x[:, :1])
         x = torch.cat([x, extra], 1)
-    return x.to(dtype)
+    return buffers.take("scoring", x.shape, dtype).copy_(x)
+
+
+class _Buffers:
+    """Work tensors reused from chunk to chunk: a fresh large tensor each time costs page
+    faults (on the CPU they doubled the time of the products and of the conversions)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.held = device, {}
+
+    def take(self, name: str, shape, dtype: torch.dtype) -> torch.Tensor:
+        size = math.prod(shape)
+        held = self.held.get(name)
+        if held is None or held.numel() < size or held.dtype != dtype:
+            held = self.held[name] = torch.empty(size, dtype=dtype, device=self.device)
+        return held[:size].view(shape)
 
 
 def _rescored(queries: np.ndarray, source: FeatureSource, candidates: np.ndarray, k: int,
-              metric: str) -> tuple[np.ndarray, np.ndarray]:
+              metric: str, buffers: _Buffers) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest of each query's candidates by the exact float32 distance."""
-    vectors = np.asarray(source.vectors[candidates.ravel()], dtype=np.float32)
+    vectors = _gather_rows(source.vectors, np.maximum(candidates, 0).ravel(), buffers)
     return nearest_candidates(queries, candidates, vectors.reshape(*candidates.shape, -1), k,
                               metric)
+
+
+def _gather_rows(vectors: np.ndarray, ids: np.ndarray, buffers: _Buffers) -> np.ndarray:
+    """``vectors[ids]`` (float32) in a reused buffer: gathering Market+500k's candidates into
+    fresh arrays took 0.5 s, into one buffer 0.13 s (page faults again)."""
+    if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
+        return np.asarray(vectors[ids], dtype=np.float32)
+    out = buffers.take("rows", (len(ids), vectors.shape[1]), torch.float32)
+    with warnings.catch_warnings():  # a read-only memory map, only read from here
+        warnings.simplefilter("ignore", UserWarning)
+        table = torch.from_numpy(vectors)
+    return torch.index_select(table, 0, torch.from_numpy(ids), out=out).numpy()

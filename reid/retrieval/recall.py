@@ -23,8 +23,9 @@ def exact_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine"
     with torch.no_grad():
         for start, chunk in _chunks(gallery):
             block = distance(q, torch.from_numpy(chunk))
-            ids = torch.arange(start, start + len(chunk)).expand(len(q), -1)
-            merged_d, merged_i = torch.cat([best_d, block], 1), torch.cat([best_i, ids], 1)
+            top = block.topk(min(k, block.shape[1]), dim=1, largest=False, sorted=False)
+            merged_d = torch.cat([best_d, top.values], 1)
+            merged_i = torch.cat([best_i, top.indices + start], 1)
             top = torch.topk(merged_d, min(k, merged_d.shape[1]), dim=1, largest=False,
                              sorted=True).indices
             best_d, best_i = merged_d.gather(1, top), merged_i.gather(1, top)
