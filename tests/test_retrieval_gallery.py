@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from reid.errors import ReidError
-from reid.retrieval import Gallery
+from reid.retrieval import Gallery, faiss_index
 from reid.retrieval.model_card import ModelCard
 from reid.retrieval.store import INDEX, MANIFEST
 
@@ -66,6 +66,31 @@ def test_an_hnsw_quantizer_probes_every_list_nprobe_asks_for(data):
     narrow = Gallery.build(g, "IVF48_HNSW8,Flat", "cosine",
                            search_params="nprobe=48,quantizer_efSearch=8")
     assert not np.array_equal(narrow.search(q, k=10).ids, expected)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_the_coarse_search_probes_the_lists_faiss_would(data, metric, monkeypatch):
+    """reid's coarse search (torch) against faiss's own quantizer: the same lists and scores
+    in float32; in bfloat16 (cosine, where native) nearly the same lists."""
+    q, g, _ = data
+    gallery = Gallery.build(g, "IVF32,Flat", metric, search_params="nprobe=6")
+    ivf = faiss_index.faiss.downcast_index(gallery.index)
+    queries = faiss_index.prepare(q, metric)
+    faiss_scores, faiss_lists = ivf.quantizer.search(queries, 6)
+    monkeypatch.setattr(faiss_index, "native_bf16", lambda device: False)
+    scores, lists = faiss_index.CoarseSearch.of(gallery.index).probe(queries, 6)
+    assert all(set(a) == set(b) for a, b in zip(lists, faiss_lists))
+    np.testing.assert_allclose(np.sort(scores, 1), np.sort(faiss_scores, 1), rtol=1e-4,
+                               atol=1e-4)
+    monkeypatch.setattr(faiss_index, "native_bf16", lambda device: True)
+    lists = faiss_index.CoarseSearch.of(gallery.index).probe(queries, 6)[1]
+    same = np.mean([len(set(a) & set(b)) / 6 for a, b in zip(lists, faiss_lists)])
+    assert same >= 0.95, same
+    # every list probed: exact, through the coarse search and faiss's scan of the lists
+    every_list = Gallery.build(g, "IVF32,Flat", metric, search_params="nprobe=32")
+    assert every_list._coarse is not None
+    expected = np.argsort(reid_distances(q, g, metric), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(every_list.search(q, k=10).ids, expected)
 
 
 def test_remove_and_add_by_id(data):

@@ -27,7 +27,6 @@ is read once, chunk by chunk (a memory-mapped .npy larger than RAM is fine).
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ import torch
 from reid.errors import ReidError
 from reid.evaluation.distance import inverse_norms, nearest_candidates
 from reid.evaluation.extract import bf16_where_native
-from reid.retrieval.sources import FeatureSource, from_arrays
+from reid.retrieval.sources import FeatureSource, from_arrays, gather_rows
 
 BF16_SCAN = "bf16"  # the index type of evaluate_features / TEST.INDEX.TYPE that selects it
 QUERY_ROWS = 1024     # query rows per product: larger blocks keep the matrix units busy
@@ -234,18 +233,8 @@ class _Buffers:
 def _rescored(queries: np.ndarray, source: FeatureSource, candidates: np.ndarray, k: int,
               metric: str, buffers: _Buffers) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest of each query's candidates by the exact float32 distance."""
-    vectors = _gather_rows(source.vectors, np.maximum(candidates, 0).ravel(), buffers)
+    flat = np.maximum(candidates, 0).ravel()
+    vectors = gather_rows(source.vectors, flat,
+                          buffers.take("rows", (len(flat), source.dim), torch.float32).numpy())
     return nearest_candidates(queries, candidates, vectors.reshape(*candidates.shape, -1), k,
                               metric)
-
-
-def _gather_rows(vectors: np.ndarray, ids: np.ndarray, buffers: _Buffers) -> np.ndarray:
-    """``vectors[ids]`` (float32) in a reused buffer: gathering Market+500k's candidates into
-    fresh arrays took 0.5 s, into one buffer 0.13 s (page faults again)."""
-    if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
-        return np.asarray(vectors[ids], dtype=np.float32)
-    out = buffers.take("rows", (len(ids), vectors.shape[1]), torch.float32)
-    with warnings.catch_warnings():  # a read-only memory map, only read from here
-        warnings.simplefilter("ignore", UserWarning)
-        table = torch.from_numpy(vectors)
-    return torch.index_select(table, 0, torch.from_numpy(ids), out=out).numpy()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reid.retrieval.sources import CHUNK_ROWS, FeatureSource
+from reid.retrieval.sources import CHUNK_ROWS, FeatureSource, gather_rows
 
 
 class GalleryRows:
@@ -43,17 +43,23 @@ class GalleryRows:
         self.removed = np.concatenate([self.removed, np.zeros(len(source), dtype=bool)])
         return np.arange(first, len(self), dtype=np.int64)
 
-    def take(self, ids: np.ndarray) -> np.ndarray:
-        """float32 rows of ``ids`` (any shape; -1 gives a zero row), shape ``ids.shape + (D,)``."""
+    def take(self, ids: np.ndarray, buffer: np.ndarray | None = None) -> np.ndarray:
+        """float32 rows of ``ids`` (any shape; -1 gives a zero row), shape ``ids.shape + (D,)``,
+        written into ``buffer`` (float32, at least that many values) when given."""
         flat = ids.ravel()
-        out = np.zeros((flat.size, self.dim), dtype=np.float32)
+        out = np.empty((flat.size, self.dim), dtype=np.float32) if buffer is None else \
+            buffer[:flat.size * self.dim].reshape(flat.size, self.dim)
         valid = flat >= 0
-        block_of = np.searchsorted(self._starts, flat, side="right") - 1
-        for block in np.unique(block_of[valid]):
-            where = np.flatnonzero(valid & (block_of == block))
-            local = flat[where] - self._starts[block]
-            order = np.argsort(local, kind="stable")  # sorted reads: kind to a memory map
-            out[where[order]] = self._blocks[block][local[order]]
+        if len(self._blocks) == 1:  # one block (a gallery built in one go): one gather
+            gather_rows(self._blocks[0], np.where(valid, flat, 0), out)
+        else:
+            block_of = np.searchsorted(self._starts, flat, side="right") - 1
+            for block in np.unique(block_of[valid]):
+                where = np.flatnonzero(valid & (block_of == block))
+                local = flat[where] - self._starts[block]
+                order = np.argsort(local, kind="stable")  # sorted reads: kind to a memory map
+                out[where[order]] = self._blocks[block][local[order]]
+        out[~valid] = 0.0
         return out.reshape(*ids.shape, self.dim)
 
     def chunks(self, rows: int = CHUNK_ROWS):

@@ -7,6 +7,7 @@ or a read-only memory map) and the metadata of every row (image path, pid, camid
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -137,3 +138,17 @@ def _ints(values, count: int, unknown: int) -> np.ndarray:
     if array.dtype.kind not in "iu":
         raise ReidError(f"pids and camids must be integers, got dtype {array.dtype}")
     return array.astype(np.int64)
+
+
+def gather_rows(vectors: np.ndarray, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``vectors[ids]`` as float32 into ``out`` (``len(ids) x D``, reused by the caller: a
+    fresh array per gather costs page faults; Market+500k's 505,200 candidate rows took
+    0.5 s into fresh arrays, 0.13 s into one buffer)."""
+    if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
+        out[:] = vectors[ids]
+        return out
+    with warnings.catch_warnings():  # a read-only memory map, only read from here
+        warnings.simplefilter("ignore", UserWarning)
+        table = torch.from_numpy(vectors)
+    torch.index_select(table, 0, torch.from_numpy(ids), out=torch.from_numpy(out))
+    return out
