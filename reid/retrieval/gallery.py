@@ -141,9 +141,8 @@ class Gallery:
         ids = np.empty((len(feats), k), dtype=np.int64)
         dist = np.empty((len(feats), k), dtype=np.float32)
         rows = max(1, min(QUERY_BLOCK, GATHER_BYTES // (fetch * self.dim * 4)))
-        # faiss gets many queries per call (its coarse quantizer batches their products:
-        # 10,000 queries in blocks of 163 took 3.5x longer than in one call); the
-        # candidates' rows are then gathered a few hundred queries at a time
+        # faiss gets many queries per call (one coarse search and one parallel scan for all
+        # of them); the candidates' rows are then gathered a few hundred queries at a time
         buffer = np.empty(min(rows, len(feats)) * fetch * self.dim, dtype=np.float32)
         for first in range(0, len(feats), SEARCH_BLOCK):
             block = feats[first:first + SEARCH_BLOCK]
