@@ -182,3 +182,19 @@ def test_model_card_mismatch_names_the_keys(tmp_path):
     with pytest.raises(ReidError, match="other weights"):
         card.check_matches(ModelCard.from_config(cfg, tmp_path / "w2.pth"), "index X")
     assert json.loads(json.dumps(card.to_dict())) == card.to_dict()
+
+
+def test_rows_added_in_blocks_score_like_one_block(data):
+    """Cosine re-scoring uses each row's stored norm: blocks added later (and a -1 id,
+    asked for more rows than a query has) keep the exact distances."""
+    q, g, _ = data
+    gallery = Gallery.build(g[:1000], "Flat", "cosine")
+    gallery.add(g[1000:1500])
+    gallery.add(g[1500:2000] * 3.0)  # other norms
+    whole = np.concatenate([g[:1500], g[1500:2000] * 3.0])
+    result = gallery.search(q, k=12)
+    reference = reid_distances(q, whole, "cosine")
+    expected = np.argsort(reference, axis=1, kind="stable")[:, :12]
+    np.testing.assert_array_equal(result.ids, expected)
+    np.testing.assert_allclose(result.distances, np.take_along_axis(reference, expected, 1),
+                               rtol=1e-5, atol=2e-5)

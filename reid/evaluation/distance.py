@@ -181,29 +181,32 @@ def _as_features(feats, what: str) -> torch.Tensor:
     return tensor.float()
 
 
-def candidate_distances(queries: np.ndarray, candidates: np.ndarray, metric: str
-                        ) -> np.ndarray:
+def candidate_distances(queries: np.ndarray, candidates: np.ndarray, metric: str,
+                        norms: np.ndarray | None = None) -> np.ndarray:
     """``Q x C`` distances (``metric``: "cosine" or "euclidean", as above) of each query to
     its own ``C`` candidate rows (``candidates``: ``Q x C x D``): an index's candidates
-    re-scored exactly (reid.retrieval)."""
+    re-scored exactly (reid.retrieval). ``norms``: for cosine, the rows' L2 norms
+    (``Q x C``) when already known, instead of a second pass over the rows."""
     q, g = torch.from_numpy(queries), torch.from_numpy(candidates)
     with torch.no_grad():
         if metric == "cosine":
             q = q / q.norm(dim=1, keepdim=True).clamp(min=_NORM_EPS)
-            g_norms = g.norm(dim=2).clamp(min=_NORM_EPS)
-            return (1.0 - torch.bmm(g, q[:, :, None])[:, :, 0] / g_norms).numpy()
+            g_norms = g.norm(dim=2) if norms is None else torch.from_numpy(norms)
+            return (1.0 - torch.bmm(g, q[:, :, None])[:, :, 0] /
+                    g_norms.clamp(min=_NORM_EPS)).numpy()
         products = torch.bmm(g, q[:, :, None])[:, :, 0]
         squared = q.pow(2).sum(1)[:, None] + g.pow(2).sum(2) - 2.0 * products
         return squared.clamp_(min=0.0).numpy()
 
 
 def nearest_candidates(queries: np.ndarray, found: np.ndarray, vectors: np.ndarray, k: int,
-                       metric: str) -> tuple[np.ndarray, np.ndarray]:
+                       metric: str, norms: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, distances)``, ``Q x k``: the ``k`` nearest of each query's candidate ids
     ``found`` (``Q x C``, -1 = no candidate) by the exact distance, from their rows
     ``vectors`` (``Q x C x D``). Equal distances: the lower id first, as exact search; -1
-    last (distance inf)."""
-    dist = candidate_distances(queries, vectors, metric)
+    last (distance inf). ``norms``: the rows' L2 norms if known (candidate_distances)."""
+    dist = candidate_distances(queries, vectors, metric, norms)
     dist[found < 0] = np.inf
     by_id = np.argsort(np.where(found < 0, np.iinfo(np.int64).max, found), axis=1,
                        kind="stable")

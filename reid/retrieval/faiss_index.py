@@ -218,12 +218,13 @@ class CoarseSearch:
         with torch.no_grad():
             for start in range(0, len(queries), COARSE_QUERIES):
                 q = torch.from_numpy(queries[start:start + COARSE_QUERIES])
-                products = (q.to(self.dtype) @ self.centroids.T).float()
+                products = q.to(self.dtype) @ self.centroids.T
                 if not self.inner_product:
                     products = q.pow(2).sum(1, keepdim=True) + self.squared_norms \
                         - 2 * products
-                best = products.topk(nprobe, dim=1, largest=self.inner_product)
-                scores[start:start + len(q)] = best.values.numpy()
+                # unsorted: faiss scans every list it is given, in any order
+                best = products.topk(nprobe, dim=1, largest=self.inner_product, sorted=False)
+                scores[start:start + len(q)] = best.values.float().numpy()
                 lists[start:start + len(q)] = best.indices.numpy()
         return scores, lists
 

@@ -108,9 +108,11 @@ class Gallery:
             raise ReidError(f"the gallery holds {self.dim}-d features; got {source.dim}-d")
         if not self._cpu_index.is_trained:
             self.train(source)
+        norms = []
         for _, chunk in source.chunks():
             self.index.add(faiss_index.prepare(chunk, self.metric))
-        return self.rows.append(source)
+            norms.append(np.linalg.norm(chunk, axis=1))
+        return self.rows.append(source, np.concatenate(norms) if norms else None)
 
     def remove(self, ids) -> int:
         """Remove vectors by id (they are never returned again); returns how many were live."""
@@ -174,8 +176,9 @@ class Gallery:
                  buffer: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best of the candidates by reid's exact distance, ties by id (their rows
         gathered into ``buffer`` when given)."""
+        norms = self.rows.norms(found) if self.metric == "cosine" else None
         return nearest_candidates(queries, found, self.rows.take(found, buffer), k,
-                                  self.metric)
+                                  self.metric, norms)
 
     # ------------------------------------------------------------------ device, persistence
     def _ready(self) -> None:

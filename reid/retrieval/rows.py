@@ -19,6 +19,8 @@ class GalleryRows:
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self._blocks: list[np.ndarray] = []
+        self._norms: list[np.ndarray | None] = []  # each block's row norms, once known
+        self._all_norms: np.ndarray | None = None
         self._starts = np.zeros(1, dtype=np.int64)  # start id of each block, then the end
         self.paths = np.empty(0, dtype=str)
         self.pids = np.empty(0, dtype=np.int64)
@@ -32,10 +34,13 @@ class GalleryRows:
     def live(self) -> int:
         return len(self) - int(self.removed.sum())
 
-    def append(self, source: FeatureSource) -> np.ndarray:
-        """Store ``source``'s rows (the array itself, not a copy); returns their new ids."""
+    def append(self, source: FeatureSource, norms: np.ndarray | None = None) -> np.ndarray:
+        """Store ``source``'s rows (the array itself, not a copy) and their L2 ``norms`` if
+        known; returns their new ids."""
         first = len(self)
         self._blocks.append(source.vectors)
+        self._norms.append(None if norms is None else np.asarray(norms, dtype=np.float32))
+        self._all_norms = None
         self._starts = np.append(self._starts, first + len(source))
         self.paths = np.concatenate([self.paths.astype(str), source.paths.astype(str)])
         self.pids = np.concatenate([self.pids, source.pids])
@@ -62,11 +67,23 @@ class GalleryRows:
         out[~valid] = 0.0
         return out.reshape(*ids.shape, self.dim)
 
+    def norms(self, ids: np.ndarray) -> np.ndarray:
+        """float32 L2 norms of ``ids``' rows (-1 gives 0): re-scoring needs them for every
+        candidate, and computing them from the gathered rows was a quarter of its time.
+        A block added without them (a loaded gallery) is measured once, on first use."""
+        for block, vectors in enumerate(self._blocks):
+            if self._norms[block] is None:
+                self._norms[block] = np.concatenate(
+                    [np.linalg.norm(chunk, axis=1) for chunk in _chunks_of(vectors)]
+                    or [np.empty(0)]).astype(np.float32)
+        if self._all_norms is None:  # every block's, in id order, until the next append
+            self._all_norms = np.concatenate(self._norms)
+        return np.where(ids >= 0, self._all_norms[np.maximum(ids, 0)], np.float32(0.0))
+
     def chunks(self, rows: int = CHUNK_ROWS):
         """Consecutive in-memory float32 chunks of every row, in id order."""
         for block in self._blocks:
-            for start in range(0, len(block), rows):
-                yield np.ascontiguousarray(block[start:start + rows], dtype=np.float32)
+            yield from _chunks_of(block, rows)
 
     def write_vectors(self, path: Path) -> None:
         """All rows to an .npy file, chunk by chunk (never the whole gallery in memory)."""
@@ -78,3 +95,8 @@ class GalleryRows:
             start += len(chunk)
         out.flush()
         del out
+
+
+def _chunks_of(block: np.ndarray, rows: int = CHUNK_ROWS):
+    for start in range(0, len(block), rows):
+        yield np.ascontiguousarray(block[start:start + rows], dtype=np.float32)
