@@ -12,7 +12,7 @@ import torch
 from reid.cli import main
 from reid.data.datasets import DATASET_REGISTRY
 from reid.evaluation.distance import compute_distance
-from reid.retrieval.store import INDEX
+from reid.retrieval.store import INDEX, MANIFEST
 from toys import randomised_state, save_fastreid_style, write_config
 
 DATASET = "SyntheticMarket1501"
@@ -118,3 +118,16 @@ def test_an_image_folder_index_finds_each_image_itself(built, tiny_root, tmp_pat
     assert {query: found[0]["path"] for query, found in hits.items()} == \
         {str(p.resolve()): str(p.resolve()) for p in folder.glob("*.jpg")}
     assert all(found[0]["distance"] < 1e-5 and found[0]["pid"] == -1 for found in hits.values())
+
+
+def test_rescore_is_saved_with_the_index_and_checked(built, tmp_path, capsys):
+    tmp, config, _ = built
+    np.save(tmp_path / "g.npy", np.random.default_rng(1).normal(size=(400, 8)).astype(np.float32))
+    build = ["index", "build", "--config", str(config), "--features", str(tmp_path / "g.npy"),
+             "--index-type", "IVF4,PQ4", "--no-track"]
+    opts = ["OUTPUT_DIR", str(tmp_path / "out")]
+    assert main(build + ["--output", str(tmp_path / "idx"), "--rescore", "3"] + opts) == 0
+    assert json.loads((tmp_path / "idx" / MANIFEST).read_text())["rescore"] == 3
+    assert "rescore must be >= 1 candidate per result, got 0" in error_line(
+        capsys, build + ["--output", str(tmp_path / "bad"), "--rescore", "0"] + opts)
+    assert not (tmp_path / "bad").exists()

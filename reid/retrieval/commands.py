@@ -60,6 +60,9 @@ def add_retrieval_commands(sub, hooks: Hooks) -> None:
     build.add_argument("--metric", help="cosine or euclidean (default: TEST.METRIC)")
     build.add_argument("--search-params", help="faiss search parameters saved with the index, "
                        "e.g. nprobe=64 or efSearch=256 (default: chosen by index type)")
+    build.add_argument("--rescore", type=int, help="candidates fetched per result and "
+                       "re-scored exactly, saved with the index (default: 10 for compressed "
+                       "codes such as PQ and SQ8, 1 otherwise)")
     build.add_argument("--device", default="cpu", help="faiss device: cpu (default), cuda "
                        "(GPU build of faiss; several GPUs hold shards) or auto")
     build.add_argument("--output", help="the index folder to write (required)")
@@ -106,7 +109,8 @@ def cmd_index_build(args: argparse.Namespace, hooks: Hooks) -> None:
     source = gallery_source(args, cfg, weights)
     card = ModelCard.from_config(cfg, weights) if weights else None
     gallery = Gallery.build(source, args.index_type, args.metric or cfg.TEST.METRIC,
-                            model=card, search_params=args.search_params, device=args.device)
+                            model=card, search_params=args.search_params, device=args.device,
+                            rescore=args.rescore)
     build_s = time.perf_counter() - started
     recall = recall_against_exact(gallery, source)
     gallery.save(args.output)
