@@ -230,14 +230,14 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=500_000,
                         help="Market distractors added to its 15,913 gallery (default 500k: "
                         "515,913 with the 2,798 of the original gallery counted in)")
-    parser.add_argument("--market-index", default="IVF64,PQ64x4fs:nprobe=32",
-                        help="TYPE[:PARAMS] of the approximate Market evaluation")
-    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--market-index", default="bf16",
+                        help="TYPE[:PARAMS] of the approximate Market evaluation (default "
+                        "bf16; a faiss type such as IVF64,PQ64x4fs:nprobe=32)")
+    parser.add_argument("--candidates", type=int, default=150)
     parser.add_argument("--gallery", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--million-index", nargs="*",
-                        default=["IVF1024,PQ64x4fs:nprobe=16:20", "IVF1024,PQ64x4fs:nprobe=48:20",
-                                 "HNSW32:efSearch=64:1"],
+                        default=["IVF10000,PQ128x4fs:nprobe=1000:20", "HNSW32:efSearch=128:1"],
                         help="TYPE:PARAMS:RESCORE rows after Flat")
     parser.add_argument("--partition-lists", type=int, nargs="+", default=[64, 256, 1024],
                         help="list counts of --parts partition")

@@ -34,7 +34,7 @@ import torch
 from reid.errors import ReidError
 from reid.evaluation.distance import inverse_norms, nearest_candidates
 from reid.evaluation.extract import bf16_where_native
-from reid.retrieval.sources import FeatureSource, from_arrays, gather_rows
+from reid.retrieval.sources import FeatureSource, from_arrays, gather_rows, read_only_tensor
 
 BF16_SCAN = "bf16"  # the index type of evaluate_features / TEST.INDEX.TYPE that selects it
 QUERY_ROWS = 1024     # query rows per product: larger blocks keep the matrix units busy
@@ -206,7 +206,7 @@ def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: to
     product with a column appended (``-|g|^2 / 2`` to the gallery, ``1`` to the queries).
     With ``buffers`` the result lives in a reused tensor (valid until the next call)."""
     buffers = buffers or _Buffers(device)
-    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
+    x = read_only_tensor(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
     if metric == "cosine":  # reid's guarded norm: a zero row stays zero
         x = torch.mul(x, inverse_norms(x)[:, None], out=buffers.take("unit", x.shape, x.dtype))
     else:

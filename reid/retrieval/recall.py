@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from reid.evaluation.distance import DISTANCE_METRICS
-from reid.retrieval.sources import CHUNK_ROWS, FeatureSource
+from reid.retrieval.sources import CHUNK_ROWS, FeatureSource, read_only_tensor
 
 RECALL_QUERIES = 1000  # gallery vectors used as queries when measuring a built index
 RECALL_KS = (1, 10)
@@ -22,7 +22,7 @@ def exact_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine"
     best_i = torch.empty((len(q), 0), dtype=torch.int64)
     with torch.no_grad():
         for start, chunk in _chunks(gallery):
-            block = distance(q, torch.from_numpy(chunk))
+            block = distance(q, read_only_tensor(chunk))
             top = block.topk(min(k, block.shape[1]), dim=1, largest=False, sorted=False)
             merged_d = torch.cat([best_d, top.values], 1)
             merged_i = torch.cat([best_i, top.indices + start], 1)

@@ -147,8 +147,14 @@ def gather_rows(vectors: np.ndarray, ids: np.ndarray, out: np.ndarray) -> np.nda
     if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
         out[:] = vectors[ids]
         return out
-    with warnings.catch_warnings():  # a read-only memory map, only read from here
-        warnings.simplefilter("ignore", UserWarning)
-        table = torch.from_numpy(vectors)
-    torch.index_select(table, 0, torch.from_numpy(ids), out=torch.from_numpy(out))
+    torch.index_select(read_only_tensor(vectors), 0, torch.from_numpy(ids),
+                       out=torch.from_numpy(out))
     return out
+
+
+def read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy(array)`` without torch's warning for a read-only array (a memory-
+    mapped .npy): the caller only reads it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
