@@ -73,3 +73,21 @@ def test_what_approximate_evaluation_cannot_do(problem):
                           rerank=RerankOptions(), roc=True)
     with pytest.raises(ReidError, match="not a faiss factory string"):
         evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, index="IVFnope")
+
+
+def test_candidate_recall_is_measured_against_brute_force(problem):
+    """A lossy index (4-byte codes, 2 of 8 lists probed): the reported recall equals the
+    fraction of each query's brute-force top 30 (float64, oracles.reid_distances) that the
+    same index's candidates hold (all 80 queries are in the sample of 100)."""
+    from reid.evaluation.approximate import RESCORE
+    from reid.retrieval import Gallery
+    from oracles import reid_distances
+    q, g, q_pids, g_pids, q_cams, g_cams = problem
+    approx = evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, device="cpu",
+                               index="IVF8,PQ4", index_params="nprobe=2", candidates=30)
+    found = Gallery.build(g, "IVF8,PQ4", "cosine", seed=0, rescore=RESCORE,
+                          search_params="nprobe=2").search(q, 30).ids
+    truth = np.argsort(reid_distances(q, g, "cosine"), axis=1, kind="stable")[:, :30]
+    expected = np.mean([len(np.intersect1d(a, b)) / 30 for a, b in zip(found, truth)])
+    assert 0.3 < expected < 0.95  # lossy enough for the check to mean something
+    assert approx.candidate_recall == pytest.approx(expected, abs=1e-12)

@@ -49,7 +49,7 @@ def approximate_evaluation(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     ``search_params``: faiss search parameters, e.g. ``nprobe=32`` (default: by index type).
     ``index_type`` "bf16" is no faiss index: every gallery row scored in bfloat16 on
     ``device`` (:mod:`reid.retrieval.bf16_scan`)."""
-    from reid.retrieval.recall import exact_top_k, recall_at
+    from reid.retrieval.recall import ExactTopK, recall_at
     from reid.retrieval.sources import as_matrix, from_arrays
 
     queries = as_matrix(q_feats, "query features")
@@ -57,13 +57,13 @@ def approximate_evaluation(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     k = min(int(candidates), len(gallery_source))
     if k < 1:
         raise ReidError(f"approximate evaluation needs candidates >= 1, got {candidates}")
+    sample = np.sort(np.random.default_rng(seed).choice(
+        len(queries), min(recall_sample, len(queries)), replace=False))
+    reference = ExactTopK(queries[sample], k, metric)  # the brute-force top-k of the sample
     found = _candidates(queries, gallery_source, k, index_type, metric, seed, search_params,
-                        device)
+                        device, reference)
     result = candidate_metrics(found, q_pids, g_pids, q_camids, g_camids, max_rank)
-    sample = np.random.default_rng(seed).choice(len(queries), min(recall_sample, len(queries)),
-                                                replace=False)
-    exact, _ = exact_top_k(queries[np.sort(sample)], gallery_source, k, metric)
-    result.candidate_recall = recall_at(found[np.sort(sample)], exact, k)
+    result.candidate_recall = recall_at(found[sample], reference.result()[0], k)
     result.candidates = k
     logger.info("approximate evaluation (%s, top %d): candidates' recall against exact %.4f "
                 "on %d queries", index_type, k, result.candidate_recall, len(sample))
@@ -71,8 +71,9 @@ def approximate_evaluation(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
 
 
 def _candidates(queries: np.ndarray, gallery_source, k: int, index_type: str, metric: str,
-                seed: int, search_params: str | None, device: str) -> np.ndarray:
-    """Each query's top-``k`` gallery ids by the chosen index."""
+                seed: int, search_params: str | None, device: str, reference) -> np.ndarray:
+    """Each query's top-``k`` gallery ids by the chosen index; every gallery chunk is also
+    handed to ``reference`` (the bf16 scan does it as it reads them: one pass)."""
     from reid.retrieval.bf16_scan import BF16_SCAN, bf16_top_k
     if index_type == BF16_SCAN:
         if search_params:
@@ -82,10 +83,13 @@ def _candidates(queries: np.ndarray, gallery_source, k: int, index_type: str, me
         # 150: the same mAP, 70.00, with 150 or 300 re-scored; benchmarks/RESULTS.md).
         # Squared L2 keeps the margin (its scores carry the rows' norms: coarser rounding).
         rescore = 1 if metric == "cosine" else RESCORE
-        return bf16_top_k(queries, gallery_source, k, metric, device, rescore=rescore)[0]
+        return bf16_top_k(queries, gallery_source, k, metric, device, rescore=rescore,
+                          also=reference)[0]
     from reid.retrieval.gallery import Gallery  # faiss and the model card (torchvision): ~2 s
     gallery = Gallery.build(gallery_source, index_type, metric, seed=seed, rescore=RESCORE,
                             search_params=search_params)
+    for start, chunk in gallery_source.chunks():
+        reference.add(start, chunk)
     return gallery.search(queries, k).ids
 
 

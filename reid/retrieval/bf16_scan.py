@@ -47,11 +47,13 @@ SCORED_METRICS = ("cosine", "euclidean")  # reid's two distances (reid.evaluatio
 
 
 def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
-               device: torch.device | str = "cpu", rescore: int = DEFAULT_RESCORE
-               ) -> tuple[np.ndarray, np.ndarray]:
+               device: torch.device | str = "cpu", rescore: int = DEFAULT_RESCORE,
+               also=None) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, distances)``, ``Q x k``, ascending reid distances: each query's nearest
     ``gallery`` rows (a FeatureSource or a ``G x D`` matrix), selected in bfloat16 among all
-    of them and re-scored exactly (module doc)."""
+    of them and re-scored exactly (module doc). ``also``: anything with ``add(start,
+    float32 rows)`` that the gallery's chunks are handed to as they are read (e.g. a
+    reid.retrieval.recall.ExactTopK: the exact reference in the same pass)."""
     if metric not in SCORED_METRICS:
         raise ReidError(f"bf16_top_k: unknown metric {metric!r}: expected one of "
                         f"{', '.join(SCORED_METRICS)}")
@@ -63,7 +65,7 @@ def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
     k = min(int(k), len(source))
     fetch = min(len(source), max(k, int(rescore) * k))
     candidates, norms = _scan(_scoring_rows(queries, metric, device, dtype), source, fetch,
-                              metric, dtype)
+                              metric, dtype, also)
     ids = np.empty((len(queries), k), dtype=np.int64)
     distances = np.empty((len(queries), k), dtype=np.float32)
     buffers = _Buffers(torch.device("cpu"))
@@ -75,7 +77,7 @@ def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
 
 
 def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
-          dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray | None]:
+          dtype: torch.dtype, also=None) -> tuple[np.ndarray, np.ndarray | None]:
     """The ``fetch`` best-scoring gallery ids of every row of ``q``, and for cosine every
     gallery row's norm (re-scoring needs them). The gallery is read (and converted) once,
     chunk by chunk; each chunk meets every block of queries, and each block keeps its rows'
@@ -89,6 +91,8 @@ def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
     norms = np.empty(len(source), dtype=np.float32) if metric == "cosine" else None
     with torch.no_grad():
         for start, chunk in source.chunks(GALLERY_ROWS):
+            if also is not None:
+                also.add(start, chunk)
             g = _scoring_rows(chunk, metric, q.device, dtype, gallery=True, buffers=buffers,
                               norms=None if norms is None else norms[start:start + len(chunk)])
             for first in range(0, len(q), rows_per_block):

@@ -16,20 +16,38 @@ def exact_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine"
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, distances)``, ``Q x k``, ascending: the exact nearest rows of ``gallery``
     (anything with ``chunks()`` of float32 rows in id order, e.g. a FeatureSource)."""
-    distance = DISTANCE_METRICS.get(metric)
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    best_d = torch.full((len(q), 0), float("inf"))
-    best_i = torch.empty((len(q), 0), dtype=torch.int64)
-    with torch.no_grad():
-        for start, chunk in _chunks(gallery):
-            block = distance(q, read_only_tensor(chunk))
-            top = block.topk(min(k, block.shape[1]), dim=1, largest=False, sorted=False)
-            merged_d = torch.cat([best_d, top.values], 1)
-            merged_i = torch.cat([best_i, top.indices + start], 1)
-            top = torch.topk(merged_d, min(k, merged_d.shape[1]), dim=1, largest=False,
-                             sorted=True).indices
-            best_d, best_i = merged_d.gather(1, top), merged_i.gather(1, top)
-    return best_i.numpy(), best_d.numpy()
+    reference = ExactTopK(queries, k, metric)
+    for start, chunk in _chunks(gallery):
+        reference.add(start, chunk)
+    return reference.result()
+
+
+class ExactTopK:
+    """Each query's exact ``k`` nearest rows, from gallery chunks as they come: by
+    :func:`exact_top_k`'s own pass, or fed by a scan that reads the gallery anyway (the
+    bfloat16 scan: one pass over a memory-mapped gallery instead of two)."""
+
+    def __init__(self, queries: np.ndarray, k: int, metric: str = "cosine") -> None:
+        self.distance = DISTANCE_METRICS.get(metric)
+        self.k = int(k)
+        self.queries = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        self.best_d = torch.full((len(self.queries), 0), float("inf"))
+        self.best_i = torch.empty((len(self.queries), 0), dtype=torch.int64)
+
+    def add(self, start: int, chunk: np.ndarray) -> None:
+        """Gallery rows ``start, start + 1, ...`` (float32)."""
+        with torch.no_grad():
+            block = self.distance(self.queries, read_only_tensor(chunk))
+            top = block.topk(min(self.k, block.shape[1]), dim=1, largest=False, sorted=False)
+            merged_d = torch.cat([self.best_d, top.values], 1)
+            merged_i = torch.cat([self.best_i, top.indices + start], 1)
+            keep = torch.topk(merged_d, min(self.k, merged_d.shape[1]), dim=1, largest=False,
+                              sorted=True).indices
+            self.best_d, self.best_i = merged_d.gather(1, keep), merged_i.gather(1, keep)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, distances)`` of the rows added so far, ascending."""
+        return self.best_i.numpy(), self.best_d.numpy()
 
 
 def _chunks(gallery):
