@@ -9,7 +9,7 @@ import pytest
 from reid.errors import ReidError
 from reid.retrieval import Gallery, faiss_index
 from reid.retrieval.model_card import ModelCard
-from reid.retrieval.store import INDEX, MANIFEST
+from reid.retrieval.store import INDEX, MANIFEST, METADATA
 
 from oracles import reid_distances
 
@@ -115,6 +115,8 @@ def test_save_load_answers_identically_from_npy_and_npz_sources(data, tmp_path):
     built.remove([5])
     built.save(tmp_path / "index")
     loaded = Gallery.load(tmp_path / "index")
+    # the rows' norms come from the folder, not from a pass over the vectors
+    np.testing.assert_allclose(loaded.rows._norms[0], np.linalg.norm(g, axis=1), rtol=1e-6)
     a, b = built.search(q, 10), loaded.search(q, 10)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.distances, b.distances)
@@ -195,6 +197,27 @@ def test_rows_added_in_blocks_score_like_one_block(data):
     result = gallery.search(q, k=12)
     reference = reid_distances(q, whole, "cosine")
     expected = np.argsort(reference, axis=1, kind="stable")[:, :12]
+    np.testing.assert_array_equal(result.ids, expected)
+    np.testing.assert_allclose(result.distances, np.take_along_axis(reference, expected, 1),
+                               rtol=1e-5, atol=2e-5)
+
+
+def test_a_folder_saved_without_norms_still_loads(data, tmp_path):
+    """Folders saved before the norms were kept: the norms are measured on first use."""
+    q, g, _ = data
+    Gallery.build(g[:500], "Flat").save(tmp_path / "index")
+    meta_path, manifest_path = tmp_path / "index" / METADATA, tmp_path / "index" / MANIFEST
+    with np.load(meta_path) as meta:
+        older = {key: meta[key] for key in meta.files if key != "norms"}
+    np.savez(meta_path, **older)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][METADATA] = meta_path.stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
+    loaded = Gallery.load(tmp_path / "index")
+    assert loaded.rows._norms[0] is None
+    reference = reid_distances(q, g[:500], "cosine")
+    expected = np.argsort(reference, axis=1, kind="stable")[:, :5]
+    result = loaded.search(q, 5)
     np.testing.assert_array_equal(result.ids, expected)
     np.testing.assert_allclose(result.distances, np.take_along_axis(reference, expected, 1),
                                rtol=1e-5, atol=2e-5)

@@ -210,7 +210,7 @@ class Gallery:
                       search_params=search_params if search_params is not None
                       else manifest["search_params"])
         gallery._cpu_index = saved.index
-        gallery.rows.append(saved.rows)
+        gallery.rows.append(saved.rows, saved.norms)
         gallery.rows.removed[:] = saved.removed
         gallery._ready()
         if with_model:

@@ -5,7 +5,8 @@
     DIR/index.faiss     the faiss index (CPU form)
     DIR/vectors.npy     the float32 features (memory-mapped when loaded: exact re-scoring
                         reads only the candidates' rows)
-    DIR/metadata.npz    paths, pids, camids and the removed marks, one per vector id
+    DIR/metadata.npz    paths, pids, camids, the removed marks and the norms, one per
+                        vector id (norms: absent from folders saved before; measured then)
 
 The folder is written beside its target (``.DIR.partial-*``) and renamed into place, so a
 crash leaves the previous gallery whole. Loading checks every file against the manifest
@@ -48,7 +49,8 @@ def save_gallery(gallery, directory: Path) -> Path:
         gallery.rows.write_vectors(partial / VECTORS)
         rows = gallery.rows
         np.savez(partial / METADATA, paths=rows.paths.astype(str), pids=rows.pids,
-                 camids=rows.camids, removed=rows.removed)
+                 camids=rows.camids, removed=rows.removed,
+                 norms=rows.norms(np.arange(len(rows))))  # cosine re-scoring's, saved
         manifest = {
             "format": FORMAT, "version": VERSION, "index_type": gallery.index_type,
             "metric": gallery.metric, "dim": gallery.dim, "count": len(rows),
@@ -101,14 +103,16 @@ class SavedGallery:
     rows: FeatureSource
     removed: np.ndarray
     model: ModelCard | None
+    norms: np.ndarray | None = None  # each row's L2 norm (folders saved before: None)
 
 
 def read_gallery(directory: Path) -> SavedGallery:
     """The gallery saved in ``directory`` (``Gallery.load`` builds the object from it)."""
     manifest = read_manifest(directory)
     card = ModelCard.from_dict(manifest["model"]) if manifest.get("model") else None
-    rows, removed = _read_rows(directory, manifest)
-    return SavedGallery(manifest, _read_index(directory / INDEX, manifest), rows, removed, card)
+    rows, removed, norms = _read_rows(directory, manifest)
+    return SavedGallery(manifest, _read_index(directory / INDEX, manifest), rows, removed, card,
+                        norms)
 
 
 def _read_index(path: Path, manifest: dict) -> faiss.Index:
@@ -124,12 +128,15 @@ def _read_index(path: Path, manifest: dict) -> faiss.Index:
     return index
 
 
-def _read_rows(directory: Path, manifest: dict) -> tuple[FeatureSource, np.ndarray]:
+def _read_rows(directory: Path, manifest: dict
+               ) -> tuple[FeatureSource, np.ndarray, np.ndarray | None]:
     count, dim = manifest["count"], manifest["dim"]
     try:
         vectors = np.load(directory / VECTORS, mmap_mode="r")
         with np.load(directory / METADATA, allow_pickle=False) as meta:
             arrays = {key: meta[key] for key in ("paths", "pids", "camids", "removed")}
+            if "norms" in meta.files:
+                arrays["norms"] = meta["norms"]
     except (ValueError, OSError, KeyError) as exc:
         raise ReidError(f"gallery index {directory} is corrupt ({exc}; rebuild the "
                         "index)") from None
@@ -137,7 +144,7 @@ def _read_rows(directory: Path, manifest: dict) -> tuple[FeatureSource, np.ndarr
         raise ReidError(f"gallery index {directory} is corrupt: {VECTORS} {vectors.shape} and "
                         f"{METADATA} do not hold the manifest's {count} x {dim}")
     source = FeatureSource(vectors, arrays["paths"], arrays["pids"], arrays["camids"])
-    return source, arrays["removed"].astype(bool)
+    return source, arrays["removed"].astype(bool), arrays.get("norms")
 
 
 def model_embedder(card: ModelCard | None, directory: Path):
