@@ -88,8 +88,7 @@ def _candidates(queries: np.ndarray, gallery_source, k: int, index_type: str, me
     from reid.retrieval.gallery import Gallery  # faiss and the model card (torchvision): ~2 s
     gallery = Gallery.build(gallery_source, index_type, metric, seed=seed, rescore=RESCORE,
                             search_params=search_params)
-    for start, chunk in gallery_source.chunks():
-        reference.add(start, chunk)
+    reference.add_all(gallery_source)
     return gallery.search(queries, k).ids
 
 

@@ -17,8 +17,7 @@ def exact_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine"
     """``(ids, distances)``, ``Q x k``, ascending: the exact nearest rows of ``gallery``
     (anything with ``chunks()`` of float32 rows in id order, e.g. a FeatureSource)."""
     reference = ExactTopK(queries, k, metric)
-    for start, chunk in _chunks(gallery):
-        reference.add(start, chunk)
+    reference.add_all(gallery)
     return reference.result()
 
 
@@ -44,6 +43,11 @@ class ExactTopK:
             keep = torch.topk(merged_d, min(self.k, merged_d.shape[1]), dim=1, largest=False,
                               sorted=True).indices
             self.best_d, self.best_i = merged_d.gather(1, keep), merged_i.gather(1, keep)
+
+    def add_all(self, gallery) -> None:
+        """Every row of ``gallery`` (anything with ``chunks()``, e.g. a FeatureSource)."""
+        for start, chunk in _chunks(gallery):
+            self.add(start, chunk)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, distances)`` of the rows added so far, ascending."""

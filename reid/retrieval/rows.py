@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reid.retrieval.sources import CHUNK_ROWS, FeatureSource, gather_rows
+from reid.retrieval.sources import CHUNK_ROWS, FeatureSource, chunks_of, gather_rows
 
 
 class GalleryRows:
@@ -69,21 +69,27 @@ class GalleryRows:
 
     def norms(self, ids: np.ndarray) -> np.ndarray:
         """float32 L2 norms of ``ids``' rows (-1 gives 0): re-scoring needs them for every
-        candidate, and computing them from the gathered rows was a quarter of its time.
-        A block added without them (a loaded gallery) is measured once, on first use."""
-        for block, vectors in enumerate(self._blocks):
-            if self._norms[block] is None:
-                self._norms[block] = np.concatenate(
-                    [np.linalg.norm(chunk, axis=1) for chunk in _chunks_of(vectors)]
-                    or [np.empty(0)]).astype(np.float32)
+        candidate, and computing them from the gathered rows was a quarter of its time."""
+        return np.where(ids >= 0, self.all_norms()[np.maximum(ids, 0)], np.float32(0.0))
+
+    def all_norms(self) -> np.ndarray:
+        """Every row's L2 norm (float32, by id). A block added without them (a folder saved
+        before they were kept) is measured once, on first use."""
         if self._all_norms is None:  # every block's, in id order, until the next append
-            self._all_norms = np.concatenate(self._norms)
-        return np.where(ids >= 0, self._all_norms[np.maximum(ids, 0)], np.float32(0.0))
+            for block, vectors in enumerate(self._blocks):
+                if self._norms[block] is None:
+                    self._norms[block] = np.concatenate(
+                        [np.linalg.norm(chunk, axis=1) for _, chunk in chunks_of(vectors)]
+                        or [np.empty(0)]).astype(np.float32)
+            self._all_norms = np.concatenate(self._norms) if self._norms else \
+                np.empty(0, dtype=np.float32)
+        return self._all_norms
 
     def chunks(self, rows: int = CHUNK_ROWS):
         """Consecutive in-memory float32 chunks of every row, in id order."""
         for block in self._blocks:
-            yield from _chunks_of(block, rows)
+            for _, chunk in chunks_of(block, rows):
+                yield chunk
 
     def write_vectors(self, path: Path) -> None:
         """All rows to an .npy file, chunk by chunk (never the whole gallery in memory)."""
@@ -95,8 +101,3 @@ class GalleryRows:
             start += len(chunk)
         out.flush()
         del out
-
-
-def _chunks_of(block: np.ndarray, rows: int = CHUNK_ROWS):
-    for start in range(0, len(block), rows):
-        yield np.ascontiguousarray(block[start:start + rows], dtype=np.float32)

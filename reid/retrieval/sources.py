@@ -50,8 +50,14 @@ class FeatureSource:
 
     def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, float32 in-memory rows)`` for consecutive chunks of the vectors."""
-        for start in range(0, len(self.vectors), rows):
-            yield start, np.ascontiguousarray(self.vectors[start:start + rows], dtype=np.float32)
+        return chunks_of(self.vectors, rows)
+
+
+def chunks_of(vectors: np.ndarray, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, float32 in-memory rows)`` for consecutive chunks of ``vectors`` (an array
+    or a memory map, read one chunk at a time)."""
+    for start in range(0, len(vectors), rows):
+        yield start, np.ascontiguousarray(vectors[start:start + rows], dtype=np.float32)
 
 
 def as_matrix(features, what: str = "features") -> np.ndarray:

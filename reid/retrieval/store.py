@@ -50,7 +50,7 @@ def save_gallery(gallery, directory: Path) -> Path:
         rows = gallery.rows
         np.savez(partial / METADATA, paths=rows.paths.astype(str), pids=rows.pids,
                  camids=rows.camids, removed=rows.removed,
-                 norms=rows.norms(np.arange(len(rows))))  # cosine re-scoring's, saved
+                 norms=rows.all_norms())  # cosine re-scoring's, saved
         manifest = {
             "format": FORMAT, "version": VERSION, "index_type": gallery.index_type,
             "metric": gallery.metric, "dim": gallery.dim, "count": len(rows),
