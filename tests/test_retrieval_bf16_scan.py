@@ -56,10 +56,27 @@ def test_chunks_and_a_memory_mapped_gallery_change_nothing(features, tmp_path, m
     np.save(path, gallery)
     monkeypatch.setattr(bf16_scan, "GALLERY_ROWS", 700)   # 5 chunks, the last of 200 rows
     monkeypatch.setattr(bf16_scan, "QUERY_ROWS", 16)
-    monkeypatch.setattr(bf16_scan, "RESCORE_ROWS", 9)
+    monkeypatch.setattr(bf16_scan, "RESCORE_BYTES", 9 * 20 * 32 * 4)  # 9 queries' 20 rows
     chunked = bf16_top_k(queries, np.load(path, mmap_mode="r"), 10)
     np.testing.assert_array_equal(chunked[0], whole[0])
     np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("gallery_rows", [700, 4096])  # chunks of 700 padded / 1,024 multiples
+def test_padding_rows_are_never_returned(monkeypatch, gallery_rows):
+    """Every gallery row scores below 0 against every query, the padding's zero rows 0: a
+    padded row read as a candidate would win (and carry an id past the gallery)."""
+    monkeypatch.setattr(bf16_scan, "GALLERY_ROWS", gallery_rows)
+    rng = np.random.default_rng(8)
+    axis = np.eye(16, dtype=np.float32)[0] * 4
+    queries = (axis + 0.5 * rng.normal(size=(9, 16))).astype(np.float32)
+    gallery = (-axis + 0.5 * rng.normal(size=(2500, 16))).astype(np.float32)
+    assert (reid_distances(queries, gallery, "cosine") > 1).all()  # cosines all negative
+    ids, distances = bf16_top_k(queries, gallery, 12, rescore=3)
+    expected_ids, expected = brute_force(queries, gallery, 12, "cosine")
+    assert ids.max() < len(gallery)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(distances, expected, rtol=1e-5)
 
 
 def test_k_above_the_gallery_returns_every_row(features):

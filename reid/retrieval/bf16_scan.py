@@ -14,11 +14,13 @@ rows: re-score a wider list there (``rescore``). On a device without native bflo
 products run in float32 (one warning): the same answer, without the speed.
 
 Where the time goes, Market+500k (3,368 x 515,913, 512-d, 2 cores; benchmarks/RESULTS.md,
-"faiss retrieval"): the bfloat16 products ~1.1-1.3 s (0.53 ns a score, ~1.9 TFLOP/s on this
+"faiss retrieval"): the bfloat16 products ~0.75 s (0.43 ns a score, ~2.4 TFLOP/s on this
 AMX CPU, into one reused score buffer: a fresh 128 MiB tensor per product costs page faults
-that doubled it), choosing each query's best ``rescore x k`` ~0.7 s (:func:`merge_tile`:
+that doubled it; a gallery side that is not a multiple of 1,024 rows costs 1.7x, hence the
+padded last chunk), choosing each query's best ``rescore x k`` ~0.65 s (:func:`merge_tile`:
 lane maxima, ~0.08 ns a score, instead of ``topk`` over every score, ~1.1 ns), casting the
-gallery ~0.3 s, the exact re-scoring ~0.3 s. It was 5.7 s with ``topk`` and fresh buffers.
+gallery ~0.2 s, the exact re-scoring ~0.13 s (in cache-sized blocks; 0.2 s in blocks of 256
+queries). It was 5.7 s with ``topk`` and fresh buffers.
 
 Memory: one block of query rows x one chunk of gallery rows of scores (bfloat16), one chunk
 of the gallery in bfloat16, and the ``Q x rescore x k`` best candidates so far; the gallery
@@ -39,9 +41,15 @@ from reid.retrieval.sources import FeatureSource, from_arrays, gather_rows, read
 BF16_SCAN = "bf16"  # the index type of evaluate_features / TEST.INDEX.TYPE that selects it
 QUERY_ROWS = 2048     # query rows per product at most: larger blocks keep the matrix units busy
 GALLERY_ROWS = 65536  # gallery rows per chunk: 2048 x 65536 bfloat16 scores = 256 MiB
+# oneDNN's bfloat16 product is ~1.7x slower per score when the gallery side is not a multiple
+# of 1,024 rows (1,684 x 57,161: 0.78 ns a score, x 57,344: 0.39): a short last chunk is
+# padded with zero rows, whose scores are never read
+ROW_MULTIPLE = 1024
 LANE = 32  # scores per lane of merge_tile (16 to 128 measured: 32 the fastest)
 HEAVY_LANES = 4  # a row selecting more than 4 k lanes of a tile is read by topk instead
-RESCORE_ROWS = 256    # queries re-scored at once: 256 x 2k candidate rows of float32
+# candidate rows (float32) gathered and re-scored at once: blocks that stay in the cache
+# (Market+500k's 3,368 x 150 rows: 0.12 s in blocks of 64 queries, 0.20 s in blocks of 256)
+RESCORE_BYTES = 16 << 20
 DEFAULT_RESCORE = 2
 SCORED_METRICS = ("cosine", "euclidean")  # reid's two distances (reid.evaluation.distance)
 
@@ -69,8 +77,9 @@ def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
     ids = np.empty((len(queries), k), dtype=np.int64)
     distances = np.empty((len(queries), k), dtype=np.float32)
     buffers = _Buffers(torch.device("cpu"))
-    for start in range(0, len(queries), RESCORE_ROWS):
-        rows = slice(start, start + RESCORE_ROWS)
+    per_block = max(1, RESCORE_BYTES // (candidates.shape[1] * source.dim * 4))
+    for start in range(0, len(queries), per_block):
+        rows = slice(start, start + per_block)
         ids[rows], distances[rows] = _rescored(queries[rows], source, candidates[rows], k,
                                                metric, buffers, norms)
     return ids, distances
@@ -89,19 +98,23 @@ def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
     # scan took 2.42 s against 2.64 s; fewer, equal products)
     rows_per_block = -(-len(q) // -(-len(q) // QUERY_ROWS))
     norms = np.empty(len(source), dtype=np.float32) if metric == "cosine" else None
+    # every product the same width (one oneDNN kernel; multi-chunk galleries pad their last)
+    width = GALLERY_ROWS if len(source) > GALLERY_ROWS else \
+        -(-len(source) // ROW_MULTIPLE) * ROW_MULTIPLE
     with torch.no_grad():
         for start, chunk in source.chunks(GALLERY_ROWS):
             if also is not None:
                 also.add(start, chunk)
             g = _scoring_rows(chunk, metric, q.device, dtype, gallery=True, buffers=buffers,
-                              norms=None if norms is None else norms[start:start + len(chunk)])
+                              norms=None if norms is None else norms[start:start + len(chunk)],
+                              padded_to=max(width, len(chunk)))
             for first in range(0, len(q), rows_per_block):
                 block = q[first:first + rows_per_block]
                 tile = torch.mm(block, g.T, out=buffers.take("tile", (len(block), len(g)),
                                                              dtype))
                 rows = slice(first, first + len(block))
                 best_scores[rows], best_ids[rows] = merge_tile(
-                    best_scores[rows], best_ids[rows], tile, start)
+                    best_scores[rows], best_ids[rows], tile[:, :len(chunk)], start)
     return best_ids.cpu().numpy(), norms
 
 
@@ -212,12 +225,14 @@ def _keep_best(best_scores, best_ids, scores, ids) -> tuple[torch.Tensor, torch.
 
 def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: torch.dtype,
                   gallery: bool = False, buffers: "_Buffers | None" = None,
-                  norms: np.ndarray | None = None) -> torch.Tensor:
+                  norms: np.ndarray | None = None, padded_to: int | None = None
+                  ) -> torch.Tensor:
     """Rows whose products rank like reid's distance, largest first. Cosine: unit rows.
     Squared L2: ``|q - g|^2 = |q|^2 + |g|^2 - 2 q.g`` ranks as ``q.g - |g|^2 / 2``, one
     product with a column appended (``-|g|^2 / 2`` to the gallery, ``1`` to the queries).
     With ``buffers`` the result lives in a reused tensor (valid until the next call);
-    ``norms`` (cosine) receives the rows' L2 norms."""
+    ``norms`` (cosine) receives the rows' L2 norms; ``padded_to``: that many rows, zeros
+    after ``rows``."""
     buffers = buffers or _Buffers(device)
     x = read_only_tensor(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
     if metric == "cosine":  # reid's guarded norm: a zero row stays zero
@@ -228,7 +243,12 @@ def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: to
     else:
         extra = -0.5 * x.pow(2).sum(1, keepdim=True) if gallery else torch.ones_like(x[:, :1])
         x = torch.cat([x, extra], 1)
-    return buffers.take("scoring", x.shape, dtype).copy_(x)
+    if padded_to is None or padded_to == len(x):
+        return buffers.take("scoring", x.shape, dtype).copy_(x)
+    padded = buffers.take("scoring", (padded_to, x.shape[1]), dtype)
+    padded[len(x):] = 0
+    padded[:len(x)] = x
+    return padded
 
 
 class _Buffers:
