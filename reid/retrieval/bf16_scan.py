@@ -99,8 +99,7 @@ def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
     rows_per_block = -(-len(q) // -(-len(q) // QUERY_ROWS))
     norms = np.empty(len(source), dtype=np.float32) if metric == "cosine" else None
     # every product the same width (one oneDNN kernel; multi-chunk galleries pad their last)
-    width = GALLERY_ROWS if len(source) > GALLERY_ROWS else \
-        -(-len(source) // ROW_MULTIPLE) * ROW_MULTIPLE
+    width = GALLERY_ROWS if len(source) > GALLERY_ROWS else padded_rows(len(source))
     with torch.no_grad():
         for start, chunk in source.chunks(GALLERY_ROWS):
             if also is not None:
@@ -116,6 +115,11 @@ def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
                 best_scores[rows], best_ids[rows] = merge_tile(
                     best_scores[rows], best_ids[rows], tile[:, :len(chunk)], start)
     return best_ids.cpu().numpy(), norms
+
+
+def padded_rows(rows: int) -> int:
+    """``rows`` rounded up to :data:`ROW_MULTIPLE`: the fast width of a bfloat16 product."""
+    return -(-rows // ROW_MULTIPLE) * ROW_MULTIPLE
 
 
 def merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Tensor,
