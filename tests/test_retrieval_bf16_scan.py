@@ -55,6 +55,7 @@ def test_chunks_and_a_memory_mapped_gallery_change_nothing(features, tmp_path, m
     path = tmp_path / "gallery.npy"
     np.save(path, gallery)
     monkeypatch.setattr(bf16_scan, "GALLERY_ROWS", 700)   # 5 chunks, the last of 200 rows
+    monkeypatch.setattr(bf16_scan, "CAST_ROWS", 300)      # cast in 300 + 300 + 100 rows
     monkeypatch.setattr(bf16_scan, "QUERY_ROWS", 16)
     monkeypatch.setattr(bf16_scan, "RESCORE_BYTES", 9 * 20 * 32 * 4)  # 9 queries' 20 rows
     chunked = bf16_top_k(queries, np.load(path, mmap_mode="r"), 10)

@@ -45,6 +45,7 @@ GALLERY_ROWS = 65536  # gallery rows per chunk: 2048 x 65536 bfloat16 scores = 2
 # of 1,024 rows (1,684 x 57,161: 0.78 ns a score, x 57,344: 0.39): a short last chunk is
 # padded with zero rows, whose scores are never read
 ROW_MULTIPLE = 1024
+CAST_ROWS = 8192  # gallery rows normalised at once before their cast (16 MiB of float32)
 LANE = 32  # scores per lane of merge_tile (16 to 128 measured: 32 the fastest)
 HEAVY_LANES = 4  # a row selecting more than 4 k lanes of a tile is read by topk instead
 # candidate rows (float32) gathered and re-scored at once: blocks that stay in the cache
@@ -243,16 +244,23 @@ def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: to
         scale = inverse_norms(x)
         if norms is not None:
             norms[:] = scale.reciprocal().cpu().numpy()
-        x = torch.mul(x, scale[:, None], out=buffers.take("unit", x.shape, x.dtype))
+        width = x.shape[1]
     else:
         extra = -0.5 * x.pow(2).sum(1, keepdim=True) if gallery else torch.ones_like(x[:, :1])
-        x = torch.cat([x, extra], 1)
-    if padded_to is None or padded_to == len(x):
-        return buffers.take("scoring", x.shape, dtype).copy_(x)
-    padded = buffers.take("scoring", (padded_to, x.shape[1]), dtype)
-    padded[len(x):] = 0
-    padded[:len(x)] = x
-    return padded
+        x, width = torch.cat([x, extra], 1), x.shape[1] + 1
+    out = buffers.take("scoring", (padded_to or len(x), width), dtype)
+    out[len(x):] = 0
+    if metric != "cosine":
+        out[:len(x)] = x
+        return out
+    # scaled into a cache-sized float32 block, then cast: one pass over memory fewer than
+    # scaling the whole chunk first (65,536 x 512 rows: 12 ms against 20)
+    unit = buffers.take("unit", (min(CAST_ROWS, len(x)), width), x.dtype)
+    for start in range(0, len(x), CAST_ROWS):
+        part = unit[:len(x[start:start + CAST_ROWS])]
+        torch.mul(x[start:start + len(part)], scale[start:start + len(part), None], out=part)
+        out[start:start + len(part)] = part
+    return out
 
 
 class _Buffers:
