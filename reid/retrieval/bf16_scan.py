@@ -61,8 +61,9 @@ def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
     """``(ids, distances)``, ``Q x k``, ascending reid distances: each query's nearest
     ``gallery`` rows (a FeatureSource or a ``G x D`` matrix), selected in bfloat16 among all
     of them and re-scored exactly (module doc). ``also``: anything with ``add(start,
-    float32 rows)`` that the gallery's chunks are handed to as they are read (e.g. a
-    reid.retrieval.recall.ExactTopK: the exact reference in the same pass)."""
+    float32 rows, gallery terms)`` that the gallery's chunks are handed to as they are read
+    (a reid.retrieval.recall.ExactTopK: the exact reference in the same pass; the terms are
+    cosine's inverse norms, known from the scan, or None)."""
     if metric not in SCORED_METRICS:
         raise ReidError(f"bf16_top_k: unknown metric {metric!r}: expected one of "
                         f"{', '.join(SCORED_METRICS)}")
@@ -91,7 +92,7 @@ def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
     """The ``fetch`` best-scoring gallery ids of every row of ``q``, and for cosine every
     gallery row's norm (re-scoring needs them). The gallery is read (and converted) once,
     chunk by chunk; each chunk meets every block of queries, and each block keeps its rows'
-    best so far (:func:`merge_tile`)."""
+    best so far (:func:`merge_tile`). ``also``: see :func:`bf16_top_k`."""
     best_scores = torch.full((len(q), fetch), -math.inf, device=q.device)
     best_ids = torch.full((len(q), fetch), -1, dtype=torch.int64, device=q.device)
     buffers = _Buffers(q.device)
@@ -103,11 +104,12 @@ def _scan(q: torch.Tensor, source: FeatureSource, fetch: int, metric: str,
     width = GALLERY_ROWS if len(source) > GALLERY_ROWS else padded_rows(len(source))
     with torch.no_grad():
         for start, chunk in source.chunks(GALLERY_ROWS):
-            if also is not None:
-                also.add(start, chunk)
+            chunk_norms = None if norms is None else norms[start:start + len(chunk)]
             g = _scoring_rows(chunk, metric, q.device, dtype, gallery=True, buffers=buffers,
-                              norms=None if norms is None else norms[start:start + len(chunk)],
-                              padded_to=max(width, len(chunk)))
+                              norms=chunk_norms, padded_to=max(width, len(chunk)))
+            if also is not None:  # cosine's gallery terms (inverse norms) are known by now
+                also.add(start, chunk, None if chunk_norms is None else
+                         torch.from_numpy(chunk_norms).reciprocal())
             for first in range(0, len(q), rows_per_block):
                 block = q[first:first + rows_per_block]
                 tile = torch.mm(block, g.T, out=buffers.take("tile", (len(block), len(g)),

@@ -2,10 +2,13 @@
 top-k (reid's distance, brute force in blocks, never a full distance matrix)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from reid.evaluation.distance import DISTANCE_METRICS
+from reid.retrieval.bf16_scan import merge_tile
 from reid.retrieval.sources import CHUNK_ROWS, FeatureSource, read_only_tensor
 
 RECALL_QUERIES = 1000  # gallery vectors used as queries when measuring a built index
@@ -30,19 +33,24 @@ class ExactTopK:
         self.distance = DISTANCE_METRICS.get(metric)
         self.k = int(k)
         self.queries = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-        self.best_d = torch.full((len(self.queries), 0), float("inf"))
-        self.best_i = torch.empty((len(self.queries), 0), dtype=torch.int64)
+        # the k best so far as scores (negated distances, largest first) for merge_tile
+        self.best_scores = torch.full((len(self.queries), self.k), -math.inf)
+        self.best_ids = torch.full((len(self.queries), self.k), -1, dtype=torch.int64)
+        self.seen = 0
 
-    def add(self, start: int, chunk: np.ndarray) -> None:
-        """Gallery rows ``start, start + 1, ...`` (float32)."""
+    def add(self, start: int, chunk: np.ndarray, gallery_terms: torch.Tensor | None = None
+            ) -> None:
+        """Gallery rows ``start, start + 1, ...`` (float32); ``gallery_terms``: the metric's
+        per-row terms of ``chunk`` (reid.evaluation.distance) when the caller has them."""
         with torch.no_grad():
-            block = self.distance(self.queries, read_only_tensor(chunk))
-            top = block.topk(min(self.k, block.shape[1]), dim=1, largest=False, sorted=False)
-            merged_d = torch.cat([self.best_d, top.values], 1)
-            merged_i = torch.cat([self.best_i, top.indices + start], 1)
-            keep = torch.topk(merged_d, min(self.k, merged_d.shape[1]), dim=1, largest=False,
-                              sorted=True).indices
-            self.best_d, self.best_i = merged_d.gather(1, keep), merged_i.gather(1, keep)
+            rows = read_only_tensor(chunk)
+            if gallery_terms is None:
+                scores = self.distance(self.queries, rows).neg_()
+            else:
+                scores = self.distance.block(self.queries, rows, gallery_terms).neg_()
+            self.best_scores, self.best_ids = merge_tile(self.best_scores, self.best_ids,
+                                                         scores, start)
+        self.seen += len(chunk)
 
     def add_all(self, gallery) -> None:
         """Every row of ``gallery`` (anything with ``chunks()``, e.g. a FeatureSource)."""
@@ -51,7 +59,8 @@ class ExactTopK:
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, distances)`` of the rows added so far, ascending."""
-        return self.best_i.numpy(), self.best_d.numpy()
+        kept = min(self.k, self.seen)
+        return self.best_ids[:, :kept].numpy(), (-self.best_scores[:, :kept]).numpy()
 
 
 def _chunks(gallery):
