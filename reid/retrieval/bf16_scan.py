@@ -149,9 +149,9 @@ def merge_tile(best_scores: torch.Tensor, best_ids: torch.Tensor, tile: torch.Te
     threshold = _threshold(best_scores[:, -1], maxima, k)
     inexact = threshold <= 0
     if inexact.any() and body.dtype == torch.bfloat16:  # see _lane_maxima
-        maxima[inexact] = body[inexact].amax(1).float()
+        maxima[inexact] = body[inexact].amax(1)
         threshold[inexact] = _threshold(best_scores[inexact, -1], maxima[inexact], k)
-    row, column = (maxima >= threshold[:, None]).nonzero(as_tuple=True)  # ordered by row
+    row, column = _at_least(maxima, threshold).nonzero(as_tuple=True)  # ordered by row
     # a row selecting far more lanes than it keeps scores is a row of ties (a zero query
     # scores 0 everywhere): its scores are chosen by topk, not gathered lane by lane
     heavy = (torch.bincount(row, minlength=rows) > HEAVY_LANES * k).nonzero()[:, 0]
@@ -184,14 +184,15 @@ def _with_rows_of_ties(survivors, rows: torch.Tensor, scores: torch.Tensor, k: i
 
 
 def _lane_maxima(body: torch.Tensor) -> torch.Tensor:
-    """Each lane's maximum (``rows x lanes``, float32), exact where it is positive. bfloat16
-    maxima are taken on the bit patterns read as int16, ~3x faster on the CPU: positive
+    """Each lane's maximum (``rows x lanes``, in the tile's dtype), exact where it is
+    positive. bfloat16 maxima are taken on the bit patterns read as int16, ~3x faster on the
+    CPU, and compared as such (:func:`_at_least`): positive
     values order like their bits and every negative one reads below every positive one, so
     a positive maximum is exact and a negative one is at most the true maximum (the
     caller recomputes rows whose threshold is not positive)."""
     if body.dtype != torch.bfloat16:
-        return body.amax(1).float()
-    return body.view(torch.int16).amax(1).view(torch.bfloat16).float()
+        return body.amax(1)
+    return body.view(torch.int16).amax(1).view(torch.bfloat16)
 
 
 def _threshold(kth_best: torch.Tensor, maxima: torch.Tensor, k: int) -> torch.Tensor:
@@ -199,7 +200,7 @@ def _threshold(kth_best: torch.Tensor, maxima: torch.Tensor, k: int) -> torch.Te
     second only where the first is not set yet (after the first tiles it is the larger)."""
     if bool(torch.isfinite(kth_best).all()):
         return kth_best.clone()
-    return torch.maximum(kth_best, maxima.topk(k, dim=1).values[:, -1])
+    return torch.maximum(kth_best, maxima.topk(k, dim=1).values[:, -1].float())
 
 
 def _at_least(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
