@@ -105,3 +105,21 @@ def test_all_finite_sees_nan_and_both_infinities():
         y = x.clone()
         y[123, 7] = bad
         assert not all_finite(y)
+
+
+def test_nearest_candidates_order_ties_by_id_and_missing_last():
+    """Equal distances (the same row under three ids): the lower id first, as exact search
+    orders them; a missing candidate (-1) last with an infinite distance; k cuts after the
+    order."""
+    from reid.evaluation.distance import nearest_candidates
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    rows = {9: [3.0, 1.0], 4: [3.0, 1.0], 7: [3.0, 1.0], 2: [1.0, 1.0], 5: [1.0, 0.1]}
+    found = np.array([[9, -1, 4, 2, 7, 5]])
+    vectors = np.array([[rows.get(i, [0.0, 0.0]) for i in found[0]]], dtype=np.float32)
+    ids, dist = nearest_candidates(query, found, vectors, 6, "cosine")
+    assert ids.tolist() == [[5, 4, 7, 9, 2, -1]]
+    expected = [1 - 1 / np.hypot(1, 0.1), *[1 - 3 / np.hypot(3, 1)] * 3, 1 - 1 / np.sqrt(2)]
+    np.testing.assert_allclose(dist[0, :5], expected, rtol=1e-6, atol=1e-6)
+    assert np.isinf(dist[0, 5])
+    top2, _ = nearest_candidates(query, found, vectors, 2, "cosine")
+    assert top2.tolist() == [[5, 4]]
