@@ -184,9 +184,10 @@ COARSE_QUERIES = 4096  # queries scored against every centroid at once (x nlist 
 class CoarseSearch:
     """An IVF's coarse search (the ``nprobe`` lists each query scans) in torch instead of
     faiss's flat quantizer, which keeps each query's best lists in a heap: at 10,000 lists
-    and nprobe 1,000 it took 1.25 s for 10,000 queries on 2 cores, torch 0.42 s (products
+    and nprobe 1,000 it took 1.25 s for 10,000 queries on 2 cores, torch 0.47 s (products
     in bfloat16 ~0.04 s, ``topk`` the rest; 0.65 s before the padded centroids and the
-    reused output; benchmarks/RESULTS.md). Inner products (cosine's
+    output reused within a call, 0.42 s with it kept between calls, which threads searching
+    one gallery would share; benchmarks/RESULTS.md). Inner products (cosine's
     unit rows) run in bfloat16 where the CPU has it natively: two lists whose scores agree
     to bfloat16's rounding at the ``nprobe``-th place may trade places, which changes which
     near-equal list is scanned, not the exactness of what is returned (re-scored rows).
@@ -201,10 +202,10 @@ class CoarseSearch:
         # zero rows up to a multiple of 1,024: oneDNN's bfloat16 product is ~2.5x faster
         # (4,096 queries x 10,000 lists: 37 ms, x 10,240 into a reused buffer: 15 ms);
         # their scores are sliced off before topk
-        self.centroids = torch.zeros((padded_rows(self.nlist), centroids.shape[1]), dtype=self.dtype)
+        self.centroids = torch.zeros((padded_rows(self.nlist), centroids.shape[1]),
+                                     dtype=self.dtype)
         self.centroids[:self.nlist] = torch.from_numpy(centroids)
         self.squared_norms = torch.from_numpy(centroids).pow(2).sum(1)
-        self._products: torch.Tensor | None = None
 
     @classmethod
     def of(cls, index: faiss.Index) -> "CoarseSearch | None":
@@ -223,11 +224,16 @@ class CoarseSearch:
         nprobe = min(int(nprobe), self.nlist)
         scores = np.empty((len(queries), nprobe), dtype=np.float32)
         lists = np.empty((len(queries), nprobe), dtype=np.int64)
+        # one output for every block of this call (fresh per block, it costs page faults;
+        # not kept between calls: searches may run in threads)
+        buffer = torch.empty(min(len(queries), COARSE_QUERIES) * len(self.centroids),
+                             dtype=self.dtype)
         with torch.no_grad():
             for start in range(0, len(queries), COARSE_QUERIES):
                 q = torch.from_numpy(queries[start:start + COARSE_QUERIES])
+                out = buffer[:len(q) * len(self.centroids)].view(len(q), -1)
                 products = torch.mm(q.to(self.dtype), self.centroids.T,
-                                    out=self._buffer(len(q)))[:, :self.nlist]
+                                    out=out)[:, :self.nlist]
                 if not self.inner_product:
                     products = q.pow(2).sum(1, keepdim=True) + self.squared_norms \
                         - 2 * products
@@ -236,14 +242,6 @@ class CoarseSearch:
                 scores[start:start + len(q)] = best.values.float().numpy()
                 lists[start:start + len(q)] = best.indices.numpy()
         return scores, lists
-
-    def _buffer(self, rows: int) -> torch.Tensor:
-        """The products' output, reused from block to block (fresh, it costs page faults)."""
-        size = rows * len(self.centroids)
-        if self._products is None or self._products.numel() < size:
-            self._products = torch.empty(size, dtype=self.dtype)
-        return self._products[:size].view(rows, len(self.centroids))
-
 
 def _parameters(index: faiss.Index, selector) -> faiss.SearchParameters:
     """Search parameters of the index's own type (an IVF refuses the base type), carrying its
