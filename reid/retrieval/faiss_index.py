@@ -85,12 +85,15 @@ def _skip_polysemous_training(index: faiss.Index) -> None:
             part.do_polysemous_training = False
 
 
-def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
-    """What faiss receives: contiguous float32 rows, unit length for cosine (a copy)."""
+def prepare(vectors: np.ndarray, metric: str, norms: np.ndarray | None = None
+            ) -> np.ndarray:
+    """What faiss receives: contiguous float32 rows, unit length for cosine (a copy);
+    ``norms``: the rows' L2 norms when the caller has them."""
     rows = np.ascontiguousarray(vectors, dtype=np.float32)
     if metric == "cosine":
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        rows = rows / np.maximum(norms, _NORM_EPS)
+        if norms is None:
+            norms = np.linalg.norm(rows, axis=1)
+        rows = rows / np.maximum(norms, _NORM_EPS)[:, None]
     return rows
 
 

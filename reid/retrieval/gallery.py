@@ -110,8 +110,8 @@ class Gallery:
             self.train(source)
         norms = []
         for _, chunk in source.chunks():
-            self.index.add(faiss_index.prepare(chunk, self.metric))
-            norms.append(np.linalg.norm(chunk, axis=1))
+            norms.append(np.linalg.norm(chunk, axis=1))  # kept for cosine re-scoring
+            self.index.add(faiss_index.prepare(chunk, self.metric, norms[-1]))
         return self.rows.append(source, np.concatenate(norms) if norms else None)
 
     def remove(self, ids) -> int:
