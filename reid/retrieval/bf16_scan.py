@@ -17,10 +17,10 @@ Where the time goes, Market+500k (3,368 x 515,913, 512-d, 2 cores; benchmarks/RE
 "faiss retrieval"): the bfloat16 products ~0.75 s (0.43 ns a score, ~2.4 TFLOP/s on this
 AMX CPU, into one reused score buffer: a fresh 128 MiB tensor per product costs page faults
 that doubled it; a gallery side that is not a multiple of 1,024 rows costs 1.7x, hence the
-padded last chunk), choosing each query's best ``rescore x k`` ~0.65 s (:func:`merge_tile`:
+padded last chunk), choosing each query's best ``rescore x k`` ~0.55 s (:func:`merge_tile`:
 lane maxima, ~0.08 ns a score, instead of ``topk`` over every score, ~1.1 ns), casting the
-gallery ~0.2 s, the exact re-scoring ~0.13 s (in cache-sized blocks; 0.2 s in blocks of 256
-queries). It was 5.7 s with ``topk`` and fresh buffers.
+gallery ~0.15 s (normalised in cache-sized blocks), the exact re-scoring ~0.13 s (in
+cache-sized blocks; 0.2 s in blocks of 256 queries). It was 5.7 s with ``topk`` and fresh buffers.
 
 Memory: one block of query rows x one chunk of gallery rows of scores (bfloat16), one chunk
 of the gallery in bfloat16, and the ``Q x rescore x k`` best candidates so far; the gallery
