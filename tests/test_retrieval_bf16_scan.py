@@ -14,7 +14,7 @@ import torch
 from reid.errors import ReidError
 from reid.evaluation import extract
 from reid.evaluation.features import evaluate_features
-from reid.retrieval import bf16_scan
+from reid.retrieval import bf16_scan, sources
 from reid.retrieval.bf16_scan import bf16_top_k
 
 from oracles import reid_distances
@@ -57,7 +57,7 @@ def test_chunks_and_a_memory_mapped_gallery_change_nothing(features, tmp_path, m
     monkeypatch.setattr(bf16_scan, "GALLERY_ROWS", 700)   # 5 chunks, the last of 200 rows
     monkeypatch.setattr(bf16_scan, "CAST_ROWS", 300)      # cast in 300 + 300 + 100 rows
     monkeypatch.setattr(bf16_scan, "QUERY_ROWS", 16)
-    monkeypatch.setattr(bf16_scan, "RESCORE_BYTES", 9 * 20 * 32 * 4)  # 9 queries' 20 rows
+    monkeypatch.setattr(sources, "GATHER_BYTES", 9 * 20 * 32 * 4)  # 9 queries' 20 rows
     chunked = bf16_top_k(queries, np.load(path, mmap_mode="r"), 10)
     np.testing.assert_array_equal(chunked[0], whole[0])
     np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-6)

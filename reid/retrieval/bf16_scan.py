@@ -36,7 +36,8 @@ import torch
 from reid.errors import ReidError
 from reid.evaluation.distance import inverse_norms, nearest_candidates
 from reid.evaluation.extract import bf16_where_native
-from reid.retrieval.sources import FeatureSource, from_arrays, gather_rows, read_only_tensor
+from reid.retrieval.sources import (FeatureSource, from_arrays, gather_rows,
+                                     queries_per_gather, read_only_tensor)
 
 BF16_SCAN = "bf16"  # the index type of evaluate_features / TEST.INDEX.TYPE that selects it
 QUERY_ROWS = 2048     # query rows per product at most: larger blocks keep the matrix units busy
@@ -48,9 +49,6 @@ ROW_MULTIPLE = 1024
 CAST_ROWS = 8192  # gallery rows normalised at once before their cast (16 MiB of float32)
 LANE = 32  # scores per lane of merge_tile (16 to 128 measured: 32 the fastest)
 HEAVY_LANES = 4  # a row selecting more than 4 k lanes of a tile is read by topk instead
-# candidate rows (float32) gathered and re-scored at once: blocks that stay in the cache
-# (Market+500k's 3,368 x 150 rows: 0.12 s in blocks of 64 queries, 0.20 s in blocks of 256)
-RESCORE_BYTES = 16 << 20
 DEFAULT_RESCORE = 2
 SCORED_METRICS = ("cosine", "euclidean")  # reid's two distances (reid.evaluation.distance)
 
@@ -79,7 +77,7 @@ def bf16_top_k(queries: np.ndarray, gallery, k: int, metric: str = "cosine",
     ids = np.empty((len(queries), k), dtype=np.int64)
     distances = np.empty((len(queries), k), dtype=np.float32)
     buffers = _Buffers(torch.device("cpu"))
-    per_block = max(1, RESCORE_BYTES // (candidates.shape[1] * source.dim * 4))
+    per_block = queries_per_gather(candidates.shape[1], source.dim)
     for start in range(0, len(queries), per_block):
         rows = slice(start, start + per_block)
         ids[rows], distances[rows] = _rescored(queries[rows], source, candidates[rows], k,
@@ -260,9 +258,10 @@ def _scoring_rows(rows: np.ndarray, metric: str, device: torch.device, dtype: to
     # scaling the whole chunk first (65,536 x 512 rows: 12 ms against 20)
     unit = buffers.take("unit", (min(CAST_ROWS, len(x)), width), x.dtype)
     for start in range(0, len(x), CAST_ROWS):
-        part = unit[:len(x[start:start + CAST_ROWS])]
-        torch.mul(x[start:start + len(part)], scale[start:start + len(part), None], out=part)
-        out[start:start + len(part)] = part
+        stop = min(start + CAST_ROWS, len(x))
+        part = unit[:stop - start]
+        torch.mul(x[start:stop], scale[start:stop, None], out=part)
+        out[start:stop] = part
     return out
 
 

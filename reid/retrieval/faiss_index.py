@@ -246,6 +246,7 @@ class CoarseSearch:
                 lists[start:start + len(q)] = best.indices.numpy()
         return scores, lists
 
+
 def _parameters(index: faiss.Index, selector) -> faiss.SearchParameters:
     """Search parameters of the index's own type (an IVF refuses the base type), carrying its
     current nprobe / efSearch and the selector."""

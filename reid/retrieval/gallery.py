@@ -27,13 +27,13 @@ from reid.evaluation.distance import nearest_candidates
 from reid.retrieval import faiss_index, store
 from reid.retrieval.model_card import ImageEmbedder, ModelCard
 from reid.retrieval.rows import GalleryRows
-from reid.retrieval.sources import FeatureSource, as_matrix, read_features
+from reid.retrieval.sources import (FeatureSource, as_matrix, queries_per_gather,
+                                     read_features)
 
 logger = logging.getLogger(__name__)
 
 SEARCH_BLOCK = 16384  # queries per faiss search call
-QUERY_BLOCK = 256  # queries re-scored at a time (their candidates' rows are gathered)
-GATHER_BYTES = 64 << 20  # at most this much of candidate rows gathered per block
+QUERY_BLOCK = 256  # queries re-scored at a time at most (see sources.queries_per_gather)
 
 
 @dataclass
@@ -142,7 +142,7 @@ class Gallery:
         removed = np.flatnonzero(self.rows.removed)
         ids = np.empty((len(feats), k), dtype=np.int64)
         dist = np.empty((len(feats), k), dtype=np.float32)
-        rows = max(1, min(QUERY_BLOCK, GATHER_BYTES // (fetch * self.dim * 4)))
+        rows = min(QUERY_BLOCK, queries_per_gather(fetch, self.dim))
         # faiss gets many queries per call (one coarse search and one parallel scan for all
         # of them); the candidates' rows are then gathered a few hundred queries at a time
         buffer = np.empty(min(rows, len(feats)) * fetch * self.dim, dtype=np.float32)
